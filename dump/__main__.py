@@ -1,0 +1,3 @@
+from dump.cli import main
+
+raise SystemExit(main())

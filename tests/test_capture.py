@@ -1,0 +1,70 @@
+"""Capture equals eager attention (output_attentions) on real architectures, in float32."""
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from dump import capture
+
+
+def eager_vs_capture(model_dir, n, window=16, block=32, tile=None, seed=0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, n))
+    with torch.no_grad():
+        ref = model(ids, output_attentions=True)
+    model.set_attn_implementation(capture.NAME)
+    got = {}
+    rec = capture.Recorder(window=window, block=block, on_layer=got.__setitem__, tile=tile)
+    with torch.no_grad(), capture.recording(rec):
+        out = model(ids)
+    return ref, out, got
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+def check(ref, out, got, n, window, block):
+    assert rel(out.logits, ref.logits) < 1e-4
+    m = math.ceil(n / block)
+    assert sorted(got) == list(range(len(ref.attentions)))
+    for layer, a in enumerate(ref.attentions):
+        a = a[0].double()
+        st = got[layer]
+        assert rel(st.colsum, a.sum(1)) <= 1e-4
+        assert rel(st.window, a[:, -window:]) <= 1e-4
+        padded = torch.nn.functional.pad(a, (0, m * block - n, 0, m * block - n))
+        blocks = padded.view(a.shape[0], m, block, m, block).sum((2, 4))
+        assert rel(st.blocks, blocks) <= 1e-4
+        assert torch.allclose(
+            st.colsum.sum(-1).double(), torch.full((a.shape[0],), float(n), dtype=torch.float64), rtol=1e-5
+        )
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+def test_tiny_models_equal_eager(fixture, request):
+    model_dir = request.getfixturevalue(fixture)
+    ref, out, got = eager_vs_capture(model_dir, 300, window=16, block=32, tile=64)
+    check(ref, out, got, 300, 16, 32)
+
+
+def test_smollm2_equals_eager_at_512_tokens(smollm2_dir):
+    ref, out, got = eager_vs_capture(smollm2_dir, 512, window=64, block=64)
+    check(ref, out, got, 512, 64, 64)
+    # SmolLM2 is GQA: 9 query heads read 3 kv heads; kpool is broadcast per query head
+    assert got[0].kpool.shape[0] == 9 and torch.equal(got[0].kpool[0], got[0].kpool[2])
+
+
+def test_without_recorder_it_is_plain_sdpa(tiny_llama_dir):
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, attn_implementation=capture.NAME).eval()
+    ids = torch.randint(0, 100, (1, 40))
+    with torch.no_grad():
+        a = model(ids).logits
+        model.set_attn_implementation("sdpa")
+        b = model(ids).logits
+    assert torch.allclose(a, b, atol=1e-6)

@@ -1,0 +1,68 @@
+"""The tiled statistics against a float64 brute-force reference."""
+
+import math
+
+import pytest
+import torch
+
+from dump.stats import attention_stats, pool_blocks
+
+
+def reference(q, k, v, scale, window, block):
+    """Obviously-correct float64: full score matrix, causal softmax, then every reduction."""
+    h, n, _ = q.shape
+    g = h // k.shape[0]
+    kk, vv = k.double().repeat_interleave(g, 0), v.double().repeat_interleave(g, 0)
+    s = q.double() @ kk.transpose(-1, -2) * scale
+    s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    a = torch.softmax(s, -1)
+    m = math.ceil(n / block)
+    blocks = torch.zeros(h, m, m, dtype=torch.float64)
+    for i in range(m):
+        for j in range(m):
+            blocks[:, i, j] = a[:, i * block : (i + 1) * block, j * block : (j + 1) * block].sum((1, 2))
+    return a @ vv, a.sum(1), a[:, n - min(window, n) :], blocks
+
+
+@pytest.mark.parametrize(
+    "heads,kv_heads,n,block,tile,window",
+    [(4, 4, 64, 16, 16, 8), (6, 2, 100, 16, 32, 7), (9, 3, 129, 64, 64, 200), (2, 1, 37, 8, 8, 1)],
+)
+def test_stats_match_float64_reference(heads, kv_heads, n, block, tile, window):
+    torch.manual_seed(n)
+    q, k, v = torch.randn(heads, n, 16) * 2, torch.randn(kv_heads, n, 16) * 2, torch.randn(kv_heads, n, 16)
+    out, st = attention_stats(q, k, v, 0.25, window, block, tile=tile)
+    r_out, r_col, r_win, r_blocks = reference(q, k, v, 0.25, window, block)
+    rel = lambda a, b: float((a.double() - b).abs().max() / b.abs().max())  # noqa: E731
+    assert rel(out, r_out) < 1e-5
+    assert rel(st.colsum, r_col) < 1e-5
+    assert rel(st.window, r_win) < 1e-5
+    assert rel(st.blocks, r_blocks) < 1e-5
+    # invariants: rows of A sum to 1
+    assert torch.allclose(st.colsum.sum(-1), torch.full((heads,), float(n)), rtol=1e-5)
+    assert torch.allclose(st.blocks.sum((-1, -2)), torch.full((heads,), float(n)), rtol=1e-5)
+    assert torch.allclose(st.window.sum(-1), torch.ones(heads, min(window, n)), atol=1e-5)
+
+
+def test_pooling_picks_largest_norm_and_means_partial_block():
+    x = torch.zeros(1, 5, 2)
+    x[0, 1] = torch.tensor([3.0, 4.0])  # norm 5, block 0
+    x[0, 4] = torch.tensor([1.0, 1.0])  # partial block 1 holds only token 4
+    mx, mean = pool_blocks(x, 4)
+    assert torch.equal(mx[0, 0], torch.tensor([3.0, 4.0]))
+    assert torch.equal(mx[0, 1], torch.tensor([1.0, 1.0]))
+    assert torch.allclose(mean[0, 0], torch.tensor([0.75, 1.0]))
+    assert torch.allclose(mean[0, 1], torch.tensor([1.0, 1.0]))
+
+
+def test_full_rows_callback_sees_every_row_once():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 50, 8), torch.randn(2, 50, 8), torch.randn(2, 50, 8)
+    full = torch.zeros(2, 50, 50)
+
+    def on_rows(q0, q1, p):
+        full[:, q0:q1, :q1] += p
+
+    attention_stats(q, k, v, 0.3, 4, 8, tile=16, on_rows=on_rows)
+    assert torch.allclose(full.sum(-1), torch.ones(2, 50), atol=1e-6)
+    assert torch.allclose(full.sum(1), attention_stats(q, k, v, 0.3, 4, 8)[1].colsum, atol=1e-5)
