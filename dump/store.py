@@ -11,6 +11,7 @@ import datetime as dt
 import os
 import shutil
 import tempfile
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -211,6 +212,7 @@ class RunStore:
             long_name=f"the model's greedy answer ({ANSWER_TOKENS} tokens) contains the passkey",
         )
         arr("done", doc, (nd, ns), "bool", (1, 1), False, long_name="document complete (written last)")
+        consolidate(self.root)  # metadata is fixed from here on: readers need no listing
         return g
 
     # -- progress ---------------------------------------------------------------------------
@@ -284,6 +286,12 @@ class RunStore:
             return 0
         root = Path(self.path.removeprefix("file://")).expanduser()
         return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def consolidate(root) -> None:
+    with warnings.catch_warnings():  # zarr 3 notes consolidated metadata is outside its spec
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(root.store, path=root.path or None)
 
 
 def _now() -> str:

@@ -1,0 +1,45 @@
+"""Needle-in-kept-set metrics of one document-layer (contract names of RESULTS.zarr)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+METRICS = ("needle_hit", "needle_recall", "mass_kept", "kept")
+
+
+def kept_metrics(kept: np.ndarray, needle: np.ndarray, final_row: np.ndarray) -> np.ndarray:
+    """kept (head, key) bool, needle (key,) bool, final_row (head, key) -> (metric, head) float64:
+    needle_hit (every passkey token kept), needle_recall (fraction kept), mass_kept (Σ of the final
+    query row over kept keys), kept (count)."""
+    in_needle = kept[:, needle]
+    return np.stack(
+        [
+            in_needle.all(axis=1).astype(np.float64),
+            in_needle.mean(axis=1),
+            np.where(kept, final_row, 0.0).sum(axis=1, dtype=np.float64),
+            kept.sum(axis=1).astype(np.float64),
+        ]
+    )
+
+
+def needle_mass(final_row: np.ndarray, needle: np.ndarray) -> np.ndarray:
+    """(head,): the final query row's attention on the passkey under full attention."""
+    return final_row[:, needle].sum(axis=1, dtype=np.float64)
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(head,) |a ∩ b| / |a ∪ b| of two (head, key) keep masks."""
+    inter = (a & b).sum(axis=1)
+    union = (a | b).sum(axis=1)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+
+
+def mean_ci(x: np.ndarray, axis: int, z: float = 1.96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and a normal 95% interval across `axis` (NaN-aware; NaN bounds with fewer than 2 values)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        n = np.sum(~np.isnan(x), axis=axis)
+        mean = np.nanmean(x, axis=axis) if x.size else np.nan
+        sd = np.nanstd(x, axis=axis, ddof=1) if x.shape[axis] > 1 else np.full(mean.shape, np.nan)
+        half = z * sd / np.sqrt(np.maximum(n, 1))
+        half = np.where(n > 1, half, np.nan)
+    return mean, mean - half, mean + half

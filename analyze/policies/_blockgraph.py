@@ -1,0 +1,26 @@
+"""The block graph a CAB policy reads at the answer position (shared by the cab variants)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from analyze import curvature
+from analyze.policies.base import DocLayer
+
+
+def graphs(x: DocLayer, source: str, normalize: bool = True) -> np.ndarray:
+    """(head, qblock, kblock) causal graphs from `blocks` or pooled Q/K affinity, min-max normalised."""
+    if source == "blocks":
+        raw = curvature.causal(x.blocks.astype(np.float64))
+    elif source == "qk":
+        raw = np.stack([curvature.qk_affinity(x.qpool[h], x.kpool[h]) for h in range(x.heads)])
+    else:
+        raise ValueError(f"graph={source!r}: use blocks or qk")
+    if not normalize:
+        return raw
+    return np.stack([curvature.minmax(a) for a in raw])
+
+
+def last_row_mass(x: DocLayer) -> np.ndarray:
+    """(head, kblock): attention mass from the last query block (which holds the question)."""
+    return x.blocks[:, -1, :].astype(np.float64)

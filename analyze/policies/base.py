@@ -1,0 +1,191 @@
+"""What every policy shares: the statistics of one document-layer, the budget rule, and the one
+helper that turns rankings into exactly k kept keys per head.
+
+A policy answers: at the final prompt token (the answer position), which keys stay in the cache?
+It returns a `Ranking`; `keep()` applies the GQA granularity and the budget. Pure numpy in and out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DocLayer:
+    """Stored statistics of one document and one layer (dims as in RUN.zarr, all query heads)."""
+
+    colsum: np.ndarray  # (head, key) Σ_q A[q, k]
+    window: np.ndarray  # (head, wq, key) last W rows of A; window[:, -1] is the final query row
+    blocks: np.ndarray  # (head, qblock, kblock) Σ of A over B×B blocks
+    qpool: np.ndarray  # (head, kblock, dim) post-RoPE Q pooled per block
+    kpool: np.ndarray  # (head, kblock, dim)
+    block: int  # B
+    kv_heads: int
+    seed: int = 0  # per document-layer, for seeded policies
+
+    @property
+    def heads(self) -> int:
+        return self.colsum.shape[0]
+
+    @property
+    def n(self) -> int:
+        return self.colsum.shape[1]
+
+    @property
+    def final_row(self) -> np.ndarray:
+        return self.window[:, -1, :]
+
+    def group_mean(self) -> DocLayer:
+        """Statistics of each kv head's group: means over its query heads."""
+        g = self.heads // self.kv_heads
+
+        def mean(a):
+            return a.reshape(self.kv_heads, g, *a.shape[1:]).mean(axis=1)
+
+        return dataclasses.replace(
+            self,
+            colsum=mean(self.colsum),
+            window=mean(self.window),
+            blocks=mean(self.blocks),
+            qpool=mean(self.qpool),
+            kpool=mean(self.kpool),
+            kv_heads=self.kv_heads,
+        )
+
+    def coarsen(self, block: int) -> DocLayer:
+        """Blocks of a multiple of the stored size, by summing (pooled Q/K: mean of pooled vectors)."""
+        if block == self.block:
+            return self
+        f = block // self.block
+        h, m, _ = self.blocks.shape
+        mc = -(-m // f)
+        b = np.zeros((h, mc * f, mc * f), dtype=self.blocks.dtype)
+        b[:, :m, :m] = self.blocks
+        qp = np.zeros((h, mc * f, self.qpool.shape[-1]), dtype=np.float32)
+        kp = np.zeros_like(qp)
+        qp[:, :m], kp[:, :m] = self.qpool, self.kpool
+        return dataclasses.replace(
+            self,
+            blocks=b.reshape(h, mc, f, mc, f).sum(axis=(2, 4)),
+            qpool=qp.reshape(h, mc, f, -1).mean(axis=2),
+            kpool=kp.reshape(h, mc, f, -1).mean(axis=2),
+            block=block,
+        )
+
+
+def budget(sparsity: float, n: int) -> int:
+    """The budget rule (contract): k = round((1 - sparsity) · N) keys per head."""
+    return int(round((1.0 - sparsity) * n))
+
+
+@dataclass
+class Ranking:
+    """Order of preference over keys, per head (or one row shared by all heads).
+
+    primary, secondary: (row, key), higher is kept first; ties go to the earlier key.
+    forced: (row, key) bool, always kept (sinks, recent windows), counted inside the budget.
+    """
+
+    primary: np.ndarray
+    secondary: np.ndarray | None = None
+    forced: np.ndarray | None = None
+
+
+def recent_mask(rows: int, n: int, count: int) -> np.ndarray:
+    m = np.zeros((rows, n), dtype=bool)
+    if count > 0:
+        m[:, n - min(count, n) :] = True
+    return m
+
+
+def expand_blocks(block_scores: np.ndarray, block: int, n: int) -> np.ndarray:
+    """(row, kblock) -> (row, key): every key takes its block's score."""
+    return np.repeat(block_scores, block, axis=-1)[..., :n]
+
+
+# -- exactly k per row -------------------------------------------------------------------------
+def select_reference(primary, k, forced=None, secondary=None) -> np.ndarray:
+    """Obviously-correct numpy: per row, forced keys first, then (primary, secondary) descending,
+    earlier key first on ties, until exactly k are kept."""
+    rows, n = primary.shape
+    keep = np.zeros((rows, n), dtype=bool)
+    for r in range(rows):
+        f = np.zeros(n, bool) if forced is None else forced[r]
+        sec = np.zeros(n) if secondary is None else secondary[r]
+        order = np.lexsort((np.arange(n), -sec, -primary[r], ~f))  # last key sorts first
+        keep[r, order[:k]] = True
+    return keep
+
+
+@numba.njit(cache=True)
+def _select_kernel(primary, secondary, forced, k):
+    rows, n = primary.shape
+    keep = np.zeros((rows, n), dtype=np.bool_)
+    for r in range(rows):
+        taken = 0
+        for j in range(n):
+            if forced[r, j] and taken < k:
+                keep[r, j] = True
+                taken += 1
+        if taken >= k:
+            continue
+        # lexicographic (primary desc, secondary desc, index asc) via two stable sorts
+        o1 = np.argsort(-secondary[r], kind="mergesort")
+        o2 = np.argsort(-primary[r][o1], kind="mergesort")
+        for t in range(n):
+            j = o1[o2[t]]
+            if not keep[r, j]:
+                keep[r, j] = True
+                taken += 1
+                if taken == k:
+                    break
+    return keep
+
+
+def select(primary, k, forced=None, secondary=None) -> np.ndarray:
+    """Numba twin of `select_reference` (same result, bit for bit)."""
+    primary = np.ascontiguousarray(primary, dtype=np.float64)
+    sec = np.zeros_like(primary) if secondary is None else np.ascontiguousarray(secondary, dtype=np.float64)
+    f = np.zeros(primary.shape, np.bool_) if forced is None else np.ascontiguousarray(forced, dtype=np.bool_)
+    return _select_kernel(primary, sec, f, int(k))
+
+
+def keep(policy, x: DocLayer, k: int, gqa: str = "kv", reference: bool = False) -> np.ndarray:
+    """(head, key) bool with exactly k True per head.
+
+    gqa="kv" (default): a real cache stores one key per kv head, so the policy ranks the group's
+    statistics averaged over its query heads (attention of the group), keeps one set per kv head and
+    broadcasts it back. gqa="head": one set per query head (idealized). Policies with
+    `per_head = True` (the oracle, a ceiling) always keep per query head.
+    """
+    k = policy.budget_for(k, x.n)
+    pick = select_reference if reference else select
+    rank = policy.rank_reference if reference else policy.rank
+    g = x.heads // x.kv_heads
+    if gqa == "kv" and g > 1 and not policy.per_head:
+        r = rank(x.group_mean(), k)
+        return np.repeat(pick(r.primary, k, r.forced, r.secondary), g, axis=0)
+    r = rank(x, k)
+    return pick(r.primary, k, r.forced, r.secondary)
+
+
+class Policy:
+    """Base of all policies: subclasses are frozen dataclasses with a `rank(x, k)` method."""
+
+    name = "policy"
+    per_head = False
+
+    def budget_for(self, k: int, n: int) -> int:
+        """Keys this policy keeps under budget k (every policy but `full` keeps exactly k)."""
+        return k
+
+    def rank(self, x: DocLayer, k: int) -> Ranking:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def rank_reference(self, x: DocLayer, k: int) -> Ranking:
+        """The plain numpy reference of `rank` (defaults to `rank` where numba does not pay)."""
+        return self.rank(x, k)

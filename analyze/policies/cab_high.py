@@ -1,0 +1,36 @@
+from dataclasses import dataclass
+
+import numpy as np
+
+from analyze import curvature
+from analyze.policies._blockgraph import graphs
+from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks
+
+
+@dataclass(frozen=True)
+class CABHigh(Policy):
+    """The seed's "V3": keep the key blocks with the HIGHEST additive curvature F = A − λ·(A·A)/M
+    for the last query block, on the min-max normalised causal block graph.
+
+    Known flaw (CAB.md): with causal row-stochastic attention the redundancy term is tiny, so this
+    ranks like plain block magnitude; the results' Jaccard / rank-correlation diagnostics show it.
+    Parameters: lam=0.5, graph="blocks" ("qk"), block=0 (0 = stored B).
+    """
+
+    name = "cab_high"
+    lam: float = 0.5
+    graph: str = "blocks"
+    block: int = 0
+
+    def scores(self, x: DocLayer, reference: bool = False) -> np.ndarray:
+        a = graphs(x, self.graph)
+        i = a.shape[1] - 1
+        if reference:
+            return np.stack([curvature.seed_additive(a[h], self.lam)[i] for h in range(x.heads)])
+        return np.stack([curvature.seed_additive_row(a[h], i, self.lam) for h in range(x.heads)])
+
+    def rank(self, x: DocLayer, k: int) -> Ranking:
+        return Ranking(primary=expand_blocks(self.scores(x), x.block, x.n), secondary=x.colsum)
+
+    def rank_reference(self, x: DocLayer, k: int) -> Ranking:
+        return Ranking(primary=expand_blocks(self.scores(x, True), x.block, x.n), secondary=x.colsum)

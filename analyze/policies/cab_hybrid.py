@@ -1,0 +1,44 @@
+from dataclasses import dataclass
+
+import numpy as np
+
+from analyze import curvature
+from analyze.policies._blockgraph import graphs, last_row_mass
+from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, select
+
+
+@dataclass(frozen=True)
+class CABHybrid(Policy):
+    """The seed's "V4": α·⌊k/B⌋ blocks by magnitude (attention mass from the last query block), the
+    rest by highest additive curvature F = A − λ·(A·A)/M.
+
+    Parameters: alpha=0.5, lam=0.3, graph="blocks" ("qk"), block=0 (0 = stored B).
+    """
+
+    name = "cab_hybrid"
+    alpha: float = 0.5
+    lam: float = 0.3
+    graph: str = "blocks"
+    block: int = 0
+
+    def scores(self, x: DocLayer, reference: bool = False) -> np.ndarray:
+        """(head, kblock) additive curvature of the last query block's edges."""
+        a = graphs(x, self.graph)
+        i = a.shape[1] - 1
+        if reference:
+            return np.stack([curvature.seed_additive(a[h], self.lam)[i] for h in range(x.heads)])
+        return np.stack([curvature.seed_additive_row(a[h], i, self.lam) for h in range(x.heads)])
+
+    def _rank(self, x: DocLayer, k: int, reference: bool) -> Ranking:
+        f = self.scores(x, reference)
+        mass = last_row_mass(x)
+        n_mag = int(self.alpha * (k // x.block))
+        by_mass = select(mass, n_mag)  # whole blocks, exactly n_mag of them
+        forced = expand_blocks(by_mass, x.block, x.n)
+        return Ranking(primary=expand_blocks(f, x.block, x.n), secondary=x.colsum, forced=forced)
+
+    def rank(self, x: DocLayer, k: int) -> Ranking:
+        return self._rank(x, k, False)
+
+    def rank_reference(self, x: DocLayer, k: int) -> Ranking:
+        return self._rank(x, k, True)

@@ -1,0 +1,57 @@
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+
+from analyze.policies.base import DocLayer, Policy, Ranking, recent_mask
+
+
+@dataclass(frozen=True)
+class SnapKV(Policy):
+    """Keys voted for by the observation window (the last W queries): their attention rows summed,
+    smoothed by 1-D average pooling, top-k; the window itself is always kept (Li et al. 2024,
+    "SnapKV", arXiv:2404.14469).
+
+    Parameters: kernel=5 (pooling width, odd), window=0 (rows used; 0 = all stored rows).
+    """
+
+    name = "snapkv"
+    kernel: int = 5
+    window: int = 0
+
+    def _rows(self, x: DocLayer) -> np.ndarray:
+        w = x.window if self.window <= 0 else x.window[:, -self.window :]
+        return w
+
+    def rank(self, x: DocLayer, k: int) -> Ranking:
+        rows = self._rows(x)
+        votes = _pooled_votes(np.ascontiguousarray(rows, dtype=np.float32), self.kernel)
+        return Ranking(primary=votes, forced=recent_mask(x.heads, x.n, min(rows.shape[1], k)))
+
+    def rank_reference(self, x: DocLayer, k: int) -> Ranking:
+        rows = self._rows(x)
+        votes = rows.astype(np.float64).sum(axis=1)
+        half = self.kernel // 2
+        padded = np.pad(votes, ((0, 0), (half, half)))  # zero padding, count_include_pad like torch
+        pooled = np.lib.stride_tricks.sliding_window_view(padded, self.kernel, axis=1).mean(axis=-1)
+        return Ranking(primary=pooled, forced=recent_mask(x.heads, x.n, min(rows.shape[1], k)))
+
+
+@numba.njit(cache=True)
+def _pooled_votes(rows, kernel):
+    h, w, n = rows.shape
+    half = kernel // 2
+    out = np.zeros((h, n))
+    for r in range(h):
+        votes = np.zeros(n + 2 * half)
+        for q in range(w):
+            for j in range(n):
+                votes[half + j] += rows[r, q, j]
+        acc = 0.0
+        for j in range(kernel - 1):
+            acc += votes[j]
+        for j in range(n):
+            acc += votes[j + kernel - 1]
+            out[r, j] = acc / kernel
+            acc -= votes[j]
+    return out

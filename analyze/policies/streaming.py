@@ -1,0 +1,22 @@
+from dataclasses import dataclass
+
+import numpy as np
+
+from analyze.policies.base import DocLayer, Policy, Ranking
+
+
+@dataclass(frozen=True)
+class Streaming(Policy):
+    """Attention sinks + the most recent keys (StreamingLLM, Xiao et al. 2024, arXiv:2309.17453).
+
+    Parameters: sinks=4 (first tokens always kept, inside the budget).
+    """
+
+    name = "streaming"
+    sinks: int = 4
+
+    def rank(self, x: DocLayer, k: int) -> Ranking:
+        forced = np.zeros((x.heads, x.n), bool)
+        forced[:, : min(self.sinks, k)] = True
+        recency = np.broadcast_to(np.arange(x.n, dtype=np.float64), (x.heads, x.n))
+        return Ranking(primary=recency, forced=forced)

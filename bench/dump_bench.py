@@ -1,0 +1,81 @@
+"""Capture overhead on the CPU: plain sdpa forward vs forward with statistics capture.
+
+    python bench/dump_bench.py [--length 2048] [--repeats 3]
+
+Prints both times (best of repeats, same process, same document), the embedded model's cached load
+time, dump throughput at 1k/2k/4k with --throughput, and last `capture_overhead_ratio R` (target <= 1.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+
+from dump import capture, haystack, models
+from dump.stats import tile_rows
+
+
+def best(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--length", type=int, default=2048)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--throughput", action="store_true", help="also time whole dumps at 1k, 2k, 4k")
+    args = p.parse_args()
+
+    models.resolve(models.DEFAULT_MODEL)  # convert once (not timed)
+    t = time.perf_counter()
+    lm = models.load(models.DEFAULT_MODEL, attn_implementation=capture.NAME)
+    print(f"cached model load: {time.perf_counter() - t:.2f} s")
+    rng = haystack.document_rng(0, args.length, 0, 0)
+    doc = haystack.build_document(
+        lm.tokenizer, args.length, 0.5, haystack.make_passkey(rng), haystack.filler_sentences("ruler", rng)
+    )
+    ids = torch.as_tensor(doc.input_ids, dtype=torch.long)[None]
+    model = lm.model
+    heads = lm.config["heads"]
+    recorder = capture.Recorder(
+        64, 64, on_layer=lambda layer, stats: None, tile=tile_rows(args.length, heads, 64)
+    )
+
+    def plain():
+        model.set_attn_implementation("sdpa")
+        with torch.no_grad():
+            model(ids, use_cache=False, logits_to_keep=1)
+
+    def captured():
+        model.set_attn_implementation(capture.NAME)
+        with torch.no_grad(), capture.recording(recorder):
+            model(ids, use_cache=False, logits_to_keep=1)
+
+    plain()  # warm-up
+    t_plain = best(plain, args.repeats)
+    t_capture = best(captured, args.repeats)
+    print(f"threads: {torch.get_num_threads()}, tokens: {args.length}")
+    print(f"plain sdpa forward:          {t_plain:.3f} s")
+    print(f"forward + statistics capture: {t_capture:.3f} s")
+    if args.throughput:
+        from dump.run import DumpOptions, run_dump
+
+        for n in (1024, 2048, 4096):
+            with tempfile.TemporaryDirectory() as tmp:
+                s = run_dump(DumpOptions(out=f"{tmp}/b.zarr", lengths=[n], depths=[0.5], progress=False))
+                print(
+                    f"dump {n} tokens: {s.tokens / s.seconds:,.0f} tokens/s, store {s.store_bytes / 2**20:.1f} MiB/document"
+                )
+    print(f"capture_overhead_ratio {t_capture / t_plain:.2f}")
+
+
+if __name__ == "__main__":
+    main()
