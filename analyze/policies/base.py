@@ -109,15 +109,16 @@ def expand_blocks(block_scores: np.ndarray, block: int, n: int) -> np.ndarray:
 
 # -- exactly k per row -------------------------------------------------------------------------
 def select_reference(primary, k, forced=None, secondary=None) -> np.ndarray:
-    """Obviously-correct numpy: per row, forced keys first, then (primary, secondary) descending,
-    earlier key first on ties, until exactly k are kept."""
+    """Obviously-correct numpy: per row, forced keys first (earliest first if they alone exceed k),
+    then the others by (primary, secondary) descending, earlier key first on ties, until exactly k."""
     rows, n = primary.shape
     keep = np.zeros((rows, n), dtype=bool)
     for r in range(rows):
         f = np.zeros(n, bool) if forced is None else forced[r]
         sec = np.zeros(n) if secondary is None else secondary[r]
-        order = np.lexsort((np.arange(n), -sec, -primary[r], ~f))  # last key sorts first
-        keep[r, order[:k]] = True
+        rest = np.flatnonzero(~f)
+        order = rest[np.lexsort((rest, -sec[rest], -primary[r][rest]))]  # the last key sorts first
+        keep[r, np.concatenate([np.flatnonzero(f), order])[:k]] = True
     return keep
 
 
