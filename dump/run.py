@@ -183,7 +183,9 @@ def run_dump(opt: DumpOptions) -> DumpSummary:
         },
         "software": software(),
     }
-    store = RunStore(opt.out, settings, root_attrs, overwrite=opt.overwrite)
+    store = RunStore(
+        opt.out, settings, root_attrs, overwrite=opt.overwrite, background=device.startswith("cuda")
+    )
     plan = []
     for n in opt.lengths:
         block = block_for(n, opt.block)

@@ -23,13 +23,23 @@ from dump.errors import UsageError
 from dump.stats import LayerStats, num_blocks
 
 SCHEMA_VERSION = "1.0"
-COMPRESSORS = (BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle"), Crc32cCodec())
+# zstd level 1: on real attention rows level 5 is 2.8x slower for 8% smaller chunks
+COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), Crc32cCodec())
 ANSWER_TOKENS = 8  # greedy tokens decoded after the prompt to check that the model finds the passkey
 PER_LAYER = ("colsum", "window", "blocks", "qpool", "kpool", "qpool_mean", "kpool_mean")
 
 
 class StoreMismatch(UsageError):
     """An existing store was made with other settings."""
+
+
+def _torch_dtypes():
+    import torch
+
+    return {"float16": torch.float16, "float32": torch.float32}
+
+
+TORCH_DTYPES = _torch_dtypes()
 
 
 def group_name(length: int) -> str:
@@ -66,8 +76,13 @@ def diff_settings(old: dict, new: dict) -> list[str]:
 class RunStore:
     """Open-or-create a RUN.zarr for one set of settings; write documents layer by layer."""
 
-    def __init__(self, path: str, settings: dict, root_attrs: dict, overwrite: bool = False):
+    def __init__(
+        self, path: str, settings: dict, root_attrs: dict, overwrite: bool = False, background: bool = False
+    ):
+        """background=True overlaps compression and writes with the model (a GPU run); on a CPU the
+        writer would steal the cores the forward pass spins on (measured: 2k-token documents 60% slower)."""
         self.path = path
+        self.background = background
         self.settings = settings
         exists = self._exists()
         if exists and overwrite:
@@ -234,6 +249,9 @@ class RunStore:
 
     # -- writing ----------------------------------------------------------------------------
     def _submit(self, fn, *args) -> None:
+        if not self.background:
+            fn(*args)
+            return
         while len(self._pending) >= 4:  # bounded: the forward pass never runs far ahead of the disk
             self._pending.pop(0).result()
         self._pending.append(self._writer.submit(fn, *args))
@@ -253,16 +271,21 @@ class RunStore:
         g["depth_actual"][d, s] = doc.depth_actual
 
     def write_layer(self, length: int, d: int, s: int, layer: int, stats: LayerStats) -> None:
-        arrays = {var: getattr(stats, var).detach().to("cpu").numpy() for var in PER_LAYER}
+        g = self.root[group_name(length)]
+        # cast on the device: torch converts to float16 far faster than numpy does
+        arrays = {
+            var: getattr(stats, var).detach().to(TORCH_DTYPES[str(g[var].dtype)]).cpu().numpy()
+            for var in PER_LAYER
+        }
         self._submit(self._write_layer, group_name(length), d, s, layer, arrays)
 
     def _write_layer(self, name, d, s, layer, arrays) -> None:
         g = self.root[name]
         for var, value in arrays.items():
-            g[var][d, s, layer] = value.astype(g[var].dtype, copy=False)
+            g[var][d, s, layer] = value
 
     def write_rows(self, length: int, d: int, s: int, slot: int, q0: int, q1: int, probs) -> None:
-        tile = probs.detach().to("cpu").numpy().astype(np.float16)
+        tile = probs.detach().to(TORCH_DTYPES["float16"]).cpu().numpy()
         g = self.root[group_name(length)]
         n = g["attn"].shape[-1]
         self._submit(self._write_rows, g, d, s, slot, q0, q1, n, tile)

@@ -123,7 +123,14 @@ def select_reference(primary, k, forced=None, secondary=None) -> np.ndarray:
 
 
 @numba.njit(cache=True)
+def _kth_largest(values, r):
+    """The r-th largest of values (1-based), O(n) by partition."""
+    return np.partition(values, values.size - r)[values.size - r]
+
+
+@numba.njit(cache=True)
 def _select_kernel(primary, secondary, forced, k):
+    """Same contract as select_reference, in O(N) per row: thresholds by partition instead of a sort."""
     rows, n = primary.shape
     keep = np.zeros((rows, n), dtype=np.bool_)
     for r in range(rows):
@@ -132,18 +139,42 @@ def _select_kernel(primary, secondary, forced, k):
             if forced[r, j] and taken < k:
                 keep[r, j] = True
                 taken += 1
-        if taken >= k:
+        need = k - taken
+        if need <= 0:
             continue
-        # lexicographic (primary desc, secondary desc, index asc) via two stable sorts
-        o1 = np.argsort(-secondary[r], kind="mergesort")
-        o2 = np.argsort(-primary[r][o1], kind="mergesort")
-        for t in range(n):
-            j = o1[o2[t]]
-            if not keep[r, j]:
+        free = np.empty(n - taken, dtype=np.int64)
+        c = 0
+        for j in range(n):
+            if not forced[r, j]:
+                free[c] = j
+                c += 1
+        free = free[:c]
+        if need >= c:
+            for j in free:
                 keep[r, j] = True
-                taken += 1
-                if taken == k:
-                    break
+            continue
+        # level 1: everything strictly above the need-th largest primary
+        t1 = _kth_largest(primary[r][free], need)
+        ties = []
+        for j in free:
+            if primary[r, j] > t1:
+                keep[r, j] = True
+                need -= 1
+            elif primary[r, j] == t1:
+                ties.append(j)
+        # level 2: among primary ties, by secondary; then earliest key
+        tied = np.array(ties, dtype=np.int64)
+        t2 = _kth_largest(secondary[r][tied], need)
+        for j in tied:
+            if secondary[r, j] > t2:
+                keep[r, j] = True
+                need -= 1
+        for j in tied:  # ascending key order
+            if need == 0:
+                break
+            if secondary[r, j] == t2:
+                keep[r, j] = True
+                need -= 1
     return keep
 
 

@@ -1,0 +1,121 @@
+"""Accuracy curves with confidence bands, and the head-to-head difference heatmap."""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import xarray as xr
+
+from viz.select import DIVERGING_CMAP, length_label, per_document
+
+
+def _band(x, mean, lo, hi, label, xdim, ydim):
+    curve = hv.Curve((x, mean), xdim, ydim, label=label)
+    spread = hv.Area(
+        (x, np.nan_to_num(lo, nan=mean), np.nan_to_num(hi, nan=mean)), xdim, [ydim, f"{ydim}_hi"], label=label
+    )
+    return spread.opts(alpha=0.2) * curve
+
+
+def _mean_ci(docs: xr.DataArray, over: list[str]):
+    """Mean over `over` + samples, with a normal 95% interval across samples."""
+    per_sample = docs.mean([d for d in over if d != "sample"])
+    mean = per_sample.mean("sample")
+    n = per_sample.count("sample")
+    half = 1.96 * per_sample.std("sample", ddof=1) / np.sqrt(n.where(n > 1))
+    return mean, mean - half, mean + half
+
+
+def vs_length(
+    results: xr.Dataset, sparsity: float, metric: str = "needle_hit", subset: str = "all"
+) -> hv.Overlay:
+    docs = per_document(results, metric, subset).sel(sparsity=sparsity)
+    mean, lo, hi = _mean_ci(docs, ["depth"])
+    x = np.asarray(results.length.values, dtype=float)
+    layers = [
+        _band(
+            x,
+            mean.sel({"method": m}).values,
+            lo.sel({"method": m}).values,
+            hi.sel({"method": m}).values,
+            str(m),
+            "length",
+            metric,
+        )
+        for m in results.method.values
+    ]
+    return hv.Overlay(layers).opts(
+        hv.opts.Curve(logx=True, ylim=(-0.02, 1.02), width=520, height=320, tools=["hover"], backend="bokeh"),
+        hv.opts.Overlay(
+            title=f"{metric} vs context length (sparsity {sparsity:g}, {subset} heads)",
+            legend_position="right",
+            backend="bokeh",
+        ),
+    )
+
+
+def vs_sparsity(results: xr.Dataset, metric: str = "needle_hit", subset: str = "all") -> hv.Overlay:
+    docs = per_document(results, metric, subset)
+    mean, lo, hi = _mean_ci(docs, ["length", "depth"])
+    x = np.asarray(results.sparsity.values, dtype=float)
+    layers = [
+        _band(
+            x,
+            mean.sel({"method": m}).values,
+            lo.sel({"method": m}).values,
+            hi.sel({"method": m}).values,
+            str(m),
+            "sparsity",
+            metric,
+        )
+        for m in results.method.values
+    ]
+    return hv.Overlay(layers).opts(
+        hv.opts.Curve(ylim=(-0.02, 1.02), width=520, height=320, tools=["hover"], backend="bokeh"),
+        hv.opts.Overlay(
+            title=f"{metric} vs sparsity ({subset} heads)", legend_position="right", backend="bokeh"
+        ),
+    )
+
+
+def difference(
+    results: xr.Dataset,
+    a: str,
+    b: str,
+    sparsity: float,
+    metric: str = "needle_hit",
+    subset: str = "all",
+    backend: str = "bokeh",
+) -> hv.Element:
+    """Heatmap of method a minus method b (length x depth), diverging colours centred at 0."""
+    docs = per_document(results, metric, subset).sel(sparsity=sparsity).mean("sample")
+    diff = docs.sel({"method": a}) - docs.sel({"method": b})
+    cells = [
+        (length_label(int(n)), f"{float(d):.2f}", round(float(diff.sel(length=n, depth=d)), 2))
+        for n in diff.length.values
+        for d in diff.depth.values
+    ]
+    hm = hv.HeatMap(cells, kdims=["length", "depth"], vdims=[hv.Dimension("diff", range=(-1, 1))])
+    title = f"{a} − {b}: {metric} at sparsity {sparsity:g}"
+    if backend == "matplotlib":
+        return hm.opts(
+            cmap=DIVERGING_CMAP,
+            clim=(-1, 1),
+            invert_yaxis=True,
+            title=title,
+            show_values=True,
+            colorbar=True,
+            backend="matplotlib",
+        )
+    hm = hm.opts(
+        cmap=DIVERGING_CMAP,
+        clim=(-1, 1),
+        invert_yaxis=True,
+        title=title,
+        colorbar=True,
+        width=360,
+        height=260,
+        tools=["hover"],
+        backend="bokeh",
+    )
+    return hm * hv.Labels(hm).opts(text_font_size="9pt", backend="bokeh")

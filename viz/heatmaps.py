@@ -1,0 +1,130 @@
+"""Length × depth heatmaps, the field's standard NIAH figure: one panel per method.
+
+x = context length, y = needle depth (0 at the top), colour = accuracy on a fixed 0..1 scale with
+the classic red -> amber -> green map, the value written in each cell.
+"""
+
+from __future__ import annotations
+
+import holoviews as hv
+import xarray as xr
+
+from viz.select import METRICS, NIAH_CMAP, cell_mean, length_label, subsets
+
+
+def _cells(grid: xr.DataArray) -> list[tuple]:
+    """(length label, depth label, value) rows of one (length, depth) grid."""
+    return [
+        (length_label(int(n)), f"{float(d):.2f}", round(float(grid.sel(length=n, depth=d)), 2))
+        for n in grid.length.values
+        for d in grid.depth.values
+    ]
+
+
+def method_panel(
+    grid: xr.DataArray, title: str, backend: str = "bokeh", label: str = "needle_hit"
+) -> hv.Element:
+    hm = hv.HeatMap(
+        _cells(grid), kdims=["length", "depth"], vdims=[hv.Dimension("value", label=label, range=(0, 1))]
+    )
+    if backend == "matplotlib":
+        return hm.opts(
+            cmap=NIAH_CMAP,
+            clim=(0, 1),
+            invert_yaxis=True,
+            title=title,
+            show_values=True,
+            colorbar=False,
+            backend="matplotlib",
+        )
+    hm = hm.opts(
+        cmap=NIAH_CMAP,
+        clim=(0, 1),
+        invert_yaxis=True,
+        title=title,
+        tools=["hover"],
+        width=260,
+        height=240,
+        colorbar=False,
+        toolbar=None,
+        backend="bokeh",
+    )
+    return hm * hv.Labels(hm).opts(text_font_size="9pt", text_color="black", backend="bokeh")
+
+
+def figure(
+    results: xr.Dataset,
+    sparsity: float,
+    metric: str = "needle_hit",
+    subset: str = "all",
+    backend: str = "bokeh",
+    methods=None,
+) -> hv.Layout:
+    """One figure per sparsity: a panel per method."""
+    cells = cell_mean(results, metric, subset).sel(sparsity=sparsity)
+    methods = list(methods or results.method.values)
+    panels = [method_panel(cells.sel({"method": m}), str(m), backend, metric) for m in methods]
+    cols = min(4, len(panels))
+    title = f"{metric} ({subset} heads) at sparsity {sparsity:g}"
+    layout = hv.Layout(panels).cols(cols)
+    if backend == "matplotlib":
+        return layout.opts(hv.opts.Layout(title=title, sublabel_format="", backend="matplotlib"))
+    return layout.opts(hv.opts.Layout(title=title, backend="bokeh"))
+
+
+def frame_key(sparsity: float, metric: str, subset: str) -> str:
+    return f"{sparsity:g}|{metric}|{subset}"
+
+
+def interactive(results: xr.Dataset):
+    """A Bokeh document with widgets for sparsity, metric and head subset (all / retrieval / one layer).
+
+    Each method's panel is drawn by HoloViews once; every (sparsity, metric, subset) frame travels as
+    extra columns of the panel's data source and a widget swaps them in the browser, so the page stays
+    small and needs no server (a HoloMap would render every frame as a separate plot).
+    """
+    from bokeh.layouts import column, gridplot, row
+    from bokeh.models import CustomJS, Select
+
+    sparsities = [float(s) for s in results.sparsity.values]
+    offered = subsets(results)
+    keys = [(s, m, h) for s in sparsities for m in METRICS for h in offered]
+    grids = {(m, h): cell_mean(results, m, h) for m in METRICS for h in offered}
+    first = keys[0]
+    rects, texts, figures = [], [], []
+    for method in results.method.values:
+        plot = hv.render(
+            method_panel(grids[first[1:]].sel({"method": method, "sparsity": first[0]}), str(method))
+        )
+        for r in plot.renderers:
+            src = r.data_source
+            cells = list(zip(src.data["length"], src.data["depth"]))
+            for s, m, h in keys:
+                grid = grids[(m, h)].sel({"method": method, "sparsity": s})
+                lookup = {(a, b): v for a, b, v in _cells(grid)}
+                values = [lookup[c] for c in cells]
+                if "zvalues" in src.data:
+                    src.data[frame_key(s, m, h)] = values
+                else:
+                    src.data["t:" + frame_key(s, m, h)] = [f"{v:.2f}" for v in values]
+            (rects if "zvalues" in src.data else texts).append(src)
+        figures.append(plot)
+    widgets = [
+        Select(title="sparsity", value=f"{sparsities[0]:g}", options=[f"{s:g}" for s in sparsities]),
+        Select(title="metric", value=METRICS[0], options=list(METRICS)),
+        Select(title="heads", value=offered[0], options=offered),
+    ]
+    swap = CustomJS(
+        args=dict(rects=rects, texts=texts, s=widgets[0], m=widgets[1], h=widgets[2]),
+        code="""
+        const key = s.value + '|' + m.value + '|' + h.value;
+        for (const src of rects) { src.data['zvalues'] = src.data[key]; src.change.emit(); }
+        for (const src of texts) { src.data['text'] = src.data['t:' + key]; src.change.emit(); }
+    """,
+    )
+    for w in widgets:
+        w.js_on_change("value", swap)
+    return column(row(*widgets), gridplot(figures, ncols=min(4, len(figures)), toolbar_location=None))
+
+
+__all__ = ["figure", "interactive", "frame_key", "method_panel", "METRICS"]

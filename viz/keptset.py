@@ -1,0 +1,111 @@
+"""Which keys each policy keeps for one document, per head, with the needle and question marked;
+and the block map of attention for one layer/head.
+
+Key axes are rasterized (binned to at most `max_columns` columns, colour = fraction kept) so a
+128k-token document stays a small picture.
+"""
+
+from __future__ import annotations
+
+import holoviews as hv
+import numpy as np
+import xarray as xr
+
+from analyze import engine, policies
+from analyze.policies import budget, keep
+
+
+def binned(mask: np.ndarray, max_columns: int) -> tuple[np.ndarray, int]:
+    """(rows, key) -> (rows, columns) fraction per bin, and the bin width in keys."""
+    n = mask.shape[-1]
+    width = max(1, -(-n // max_columns))
+    cols = -(-n // width)
+    pad = np.zeros(mask.shape[:-1] + (cols * width,), dtype=np.float32)
+    pad[..., :n] = mask
+    return pad.reshape(*mask.shape[:-1], cols, width).mean(-1), width
+
+
+def kept_sets(
+    store: str, length: int, depth: int, sample: int, layer: int, methods, sparsity: float, gqa: str = "kv"
+) -> xr.Dataset:
+    """(method, head, key) keep masks of one document-layer, recomputed from the dump (never stored)."""
+    plan = engine.plan_store(store)
+    x, needle = engine.load_doclayer(store, f"len_{length}", depth, sample, layer, plan.kv_heads, 0)
+    k = budget(sparsity, x.n)
+    parsed = [policies.parse_method(m) if isinstance(m, str) else m for m in methods]
+    masks = np.stack([keep(p, engine.policy_view(p, x), k, gqa) for p in parsed])
+    g = xr.open_zarr(store, group=f"len_{length}")
+    return xr.Dataset(
+        {
+            "kept": (("method", "head", "key"), masks),
+            "needle": (("key",), needle),
+            "question": (("key",), g.question.isel(depth=depth, sample=sample).values),
+        },
+        coords={
+            "method": [policies.label(p) for p in parsed],
+            "head": np.arange(x.heads),
+            "key": np.arange(x.n),
+        },
+        attrs={"length": length, "layer": layer, "sparsity": sparsity, "budget": k},
+    )
+
+
+def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(idx) > 1)
+    starts = np.r_[idx[0], idx[breaks + 1]]
+    ends = np.r_[idx[breaks], idx[-1]]
+    return list(zip(starts.tolist(), (ends + 1).tolist()))
+
+
+def picture(sets: xr.Dataset, max_columns: int = 2048) -> hv.Overlay:
+    """Rows = (method, head), columns = keys; the needle in red, the question in blue."""
+    masks = sets.kept.values.reshape(-1, sets.sizes["key"])
+    frac, width = binned(masks, max_columns)
+    rows = frac.shape[0]
+    img = hv.Image(
+        frac[::-1],
+        bounds=(0, 0, sets.sizes["key"], rows),
+        kdims=["key", "method × head"],
+        vdims=[hv.Dimension("kept", range=(0, 1))],
+    )
+    img = img.opts(
+        cmap="Greys",
+        clim=(0, 1),
+        width=900,
+        height=max(200, 14 * rows),
+        colorbar=True,
+        title=f"kept keys, layer {sets.attrs['layer']}, sparsity {sets.attrs['sparsity']:g} "
+        f"(k = {sets.attrs['budget']}, {width} key(s) per pixel)",
+        backend="bokeh",
+    )
+    heads = sets.sizes["head"]
+    ticks = [(rows - (i * heads + heads / 2), str(m)) for i, m in enumerate(sets.method.values)]
+    img = img.opts(yticks=ticks, backend="bokeh")
+    marks = [hv.VSpan(a, b).opts(color="red", alpha=0.35) for a, b in _spans(sets.needle.values)]
+    marks += [hv.VSpan(a, b).opts(color="royalblue", alpha=0.2) for a, b in _spans(sets.question.values)]
+    return hv.Overlay([img, *marks])
+
+
+def block_map(store: str, length: int, depth: int, sample: int, layer: int, head: int) -> hv.Image:
+    """log10 of the attention mass of each B×B block (query block down, key block across)."""
+    g = xr.open_zarr(store, group=f"len_{length}")
+    b = g.blocks.isel(depth=depth, sample=sample).sel(layer=layer, head=head).values.astype(np.float64)
+    m = b.shape[0]
+    img = hv.Image(
+        np.log10(np.maximum(b, 1e-6))[::-1],
+        bounds=(0, 0, m, m),
+        kdims=["key block", "query block"],
+        vdims=["log10 mass"],
+    )
+    return img.opts(
+        cmap="viridis",
+        width=420,
+        height=400,
+        colorbar=True,
+        clim=(-6, float(np.log10(max(b.max(), 1e-6)))),
+        title=f"block map, layer {layer} head {head} (B = {int(g.attrs['block'])})",
+        backend="bokeh",
+    )

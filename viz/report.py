@@ -1,0 +1,206 @@
+"""The report folder: interactive HTML figures, PNGs for papers, summary.csv and index.html.
+
+Every HTML file is self-contained (Bokeh inlined, PNGs as data URIs): it opens offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from viz import curves, heatmaps, keptset
+from viz.select import cell_mean
+
+_CDN_LINK = re.compile(r'<link[^>]*href="https?://[^"]*"[^>]*>\s*')
+
+
+def offline_html(path: Path) -> None:
+    """Drop the favicon links Panel adds from its CDN: nothing in the page reaches the network."""
+    text = path.read_text(encoding="utf-8")
+    path.write_text(_CDN_LINK.sub("", text), encoding="utf-8")
+
+
+def save_html(obj, path: Path, title: str) -> Path:
+    hv.save(obj, str(path), backend="bokeh", resources="inline", title=title)
+    offline_html(path)
+    return path
+
+
+def save_bokeh(model, path: Path, title: str) -> Path:
+    from bokeh.io import save
+    from bokeh.resources import INLINE
+
+    save(model, filename=str(path), resources=INLINE, title=title)
+    offline_html(path)
+    return path
+
+
+def save_png(obj, path: Path, dpi: int = 150) -> Path:
+    hv.save(obj, str(path), backend="matplotlib", fmt="png", dpi=dpi)
+    return path
+
+
+def summary_table(results: xr.Dataset) -> pd.DataFrame:
+    """One row per method × sparsity × length (means over depths and samples)."""
+    cols = {}
+    for metric in ("needle_hit", "needle_recall", "mass_kept"):
+        for subset in ("all", "retrieval"):
+            cols[f"{metric}_{subset}"] = (
+                cell_mean(results, metric, subset).mean("depth").drop_vars("subset", errors="ignore")
+            )
+    df = xr.Dataset(cols).to_dataframe().reset_index()
+    df["documents"] = [int(results.done.sel(length=n).sum()) for n in df["length"]]
+    df["budget"] = [
+        int(results.budget.sel(sparsity=s, length=n)) for s, n in zip(df["sparsity"], df["length"])
+    ]
+    keep = ["method", "sparsity", "length", "budget", "documents", *cols]
+    return df[keep].sort_values(
+        ["method", "sparsity", "length"], key=lambda c: c.map(_order(results, c.name))
+    )
+
+
+def _order(results, name):
+    if name == "method":
+        order = {m: i for i, m in enumerate(results.method.values)}
+        return lambda v: order.get(v, 0)
+    return lambda v: v
+
+
+def build(results_path: str, out: str, store: str | None = None, dpi: int = 150, progress=print) -> Path:
+    hv.extension("bokeh", "matplotlib", logo=False)
+    results = xr.open_zarr(results_path).load()
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    figures: list[tuple[str, Path, str]] = []  # (title, file, explanation)
+    sparsities = [float(s) for s in results.sparsity.values]
+
+    progress("viz: heatmaps")
+    save_bokeh(heatmaps.interactive(results), outdir / "heatmaps.html", "NIAH heatmaps")
+    pngs = []
+    for s in sparsities:
+        for subset in ("all", "retrieval"):
+            p = save_png(
+                heatmaps.figure(results, s, "needle_hit", subset, backend="matplotlib"),
+                outdir / f"heatmap_needle_hit_{subset}_s{s:g}.png",
+                dpi,
+            )
+            pngs.append((f"needle_hit, {subset} heads, sparsity {s:g}", p))
+
+    progress("viz: curves")
+    methods = list(results.method.values)
+    curve_layout = hv.Layout(
+        [curves.vs_length(results, s) for s in sparsities] + [curves.vs_sparsity(results)]
+    ).cols(2)
+    save_html(curve_layout, outdir / "curves.html", "Accuracy curves")
+    if "cab" in methods and "h2o" in methods:
+        diffs = hv.Layout([curves.difference(results, "cab", "h2o", s) for s in sparsities]).cols(3)
+        save_html(diffs, outdir / "difference_cab_h2o.html", "cab − h2o")
+        p = save_png(
+            curves.difference(results, "cab", "h2o", sparsities[0], backend="matplotlib"),
+            outdir / f"difference_cab_h2o_s{sparsities[0]:g}.png",
+            dpi,
+        )
+        pngs.append((f"cab − h2o, needle_hit, sparsity {sparsities[0]:g}", p))
+
+    if store:
+        progress("viz: kept sets")
+        n = int(results.length.values[0])
+        layer = (
+            int(results.layer.values[results.retrieval_head.any("head").values][0])
+            if bool(results.retrieval_head.any())
+            else 0
+        )
+        head = (
+            int(np.flatnonzero(results.retrieval_head.sel(layer=layer).values)[0])
+            if bool(results.retrieval_head.sel(layer=layer).any())
+            else 0
+        )
+        d = int(np.argmin(np.abs(results.depth.values - 0.5)))
+        sets = keptset.kept_sets(store, n, d, 0, layer, methods, sparsities[0])
+        save_html(
+            hv.Layout([keptset.picture(sets), keptset.block_map(store, n, d, 0, layer, head)]).cols(1),
+            outdir / "keptset.html",
+            "Kept sets",
+        )
+        figures.append(
+            (
+                "Kept sets",
+                outdir / "keptset.html",
+                f"Which keys each policy keeps in one {n}-token document (layer {layer}, a retrieval layer), "
+                "per head; the passkey is red, the question blue. Below: that head's block map of attention.",
+            )
+        )
+
+    figures[:0] = [
+        (
+            "Heatmaps (interactive)",
+            outdir / "heatmaps.html",
+            "Needle accuracy per context length (x) and needle depth (y, 0 = start), one panel per method; "
+            "widgets choose sparsity, metric and head subset.",
+        ),
+        (
+            "Curves",
+            outdir / "curves.html",
+            "Accuracy against context length (one plot per sparsity) and against sparsity, mean over depths "
+            "with a 95% band across samples.",
+        ),
+    ]
+    if (outdir / "difference_cab_h2o.html").exists():
+        figures.append(
+            (
+                "cab − h2o",
+                outdir / "difference_cab_h2o.html",
+                "Head-to-head: positive (blue) where curvature keeps the needle more often than H2O.",
+            )
+        )
+
+    table = summary_table(results)
+    table.to_csv(outdir / "summary.csv", index=False, float_format="%.4f")
+    write_index(results, outdir, figures, pngs, table)
+    progress(f"viz: report at {outdir / 'index.html'}")
+    return outdir / "index.html"
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}" style="max-width:100%">'
+
+
+def write_index(results, outdir: Path, figures, pngs, table: pd.DataFrame) -> None:
+    rho = results.curvature_mass_spearman.mean(["length", "depth", "sample", "layer", "head"]).to_pandas()
+    jac = results.jaccard.mean(["length", "depth", "sample", "layer", "head"]).to_pandas()
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>NIAH pruning report</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
+        "h2{margin-top:2em}</style></head><body>",
+        "<h1>Do KV-cache pruning policies keep the needle?</h1>",
+        f"<p>Model <b>{html.escape(str(results.attrs.get('model', '')))}</b>, store "
+        f"<code>{html.escape(str(results.attrs.get('source_store', '')))}</code>. Budget rule: "
+        f"{html.escape(str(results.attrs.get('budget_rule', '')))}; kept sets per {html.escape(str(results.attrs.get('gqa', '')))} head. "
+        f"Retrieval heads: {html.escape(str(results.retrieval_head.attrs.get('rule', '')))}.</p>",
+        f"<p>The model itself answered with the passkey in {int(results.retrieved.sum())} of "
+        f"{int(results.done.sum())} documents under full attention.</p>",
+        "<h2>Interactive figures</h2><ul>",
+    ]
+    parts += [f"<li><a href='{f.name}'>{html.escape(t)}</a>: {html.escape(e)}</li>" for t, f, e in figures]
+    parts.append("</ul><h2>Heatmaps</h2>")
+    for title, p in pngs:
+        parts.append(f"<h3>{html.escape(title)}</h3>{_img(p)}")
+    parts.append(
+        "<h2>Is curvature magnitude in disguise?</h2><p>Spearman correlation of each curvature score "
+        "with block attention mass (1 = same ranking as magnitude):</p>"
+    )
+    parts.append(rho.to_frame("spearman").to_html(float_format="%.3f"))
+    parts.append("<p>Jaccard overlap of kept sets:</p>" + jac.to_html(float_format="%.3f"))
+    parts.append("<h2>Summary</h2><p>Also in <a href='summary.csv'>summary.csv</a>.</p>")
+    parts.append(table.to_html(index=False, float_format="%.3f"))
+    parts.append("</body></html>")
+    (outdir / "index.html").write_text("\n".join(parts), encoding="utf-8")
