@@ -19,12 +19,14 @@ from viz import curves, heatmaps, keptset
 from viz.select import cell_mean
 
 _CDN_LINK = re.compile(r'<link[^>]*href="https?://[^"]*"[^>]*>\s*')
+# Panel's extension registers an ES-module shim served from its own server; a saved page needs none
+_SERVER_SCRIPT = re.compile(r'<script[^>]*src="static/[^"]*"[^>]*>\s*</script>\s*')
 
 
 def offline_html(path: Path) -> None:
     """Drop the favicon links Panel adds from its CDN: nothing in the page reaches the network."""
     text = path.read_text(encoding="utf-8")
-    path.write_text(_CDN_LINK.sub("", text), encoding="utf-8")
+    path.write_text(_SERVER_SCRIPT.sub("", _CDN_LINK.sub("", text)), encoding="utf-8")
 
 
 def save_html(obj, path: Path, title: str) -> Path:

@@ -1,0 +1,85 @@
+"""The one-command study: config validation, stages chained, resume skips done work."""
+
+import pytest
+import xarray as xr
+import yaml
+
+from tests.conftest import run_cli
+
+
+def write(tmp_path, **over):
+    cfg = {
+        "name": "t",
+        "out": str(tmp_path / "study"),
+        "dump": {
+            "model": over.pop("model"),
+            "lengths": [256],
+            "depths": [0.3, 0.7],
+            "samples": 2,
+            "window": 8,
+            "block": 32,
+        },
+        "analyze": {"methods": ["full", "h2o", "cab"], "sparsities": [0.5, 0.9]},
+        "dask": {"workers": 1},
+        "viz": {"dpi": 50},
+    }
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        if name:
+            cfg[section][name] = value
+        else:
+            cfg[section] = value
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_run_then_resume(tiny_llama_dir, tmp_path):
+    cfg = write(tmp_path, model=tiny_llama_dir)
+    r = run_cli("pipelines", "run", str(cfg), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "study"
+    assert (out / "report" / "index.html").exists() and (out / "report" / "summary.csv").exists()
+    ds = xr.open_zarr(out / "results.zarr")
+    assert list(ds.method.values) == ["full", "h2o", "cab"]
+    stamp = (out / "results.zarr" / "zarr.json").stat().st_mtime
+    r = run_cli("pipelines", "run", str(cfg), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "0 documents written (4 already done)" in r.stdout
+    assert "up to date, skipped" in r.stdout
+    assert (out / "results.zarr" / "zarr.json").stat().st_mtime == stamp
+
+
+@pytest.mark.parametrize(
+    "over,words",
+    [
+        ({"dump__lengths": ["4q"]}, "4q"),
+        ({"dump__samples": 0}, "dump.samples"),
+        ({"dump__colour": 1}, "unknown setting dump.colour"),
+        ({"analyze__methods": ["h3o"]}, "unknown method 'h3o'"),
+        ({"analyze__sparsities": [1.5]}, "outside [0, 1)"),
+        ({"viz__dpi": 5}, "viz.dpi"),
+        ({"extra": {}}, "unknown top-level key 'extra'"),
+    ],
+)
+def test_config_errors(tmp_path, over, words):
+    cfg = write(tmp_path, model="smollm2-135m", **over)
+    r = run_cli("pipelines", "check", str(cfg))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert words in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "study").exists()
+
+
+def test_missing_and_broken_config(tmp_path):
+    r = run_cli("pipelines", "run", str(tmp_path / "none.yaml"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("out: [unclosed\n")
+    r = run_cli("pipelines", "run", str(bad))
+    assert r.returncode == 2 and "not valid YAML" in r.stderr
+
+
+def test_shipped_configs_are_valid():
+    assert run_cli("pipelines", "check", "configs/demo.yaml").returncode == 0
+    r = run_cli("pipelines", "check", "configs/paper.yaml")
+    assert r.returncode == 0, r.stderr

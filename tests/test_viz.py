@@ -1,0 +1,243 @@
+"""Figures from real results: values match the data, files are self-contained, the explorer renders."""
+
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from tests.conftest import ROOT, run_cli
+
+METHODS = "full,oracle,h2o,snapkv,cab,cab_high"
+
+
+@pytest.fixture(scope="module")
+def study(tiny_llama_dir, tmp_path_factory):
+    base = tmp_path_factory.mktemp("viz")
+    store, results = base / "run.zarr", base / "run.results.zarr"
+    r = run_cli(
+        "dump",
+        "--model",
+        tiny_llama_dir,
+        "--lengths",
+        "256,320",
+        "--depths",
+        "0.2,0.5,0.8",
+        "--samples",
+        "2",
+        "--window",
+        "8",
+        "--block",
+        "32",
+        "--out",
+        str(store),
+        "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr
+    r = run_cli(
+        "analyze",
+        str(store),
+        "--methods",
+        METHODS,
+        "--sparsity",
+        "0.5,0.9",
+        "--workers",
+        "1",
+        "--out",
+        str(results),
+        "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr
+    return store, results
+
+
+@pytest.fixture(scope="module")
+def report(study, tmp_path_factory):
+    store, results = study
+    out = tmp_path_factory.mktemp("report") / "report"
+    r = run_cli("viz", str(results), "--out", str(out), "--store", str(store), "--dpi", "60")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_report_files_and_offline_html(report):
+    for name in (
+        "index.html",
+        "heatmaps.html",
+        "curves.html",
+        "keptset.html",
+        "difference_cab_h2o.html",
+        "summary.csv",
+    ):
+        assert (report / name).stat().st_size > 0, name
+    assert len(list(report.glob("heatmap_needle_hit_*_s*.png"))) == 4
+    for html in report.glob("*.html"):
+        text = html.read_text()
+        assert not re.search(r"<script[^>]*src=[\"']https?://", text), html
+        assert not re.search(r"<link[^>]*href=[\"']https?://", text), html
+        assert not re.search(r"<script[^>]*src=[\"'](?!data:)", text), html  # no external script at all
+
+
+def test_summary_csv_rows_and_values(report, study):
+    df = pd.read_csv(report / "summary.csv")
+    assert len(df) == 6 * 2 * 2  # method x sparsity x length
+    ds = xr.open_zarr(study[1])
+    # independent: mean over layer, head, then samples, then depths
+    expected = (
+        ds.needle_hit.sel({"method": "h2o"})
+        .sel(sparsity=0.9, length=320)
+        .mean(["layer", "head"])
+        .mean("sample")
+        .mean("depth")
+    )
+    row = df[(df.method == "h2o") & (df.sparsity == 0.9) & (df.length == 320)]
+    assert float(row.needle_hit_all.iloc[0]) == pytest.approx(float(expected), abs=1e-4)
+    assert (df[df.method == "full"].needle_hit_all == 1).all()
+
+
+def test_heatmap_cells_equal_results(study):
+    import holoviews as hv
+
+    from viz import heatmaps
+
+    hv.extension("bokeh", logo=False)
+    ds = xr.open_zarr(study[1]).load()
+    layout = heatmaps.figure(ds, 0.9, "needle_recall", "all")
+    panel = [el for el in layout if el.label == "snapkv" or getattr(el, "title", "") == "snapkv"]
+    hm = layout.values()[METHODS.split(",").index("snapkv")].get(0)
+    cells = {(r[0], r[1]): r[2] for r in hm.dframe().itertuples(index=False)}
+    ref = ds.needle_recall.sel({"method": "snapkv"}).sel(sparsity=0.9).mean(["layer", "head"]).mean("sample")
+    assert cells[("256", "0.50")] == pytest.approx(round(float(ref.sel(length=256, depth=0.5)), 2))
+    assert panel is not None
+
+
+def test_interactive_page_carries_every_frame(study):
+    from viz import heatmaps
+    from viz.select import subsets
+
+    ds = xr.open_zarr(study[1]).load()
+    doc = heatmaps.interactive(ds)
+    sources = [r.data_source for fig in doc.children[1].children for r in getattr(fig[0], "renderers", [])]
+    keys = {
+        heatmaps.frame_key(float(s), m, h)
+        for s in ds.sparsity.values
+        for m in heatmaps.METRICS
+        for h in subsets(ds)
+    }
+    rect = [s for s in sources if "zvalues" in s.data]
+    assert rect and all(keys <= set(s.data) for s in rect)
+
+
+def test_kept_sets_respect_the_budget(study):
+    from viz import keptset
+
+    store, _ = study
+    sets = keptset.kept_sets(str(store), 320, 1, 0, 2, ["h2o", "cab"], 0.9)
+    assert (sets.kept.sum("key") == round(0.1 * 320)).all()
+    frac, width = keptset.binned(sets.kept.values.reshape(-1, 320), 100)
+    assert width == 4 and frac.shape == (2 * 4, 80)
+    np.testing.assert_allclose(frac.sum(-1) * width, sets.kept.values.reshape(-1, 320).sum(-1))
+
+
+def test_viz_bad_input(tmp_path):
+    r = run_cli("viz", str(tmp_path / "nothing.zarr"))
+    assert r.returncode == 2 and "python -m analyze" in r.stderr and "Traceback" not in r.stderr
+
+
+def _chromium():
+    for exe in ("chromium", "chromium-browser", "google-chrome"):
+        if shutil.which(exe):
+            return shutil.which(exe)
+    return None
+
+
+@pytest.mark.skipif(
+    _chromium() is None or shutil.which("chromedriver") is None,
+    reason="Debian chromium + chromium-driver are not installed (.ci/run installs them)",
+)
+def test_explorer_renders_and_selector_changes_heatmap(study, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "viz", "serve", str(study[1]), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = _chromium()
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chrome'}",
+    ):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                driver.get(f"http://127.0.0.1:{port}/")
+                break
+            except Exception:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+
+        def heatmap_text():
+            # Bokeh draws on canvases: read the heatmap cells from the page's Bokeh document
+            return driver.execute_script("""
+                const docs = window.Bokeh && Bokeh.documents;
+                if (!docs || !docs.length) return null;
+                const out = [];
+                for (const m of docs[0].all_models) {
+                    if (!m.data) continue;
+                    const d = m.data instanceof Map ? Object.fromEntries(m.data) : m.data;
+                    if (d.zvalues) out.push(Array.from(d.zvalues).join(','));
+                }
+                return out.join('|');
+            """)
+
+        deadline = time.time() + 90
+        before = None
+        while time.time() < deadline and not before:
+            before = heatmap_text()
+            time.sleep(1)
+        assert before, "the heatmap never rendered"
+        driver.save_screenshot(str(tmp_path / "explorer_before.png"))
+        # change the metric selector through the Bokeh model (the widget lives in a shadow DOM)
+        driver.execute_script("""
+            for (const m of Bokeh.documents[0].all_models) {
+                if (m.title === 'metric' && m.options) { m.value = 'mass_kept'; }
+            }
+        """)
+        after = before
+        deadline = time.time() + 60
+        while time.time() < deadline and after == before:
+            time.sleep(1)
+            after = heatmap_text()
+        assert after != before, "changing the metric did not change the heatmap"
+        driver.save_screenshot(str(tmp_path / "explorer_after.png"))
+        assert (tmp_path / "explorer_after.png").stat().st_size > 10_000
+        shots = ROOT / "runs" / "screenshots"
+        shots.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tmp_path / "explorer_after.png", shots / "explorer.png")
+    finally:
+        driver.quit()
+        server.kill()
