@@ -18,7 +18,8 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from dump.stats import LayerStats, attention_stats
+from dump import kernels
+from dump.stats import LayerStats, attention_stats, attention_stats_fused
 
 NAME = "niah_capture"
 
@@ -33,6 +34,7 @@ class Recorder:
     full_layers: frozenset[int] = frozenset()
     on_rows: Callable[[int, int, int, torch.Tensor], None] | None = None  # (layer, q0, q1, A tile)
     tile: int | None = None
+    fused: bool = True  # use the Triton kernels where supported (CUDA); False forces the torch reference
     layers_seen: list[int] = field(default_factory=list)
 
 
@@ -79,17 +81,23 @@ def capture_attention(module, query, key, value, attention_mask, scaling=None, d
         def on_rows(q0, q1, probs):
             recorder.on_rows(layer, q0, q1, probs)
 
-    out, stats = attention_stats(
-        query[0],
-        key[0],
-        value[0],
-        scaling,
-        recorder.window,
-        recorder.block,
-        mask=_dense_mask(attention_mask, n),
-        tile=recorder.tile,
-        on_rows=on_rows,
-    )
+    mask = _dense_mask(attention_mask, n)
+    if recorder.fused and kernels.fused_supported(query, recorder.block, mask, on_rows):
+        out, stats = attention_stats_fused(
+            query[0], key[0], value[0], scaling, recorder.window, recorder.block
+        )
+    else:
+        out, stats = attention_stats(
+            query[0],
+            key[0],
+            value[0],
+            scaling,
+            recorder.window,
+            recorder.block,
+            mask=mask,
+            tile=recorder.tile,
+            on_rows=on_rows,
+        )
     recorder.layers_seen.append(layer)
     recorder.on_layer(layer, stats)
     return out.unsqueeze(0).transpose(1, 2), None

@@ -8,6 +8,7 @@ re-tokenizing a substring (leading-space and BOS tokens break that).
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,7 +182,23 @@ def build_document(
         long_hay = long_hay + " " + long_hay
     # word boundaries are cut candidates; the token count grows monotonically with them
     cuts = [0] + [m.start() for m in re.finditer(r" ", long_hay)] + [len(long_hay)]
-    lo, hi = 0, len(cuts) - 1  # invariant: count(cuts[lo]) <= length < count(cuts[hi]) or exact
+    # bracket the cut from one tokenization of the haystack alone (a 128k prompt then needs ~10 calls, not 25)
+    offsets = tokenizer(long_hay, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    target = length - fixed  # haystack tokens wanted; refine by the observed error (tokens merge at joins)
+    j = 0
+    for _ in range(3):
+        guess = offsets[max(0, min(len(offsets), target) - 1)][1]
+        j = min(len(cuts) - 1, bisect.bisect_left(cuts, guess))
+        error = length - count(cuts[j])
+        if error == 0:
+            break
+        target += error
+    lo, hi = max(0, j - 2), min(len(cuts) - 1, j + 2)
+    while lo > 0 and count(cuts[lo]) > length:
+        lo = max(0, lo - 256)
+    while hi < len(cuts) - 1 and count(cuts[hi]) <= length:
+        hi = min(len(cuts) - 1, hi + 256)
+    # invariant: count(cuts[lo]) <= length < count(cuts[hi]), or hi is the end of the haystack
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if count(cuts[mid]) <= length:

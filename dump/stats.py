@@ -137,3 +137,20 @@ def attention_stats(
     expand = torch.arange(heads, device=dev) // group  # query head -> its kv head
     stats = LayerStats(colsum, rows, blocks, qmax, kmax[expand], qmean, kmean[expand])
     return out, stats
+
+
+def attention_stats_fused(query, key, value, scaling, window, block):
+    """CUDA path: the layer output from PyTorch's flash/efficient sdpa, the statistics from the fused
+    Triton kernels (dump/kernels/triton_stats.py). Same contract as `attention_stats`."""
+    from dump.kernels.triton_stats import fused_stats
+
+    heads, kv_heads = query.shape[0], key.shape[0]
+    group = heads // kv_heads
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query[None], key[None], value[None], is_causal=True, scale=scaling, enable_gqa=group > 1
+    )[0]
+    colsum, rows, blocks = fused_stats(query, key, scaling, window, block)
+    qmax, qmean = pool_blocks(query, block)
+    kmax, kmean = pool_blocks(key, block)
+    expand = torch.arange(heads, device=query.device) // group
+    return out, LayerStats(colsum, rows, blocks, qmax, kmax[expand], qmean, kmean[expand])

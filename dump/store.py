@@ -103,7 +103,8 @@ class RunStore:
             self.root.attrs.update(
                 {**root_attrs, "schema_version": SCHEMA_VERSION, "settings": settings, "created": _now()}
             )
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zarr-writer")
+        # chunks are independent files: several writers compress in parallel (GPU runs; `done` waits for all)
+        self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="zarr-writer")
         self._pending: list[Future] = []
 
     def _exists(self) -> bool:
@@ -252,7 +253,7 @@ class RunStore:
         if not self.background:
             fn(*args)
             return
-        while len(self._pending) >= 4:  # bounded: the forward pass never runs far ahead of the disk
+        while len(self._pending) >= 8:  # bounded: the forward pass never runs far ahead of the disk
             self._pending.pop(0).result()
         self._pending.append(self._writer.submit(fn, *args))
 
