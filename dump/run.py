@@ -7,6 +7,7 @@ import math
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -200,27 +201,43 @@ def run_dump(opt: DumpOptions) -> DumpSummary:
     todo = [p for p in plan if not p[-1]]
     t0, tokens, retrieved = time.perf_counter(), 0, 0
     bar = tqdm(todo, desc="dump", unit="doc", disable=not opt.progress)
+    # the next document is tokenized while the model runs on this one (tokenizers release the GIL)
+    builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="haystack")
+
+    def prepare(item):
+        n, _, _, d, s, _ = item
+        return builder.submit(build_document, lm.tokenizer, opt, n, d, s)
+
+    upcoming = prepare(todo[0]) if todo else None
     try:
-        for n, block, tile, d, s, _ in bar:
+        for i, (n, block, tile, d, s, _) in enumerate(bar):
             bar.set_postfix(length=n, depth=opt.depths[d], sample=s)
+            doc = upcoming.result()
+            if i + 1 < len(todo):
+                upcoming = prepare(todo[i + 1])
             retrieved += dump_document(
-                store, lm, opt, n, block, tile, d, s, progress=opt.progress and n >= 16384
+                store, lm, opt, doc, n, block, tile, d, s, progress=opt.progress and n >= 16384
             )
             tokens += n
     finally:
         bar.close()
+        builder.shutdown(wait=True, cancel_futures=True)
         store.close()
     return DumpSummary(
         opt.out, len(todo), len(plan) - len(todo), tokens, time.perf_counter() - t0, store.nbytes(), retrieved
     )
 
 
-def dump_document(store: RunStore, lm, opt: DumpOptions, n, block, tile, d, s, progress=False) -> bool:
-    """One document: build it, run the model once with capture, stream every layer, then `done`."""
+def build_document(tokenizer, opt: DumpOptions, n: int, d: int, s: int) -> haystack.Document:
+    """The document at (length n, depth index d, sample s): a function of the settings alone."""
     rng = haystack.document_rng(opt.seed, n, d, s)
     passkey = haystack.make_passkey(rng)
     sentences = haystack.filler_sentences(opt.filler, rng)
-    doc = haystack.build_document(lm.tokenizer, n, opt.depths[d], passkey, sentences)
+    return haystack.build_document(tokenizer, n, opt.depths[d], passkey, sentences)
+
+
+def dump_document(store: RunStore, lm, opt: DumpOptions, doc, n, block, tile, d, s, progress=False) -> bool:
+    """One document: run the model once with capture, stream every layer, then `done`."""
     store.write_document(n, d, s, doc)
     slots = {layer: i for i, layer in enumerate(opt.layers or [])}
     layer_bar = tqdm(total=lm.config["layers"], desc=f"layers @ {n}", leave=False, disable=not progress)
