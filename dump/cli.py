@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/run.zarr", help="the store (a directory or fsspec URL)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument(
+        "--devices",
+        type=lambda v: [x.strip() for x in v.split(",") if x.strip()],
+        default=None,
+        help="several devices, e.g. cuda:0,cuda:1 or all: documents sharded one process per device",
+    )
+    p.add_argument(
         "--dtype", default="auto", help="auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16"
     )
     p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
@@ -137,6 +143,7 @@ def main(argv=None) -> int:
         dtype=args.dtype,
         overwrite=args.overwrite,
         max_gb=args.max_gb,
+        devices=args.devices,
         progress=not args.no_progress,
     )
     try:

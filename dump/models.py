@@ -166,14 +166,19 @@ def load(
     except OSError:
         raise ModelUnavailable(_unavailable(name)) from None
     model.to(device).eval()
-    info = {
+    return LoadedModel(model, tokenizer, describe(name, dtype), model_limits(model.config))
+
+
+def describe(name: str, dtype: torch.dtype) -> dict:
+    """Provenance of a model without loading its weights: name, source, path, revision or file hash, dtype."""
+    target, source, revision = resolve(name)
+    return {
         "name": name,
         "source": source,
         "path": target,
         "revision": revision,
         "dtype": str(dtype).replace("torch.", ""),
     }
-    return LoadedModel(model, tokenizer, info, model_limits(model.config))
 
 
 def check_lengths(name: str, config, lengths: list[int]) -> None:

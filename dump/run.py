@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata as md
 import math
 import shutil
@@ -40,6 +41,8 @@ class DumpOptions:
     overwrite: bool = False
     max_gb: float = 20.0
     progress: bool = True
+    devices: list[str] | None = None  # several devices: documents sharded one process per device
+    shard: tuple[int, int] | None = None  # (index, count): this process's share of the documents
 
 
 @dataclass
@@ -164,13 +167,9 @@ def validate(opt: DumpOptions) -> tuple[dict, str]:
     return cfg, device
 
 
-def run_dump(opt: DumpOptions) -> DumpSummary:
-    cfg, device = validate(opt)
-    dtype = resolve_dtype(opt.dtype, device)
-    lm = models.load(opt.model, dtype=dtype, device=device, attn_implementation=capture.NAME)
-    settings = settings_of(opt, lm.info)
-    root_attrs = {
-        "model": lm.info,
+def root_attributes(opt: DumpOptions, cfg: dict, info: dict, device: str) -> dict:
+    return {
+        "model": info,
         "model_config": cfg,
         "haystack": {"filler": opt.filler, "templates": haystack.TEMPLATES, "seed": opt.seed},
         "capture": {
@@ -184,8 +183,33 @@ def run_dump(opt: DumpOptions) -> DumpSummary:
         },
         "software": software(),
     }
+
+
+def resolve_devices(devices: list[str] | None) -> list[str]:
+    if not devices:
+        return []
+    if devices == ["all"]:
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise UsageError("--devices all asked for, but CUDA is not available on this machine")
+        return [f"cuda:{i}" for i in range(count)]
+    for dev in devices:
+        resolve_device(dev)
+        if dev.startswith("cuda:") and int(dev.split(":")[1]) >= torch.cuda.device_count():
+            raise UsageError(
+                f"--devices {dev} does not exist: this machine has {torch.cuda.device_count()} CUDA devices"
+            )
+    return devices
+
+
+def open_store(opt: DumpOptions, cfg: dict, info: dict, device: str) -> tuple[RunStore, list]:
+    """The store with every length group created, and the plan: (n, block, tile, d, s, done) per document."""
     store = RunStore(
-        opt.out, settings, root_attrs, overwrite=opt.overwrite, background=device.startswith("cuda")
+        opt.out,
+        settings_of(opt, info),
+        root_attributes(opt, cfg, info, device),
+        overwrite=opt.overwrite,
+        background=device.startswith("cuda"),
     )
     plan = []
     for n in opt.lengths:
@@ -198,9 +222,56 @@ def run_dump(opt: DumpOptions) -> DumpSummary:
             for d in range(len(opt.depths))
             for s in range(opt.samples)
         ]
+    return store, plan
+
+
+def _run_shard(opt: DumpOptions) -> DumpSummary:
+    return run_dump(opt)
+
+
+def run_sharded(opt: DumpOptions, cfg: dict, devices: list[str]) -> DumpSummary:
+    """One process per device, each dumping every len(devices)-th document into its own chunks."""
+    import multiprocessing as mp
+
+    t0 = time.perf_counter()
+    dtype = resolve_dtype(opt.dtype, devices[0])
+    store, plan = open_store(opt, cfg, models.describe(opt.model, dtype), ",".join(devices))
+    store.close()  # layout and attributes are written once, here; the shards only fill chunks
+    shards = [
+        dataclasses.replace(opt, device=dev, devices=None, shard=(i, len(devices)), overwrite=False)
+        for i, dev in enumerate(devices)
+    ]
+    with mp.get_context("spawn").Pool(len(devices)) as pool:
+        parts = pool.map(_run_shard, shards)
+    return DumpSummary(
+        opt.out,
+        sum(p.documents for p in parts),
+        sum(p.skipped for p in parts),
+        sum(p.tokens for p in parts),
+        time.perf_counter() - t0,
+        store.nbytes(),
+        sum(p.retrieved for p in parts),
+    )
+
+
+def run_dump(opt: DumpOptions) -> DumpSummary:
+    cfg, device = validate(opt)
+    devices = resolve_devices(opt.devices)
+    if len(devices) > 1:
+        return run_sharded(opt, cfg, devices)
+    if devices:
+        device = devices[0]
+    dtype = resolve_dtype(opt.dtype, device)
+    lm = models.load(opt.model, dtype=dtype, device=device, attn_implementation=capture.NAME)
+    store, plan = open_store(opt, cfg, lm.info, device)
+    if opt.shard is not None:  # by position in the whole plan, so every shard agrees whatever is done
+        index, count = opt.shard
+        plan = [p for k, p in enumerate(plan) if k % count == index]
     todo = [p for p in plan if not p[-1]]
     t0, tokens, retrieved = time.perf_counter(), 0, 0
-    bar = tqdm(todo, desc="dump", unit="doc", disable=not opt.progress)
+    position = opt.shard[0] if opt.shard else 0
+    label = f"dump {opt.device}" if opt.shard else "dump"
+    bar = tqdm(todo, desc=label, unit="doc", disable=not opt.progress, position=position)
     # the next document is tokenized while the model runs on this one (tokenizers release the GIL)
     builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="haystack")
 

@@ -145,6 +145,18 @@ def test_sigkill_at_any_moment_then_rerun_equals_uninterrupted(reference_store, 
         np.testing.assert_array_equal(got[key], ref[key], err_msg=str(key))
 
 
+def test_sharded_over_two_processes_equals_one_process(reference_store, tiny_llama_dir, tmp_path):
+    """--devices shards documents one process per device into one store (two CPU processes here; the
+    same code runs one process per GPU)."""
+    out = tmp_path / "sharded.zarr"
+    r = run_cli(*dump_args(tiny_llama_dir, out, "--devices", "cpu,cpu"))
+    assert r.returncode == 0, r.stderr
+    assert "8 documents written" in r.stdout
+    got, ref = _store_values(out), _store_values(reference_store)
+    for key in ref:
+        np.testing.assert_array_equal(got[key], ref[key], err_msg=str(key))
+
+
 def test_full_matrices_for_chosen_layers(tiny_llama_dir, tmp_path):
     out = tmp_path / "full.zarr"
     r = run_cli(
@@ -207,6 +219,7 @@ def test_store_size_of_full_is_refused_over_max_gb(tiny_llama_dir, tmp_path):
         (["--model", "no-such-model-xyz"], "no-such-model-xyz"),
         (["--block", "x"], "--block"),
         (["--layers", "1"], "--store full"),
+        (["--devices", "cuda:0,cuda:1"], "CUDA is not available"),
     ],
 )
 def test_bad_input_is_one_sentence_and_exit_2(tiny_gpt2_dir, tmp_path, args, words):
