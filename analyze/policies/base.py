@@ -40,21 +40,26 @@ class DocLayer:
         return self.window[:, -1, :]
 
     def group_mean(self) -> DocLayer:
-        """Statistics of each kv head's group: means over its query heads."""
+        """Statistics of each kv head's group: means over its query heads (computed once per object:
+        every policy and budget of a document-layer reuses it)."""
+        cached = self.__dict__.get("_group_mean")
+        if cached is not None:
+            return cached
         g = self.heads // self.kv_heads
 
         def mean(a):
             return a.reshape(self.kv_heads, g, *a.shape[1:]).mean(axis=1)
 
-        return dataclasses.replace(
+        grouped = dataclasses.replace(
             self,
             colsum=mean(self.colsum),
             window=mean(self.window),
             blocks=mean(self.blocks),
             qpool=mean(self.qpool),
             kpool=mean(self.kpool),
-            kv_heads=self.kv_heads,
         )
+        object.__setattr__(self, "_group_mean", grouped)
+        return grouped
 
     def coarsen(self, block: int) -> DocLayer:
         """Blocks of a multiple of the stored size, by summing (pooled Q/K: mean of pooled vectors)."""
@@ -123,67 +128,81 @@ def select_reference(primary, k, forced=None, secondary=None) -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def _kth_largest(values, r):
-    """The r-th largest of values (1-based), O(n) by partition."""
-    return np.partition(values, values.size - r)[values.size - r]
-
-
-@numba.njit(cache=True)
-def _select_kernel(primary, secondary, forced, k):
+def _select_kernel(primary, secondary, forced, k, has_secondary, has_forced):
     """Same contract as select_reference, in O(N) per row: thresholds by partition instead of a sort."""
     rows, n = primary.shape
     keep = np.zeros((rows, n), dtype=np.bool_)
+    free = np.empty(n, dtype=np.int64)
+    ties = np.empty(n, dtype=np.int64)
+    values = np.empty(n, dtype=np.float64)
     for r in range(rows):
         taken = 0
+        c = 0
         for j in range(n):
-            if forced[r, j] and taken < k:
-                keep[r, j] = True
-                taken += 1
+            if has_forced and forced[r, j]:
+                if taken < k:
+                    keep[r, j] = True
+                    taken += 1
+            else:
+                free[c] = j
+                c += 1
         need = k - taken
         if need <= 0:
             continue
-        free = np.empty(n - taken, dtype=np.int64)
-        c = 0
-        for j in range(n):
-            if not forced[r, j]:
-                free[c] = j
-                c += 1
-        free = free[:c]
         if need >= c:
-            for j in free:
-                keep[r, j] = True
+            for t in range(c):
+                keep[r, free[t]] = True
             continue
         # level 1: everything strictly above the need-th largest primary
-        t1 = _kth_largest(primary[r][free], need)
-        ties = []
-        for j in free:
+        for t in range(c):
+            values[t] = primary[r, free[t]]
+        t1 = np.partition(values[:c], c - need)[c - need]
+        nt = 0
+        for t in range(c):
+            j = free[t]
             if primary[r, j] > t1:
                 keep[r, j] = True
                 need -= 1
             elif primary[r, j] == t1:
-                ties.append(j)
-        # level 2: among primary ties, by secondary; then earliest key
-        tied = np.array(ties, dtype=np.int64)
-        t2 = _kth_largest(secondary[r][tied], need)
-        for j in tied:
-            if secondary[r, j] > t2:
-                keep[r, j] = True
-                need -= 1
-        for j in tied:  # ascending key order
+                ties[nt] = j
+                nt += 1
+        if need == 0:
+            continue
+        if nt == need:
+            for t in range(nt):
+                keep[r, ties[t]] = True
+            continue
+        # level 2: among primary ties, by secondary; then the earliest key
+        t2 = 0.0
+        if has_secondary:
+            for t in range(nt):
+                values[t] = secondary[r, ties[t]]
+            t2 = np.partition(values[:nt], nt - need)[nt - need]
+            for t in range(nt):
+                j = ties[t]
+                if secondary[r, j] > t2:
+                    keep[r, j] = True
+                    need -= 1
+        for t in range(nt):  # ascending key order
             if need == 0:
                 break
-            if secondary[r, j] == t2:
+            j = ties[t]
+            if (secondary[r, j] if has_secondary else 0.0) == t2:
                 keep[r, j] = True
                 need -= 1
     return keep
 
 
+_NONE_F = np.zeros((1, 1))
+_NONE_B = np.zeros((1, 1), dtype=np.bool_)
+
+
 def select(primary, k, forced=None, secondary=None) -> np.ndarray:
     """Numba twin of `select_reference` (same result, bit for bit)."""
     primary = np.ascontiguousarray(primary, dtype=np.float64)
-    sec = np.zeros_like(primary) if secondary is None else np.ascontiguousarray(secondary, dtype=np.float64)
-    f = np.zeros(primary.shape, np.bool_) if forced is None else np.ascontiguousarray(forced, dtype=np.bool_)
-    return _select_kernel(primary, sec, f, int(k))
+    sec = _NONE_F if secondary is None else np.ascontiguousarray(secondary, dtype=np.float64)
+    f = _NONE_B if forced is None else np.ascontiguousarray(forced, dtype=np.bool_)
+    return _select_kernel(primary, sec, f, int(k), secondary is not None, forced is not None)
 
 
 def keep(policy, x: DocLayer, k: int, gqa: str = "kv", reference: bool = False) -> np.ndarray:
