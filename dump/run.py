@@ -261,6 +261,8 @@ def run_dump(opt: DumpOptions) -> DumpSummary:
         return run_sharded(opt, cfg, devices)
     if devices:
         device = devices[0]
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(device)  # Triton launches on the current device, not the tensors'
     dtype = resolve_dtype(opt.dtype, device)
     lm = models.load(opt.model, dtype=dtype, device=device, attn_implementation=capture.NAME)
     store, plan = open_store(opt, cfg, lm.info, device)
