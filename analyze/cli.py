@@ -11,13 +11,9 @@ import warnings
 from pathlib import Path
 
 from analyze.errors import UsageError
+from dump.errors import OneLineParser
 
 DEFAULT_METHODS = "full,oracle,random,streaming,h2o,snapkv,tova,cab,cab_high,cab_hybrid,cab_3c"
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_sparsities(value: str) -> list[float]:
@@ -38,7 +34,7 @@ def parse_sparsities(value: str) -> list[float]:
 
 
 def build_parser():
-    p = Parser(
+    p = OneLineParser(
         prog="python -m analyze",
         description="Apply KV-cache pruning policies offline to a RUN.zarr from `python -m dump` and score "
         "whether each keeps the needle, per method, sparsity, length, depth, sample, layer and head.",

@@ -6,14 +6,7 @@ import argparse
 import sys
 
 from dump import haystack, models
-from dump.errors import UsageError
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports bad input as one sentence and exit status 2 (no usage dump)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+from dump.errors import OneLineParser, UsageError
 
 
 def _lengths(value):
@@ -57,7 +50,7 @@ def _block(value):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(
+    p = OneLineParser(
         prog="python -m dump",
         description="Run a causal LM once per NIAH passkey document and stream per-layer attention "
         "statistics (colsum, last-W rows, BxB block sums, pooled Q/K) into a Zarr store.",

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from dump.errors import UsageError
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+from dump.errors import OneLineParser, UsageError
 
 
 def main(argv=None) -> int:
-    p = Parser(
+    p = OneLineParser(
         prog="python -m pipelines",
         description="Run dump -> analyze -> viz from one YAML config; "
         "each stage skips what is already done. See configs/demo.yaml.",

@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from dump.errors import UsageError
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
+from dump.errors import OneLineParser, UsageError
 
 
 def check_results(path: str) -> None:
@@ -34,7 +28,7 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     serve_mode = bool(argv) and argv[0] == "serve"
     if serve_mode:
-        p = Parser(
+        p = OneLineParser(
             prog="python -m viz serve", description="Interactive explorer of a RESULTS.zarr on 127.0.0.1."
         )
         p.add_argument("results")
@@ -42,7 +36,7 @@ def main(argv=None) -> int:
         p.add_argument("--show", action="store_true", help="open a browser")
         args = p.parse_args(argv[1:])
     else:
-        p = Parser(
+        p = OneLineParser(
             prog="python -m viz",
             description="Figures of a RESULTS.zarr: interactive HTML heatmaps, curves, "
             "kept-set pictures, PNGs for papers, summary.csv and an index.html (self-contained, offline). "

@@ -26,55 +26,34 @@ def _mean_ci(docs: xr.DataArray, over: list[str]):
     return mean, mean - half, mean + half
 
 
+def _curves(
+    docs: xr.DataArray, over: list[str], xdim: str, metric: str, title: str, logx: bool
+) -> hv.Overlay:
+    """One band per method of docs averaged over `over`, against the coordinate `xdim`."""
+    mean, lo, hi = _mean_ci(docs, over)
+    x = np.asarray(docs[xdim].values, dtype=float)
+    layers = [
+        _band(x, *(a.sel({"method": m}).values for a in (mean, lo, hi)), str(m), xdim, metric)
+        for m in docs.method.values
+    ]
+    return hv.Overlay(layers).opts(
+        hv.opts.Curve(logx=logx, ylim=(-0.02, 1.02), width=520, height=320, tools=["hover"], backend="bokeh"),
+        hv.opts.Overlay(title=title, legend_position="right", backend="bokeh"),
+    )
+
+
 def vs_length(
     results: xr.Dataset, sparsity: float, metric: str = "needle_hit", subset: str = "all"
 ) -> hv.Overlay:
     docs = per_document(results, metric, subset).sel(sparsity=sparsity)
-    mean, lo, hi = _mean_ci(docs, ["depth"])
-    x = np.asarray(results.length.values, dtype=float)
-    layers = [
-        _band(
-            x,
-            mean.sel({"method": m}).values,
-            lo.sel({"method": m}).values,
-            hi.sel({"method": m}).values,
-            str(m),
-            "length",
-            metric,
-        )
-        for m in results.method.values
-    ]
-    return hv.Overlay(layers).opts(
-        hv.opts.Curve(logx=True, ylim=(-0.02, 1.02), width=520, height=320, tools=["hover"], backend="bokeh"),
-        hv.opts.Overlay(
-            title=f"{metric} vs context length (sparsity {sparsity:g}, {subset} heads)",
-            legend_position="right",
-            backend="bokeh",
-        ),
-    )
+    title = f"{metric} vs context length (sparsity {sparsity:g}, {subset} heads)"
+    return _curves(docs, ["depth"], "length", metric, title, logx=True)
 
 
 def vs_sparsity(results: xr.Dataset, metric: str = "needle_hit", subset: str = "all") -> hv.Overlay:
     docs = per_document(results, metric, subset)
-    mean, lo, hi = _mean_ci(docs, ["length", "depth"])
-    x = np.asarray(results.sparsity.values, dtype=float)
-    layers = [
-        _band(
-            x,
-            mean.sel({"method": m}).values,
-            lo.sel({"method": m}).values,
-            hi.sel({"method": m}).values,
-            str(m),
-            "sparsity",
-            metric,
-        )
-        for m in results.method.values
-    ]
-    return hv.Overlay(layers).opts(
-        hv.opts.Curve(ylim=(-0.02, 1.02), width=520, height=320, tools=["hover"], backend="bokeh"),
-        hv.opts.Overlay(
-            title=f"{metric} vs sparsity ({subset} heads)", legend_position="right", backend="bokeh"
-        ),
+    return _curves(
+        docs, ["length", "depth"], "sparsity", metric, f"{metric} vs sparsity ({subset} heads)", logx=False
     )
 
 

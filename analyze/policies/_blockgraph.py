@@ -24,3 +24,12 @@ def graphs(x: DocLayer, source: str, normalize: bool = True) -> np.ndarray:
 def last_row_mass(x: DocLayer) -> np.ndarray:
     """(head, kblock): attention mass from the last query block (which holds the question)."""
     return x.blocks[:, -1, :].astype(np.float64)
+
+
+def last_row_additive(x: DocLayer, source: str, lam: float, reference: bool = False) -> np.ndarray:
+    """(head, kblock) additive curvature A − λ·(A·A)/M of the last query block's edges."""
+    a = graphs(x, source)
+    i = a.shape[1] - 1
+    if reference:
+        return np.stack([curvature.seed_additive(a[h], lam)[i] for h in range(x.heads)])
+    return np.stack([curvature.seed_additive_row(a[h], i, lam) for h in range(x.heads)])

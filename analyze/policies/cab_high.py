@@ -2,8 +2,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analyze import curvature
-from analyze.policies._blockgraph import graphs
+from analyze.policies._blockgraph import last_row_additive
 from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks
 
 
@@ -23,11 +22,8 @@ class CABHigh(Policy):
     block: int = 0
 
     def scores(self, x: DocLayer, reference: bool = False) -> np.ndarray:
-        a = graphs(x, self.graph)
-        i = a.shape[1] - 1
-        if reference:
-            return np.stack([curvature.seed_additive(a[h], self.lam)[i] for h in range(x.heads)])
-        return np.stack([curvature.seed_additive_row(a[h], i, self.lam) for h in range(x.heads)])
+        """(head, kblock) additive curvature of the last query block's edges."""
+        return last_row_additive(x, self.graph, self.lam, reference)
 
     def rank(self, x: DocLayer, k: int) -> Ranking:
         return Ranking(primary=expand_blocks(self.scores(x), x.block, x.n), secondary=x.colsum)

@@ -2,8 +2,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analyze import curvature
-from analyze.policies._blockgraph import graphs, last_row_mass
+from analyze.policies._blockgraph import last_row_additive, last_row_mass
 from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, select
 
 
@@ -23,11 +22,7 @@ class CABHybrid(Policy):
 
     def scores(self, x: DocLayer, reference: bool = False) -> np.ndarray:
         """(head, kblock) additive curvature of the last query block's edges."""
-        a = graphs(x, self.graph)
-        i = a.shape[1] - 1
-        if reference:
-            return np.stack([curvature.seed_additive(a[h], self.lam)[i] for h in range(x.heads)])
-        return np.stack([curvature.seed_additive_row(a[h], i, self.lam) for h in range(x.heads)])
+        return last_row_additive(x, self.graph, self.lam, reference)
 
     def _rank(self, x: DocLayer, k: int, reference: bool) -> Ranking:
         f = self.scores(x, reference)
