@@ -38,6 +38,25 @@ def minmax(a: np.ndarray) -> np.ndarray:
     return np.where(vis, (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a), 0.0)
 
 
+@numba.njit(cache=True)
+def minmax_causal(blocks):
+    """Numba twin of `minmax(causal(a))` for every head of (head, qblock, kblock) at once."""
+    h, m, _ = blocks.shape
+    out = np.zeros((h, m, m))
+    for r in range(h):
+        lo, hi = np.inf, -np.inf
+        for i in range(m):
+            for j in range(i + 1):
+                v = np.float64(blocks[r, i, j])
+                lo = min(lo, v)
+                hi = max(hi, v)
+        if hi > lo:
+            for i in range(m):
+                for j in range(i + 1):
+                    out[r, i, j] = (np.float64(blocks[r, i, j]) - lo) / (hi - lo)
+    return out
+
+
 def qk_affinity(qpool: np.ndarray, kpool: np.ndarray) -> np.ndarray:
     """(kblock, dim) x2 -> causal ReLU(Q̄ K̄ᵀ / √d) (qblock, kblock)."""
     d = qpool.shape[-1]

@@ -8,8 +8,10 @@ from analyze import curvature
 from analyze.policies.base import DocLayer
 
 
-def graphs(x: DocLayer, source: str, normalize: bool = True) -> np.ndarray:
+def graphs(x: DocLayer, source: str, normalize: bool = True, reference: bool = False) -> np.ndarray:
     """(head, qblock, kblock) causal graphs from `blocks` or pooled Q/K affinity, min-max normalised."""
+    if source == "blocks" and normalize and not reference:
+        return curvature.minmax_causal(x.blocks)
     if source == "blocks":
         raw = curvature.causal(x.blocks.astype(np.float64))
     elif source == "qk":
@@ -28,7 +30,7 @@ def last_row_mass(x: DocLayer) -> np.ndarray:
 
 def last_row_additive(x: DocLayer, source: str, lam: float, reference: bool = False) -> np.ndarray:
     """(head, kblock) additive curvature A − λ·(A·A)/M of the last query block's edges."""
-    a = graphs(x, source)
+    a = graphs(x, source, reference=reference)
     i = a.shape[1] - 1
     if reference:
         return np.stack([curvature.seed_additive(a[h], lam)[i] for h in range(x.heads)])

@@ -24,7 +24,7 @@ class CAB(Policy):
 
     def scores(self, x: DocLayer, reference: bool = False) -> np.ndarray:
         """(head, kblock) curvature of the last query block's edges."""
-        a = graphs(x, self.graph)
+        a = graphs(x, self.graph, reference=reference)
         i = a.shape[1] - 1
         if reference:
             return np.stack([curvature.seed_forman(a[h])[i] for h in range(x.heads)])

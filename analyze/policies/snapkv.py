@@ -42,16 +42,23 @@ def _pooled_votes(rows, kernel):
     h, w, n = rows.shape
     half = kernel // 2
     out = np.zeros((h, n))
+    chunk = 512  # column strips whose sums stay in L1 while the window rows stream past
+    acc = np.zeros(chunk)
     for r in range(h):
         votes = np.zeros(n + 2 * half)
-        for q in range(w):
-            for j in range(n):
-                votes[half + j] += rows[r, q, j]
-        acc = 0.0
+        for j0 in range(0, n, chunk):
+            j1 = min(n, j0 + chunk)
+            acc[:] = 0.0
+            for q in range(w):
+                for j in range(j0, j1):
+                    acc[j - j0] += rows[r, q, j]
+            for j in range(j0, j1):
+                votes[half + j] = acc[j - j0]
+        total = 0.0
         for j in range(kernel - 1):
-            acc += votes[j]
+            total += votes[j]
         for j in range(n):
-            acc += votes[j + kernel - 1]
-            out[r, j] = acc / kernel
-            acc -= votes[j]
+            total += votes[j + kernel - 1]
+            out[r, j] = total / kernel
+            total -= votes[j]
     return out
