@@ -116,10 +116,7 @@ def main(argv=None) -> int:
         plan = engine.plan_store(args.store)
         for m in methods:
             b = getattr(m, "block", 0)
-            for n in plan.lengths:
-                import zarr
-
-                stored = int(zarr.open_group(args.store, mode="r")[f"len_{n}"].attrs["block"])
+            for stored in plan.blocks.values():
                 if b and b % stored:
                     raise UsageError(
                         f"{m.name}:block={b} must be a multiple of the stored block size {stored}"

@@ -6,7 +6,6 @@ process ever holds a whole store), keeps masks only in memory, and returns small
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import warnings
 from dataclasses import dataclass, field
@@ -137,6 +136,7 @@ class StorePlan:
     heads: int
     done: dict  # length -> (depth, sample) bool
     retrieved: dict
+    blocks: dict  # length -> stored block size B
     attrs: dict
 
 
@@ -158,9 +158,10 @@ def plan_store(path: str) -> StorePlan:
             f"store {path!r} holds no length groups (len_N): was the dump interrupted before its first document?"
         )
     cfg = root.attrs["model_config"]
-    done, retrieved = {}, {}
+    done, retrieved, blocks = {}, {}, {}
     for n in groups:
         g = root[f"len_{n}"]
+        blocks[n] = int(g.attrs["block"])
         done[n] = np.asarray(g["done"][:], dtype=bool)
         retrieved[n] = (
             np.asarray(g["retrieved"][:], dtype=bool) if "retrieved" in g else np.zeros_like(done[n])
@@ -176,6 +177,7 @@ def plan_store(path: str) -> StorePlan:
         int(cfg["heads"]),
         done,
         retrieved,
+        blocks,
         dict(root.attrs),
     )
 
@@ -309,7 +311,3 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
         }
     )
     return ds, unfinished
-
-
-def with_reference(spec: Spec) -> Spec:
-    return dataclasses.replace(spec, reference=True)

@@ -9,7 +9,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -353,7 +353,3 @@ def greedy_answer(model, out, steps: int) -> list[int]:
         nxt = model(torch.tensor([[token]], device=logits.device), use_cache=True, **{name: past})
         past, logits = getattr(nxt, name), nxt.logits
     return answer
-
-
-def options_dict(opt: DumpOptions) -> dict:
-    return {k: v for k, v in asdict(opt).items() if k != "progress"}
