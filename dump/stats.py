@@ -7,7 +7,7 @@ For one layer, from post-RoPE Q (head, query, dim) and K, V (kv_head, key, dim):
     colsum   = Σ_q A[q, k]                             (head, key)
     window   = A[N-W:, :]                              (head, wq, key)
     blocks   = Σ over each B×B block of A              (head, qblock, kblock)
-    qpool/kpool: per block, the q (k) vector of largest L2 norm, and the block mean
+    qpool/kpool: per block, the q (k) vector of largest L2 norm
 
 A is formed tile by tile over query rows (keys beyond the tile's last row are causally masked for
 the whole tile and never computed), so memory is O(tile × N), never N². GQA: query head h reads kv
@@ -31,8 +31,6 @@ class LayerStats:
     blocks: torch.Tensor  # (head, qblock, kblock) fp32
     qpool: torch.Tensor  # (head, kblock, dim) max-L2 pooled
     kpool: torch.Tensor
-    qpool_mean: torch.Tensor  # (head, kblock, dim) mean pooled
-    kpool_mean: torch.Tensor
 
 
 def num_blocks(n: int, block: int) -> int:
@@ -54,9 +52,9 @@ def _pad_to(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, pad)
 
 
-def pool_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x (head, token, dim) -> (max-L2 pooled, mean pooled), each (head, kblock, dim).
-    The last block may be partial: it pools its real tokens only."""
+def pool_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """x (head, token, dim) -> (head, kblock, dim): per block, the vector of largest L2 norm (the first
+    on ties). The last block may be partial: it pools its real tokens only."""
     h, n, d = x.shape
     m = num_blocks(n, block)
     pad = m * block - n
@@ -65,10 +63,7 @@ def pool_blocks(x: torch.Tensor, block: int) -> tuple[torch.Tensor, torch.Tensor
     norms = torch.nn.functional.pad(xf.norm(dim=-1), (0, pad), value=-1.0).view(h, m, block)
     idx = norms.argmax(dim=-1)  # first max: deterministic
     maxl2 = torch.gather(xp, 2, idx[..., None, None].expand(h, m, 1, d)).squeeze(2)
-    counts = torch.full((m,), float(block), device=x.device)
-    counts[-1] = block - pad
-    mean = xp.sum(dim=2) / counts[None, :, None]
-    return maxl2, mean
+    return maxl2
 
 
 def attention_stats(
@@ -132,10 +127,8 @@ def attention_stats(
             on_rows(q0, q1, probs)
         del probs, rowsum
 
-    qmax, qmean = pool_blocks(query, block)
-    kmax, kmean = pool_blocks(key, block)
     expand = torch.arange(heads, device=dev) // group  # query head -> its kv head
-    stats = LayerStats(colsum, rows, blocks, qmax, kmax[expand], qmean, kmean[expand])
+    stats = LayerStats(colsum, rows, blocks, pool_blocks(query, block), pool_blocks(key, block)[expand])
     return out, stats
 
 
@@ -150,7 +143,5 @@ def attention_stats_fused(query, key, value, scaling, window, block):
         query[None], key[None], value[None], is_causal=True, scale=scaling, enable_gqa=group > 1
     )[0]
     colsum, rows, blocks = fused_stats(query, key, scaling, window, block)
-    qmax, qmean = pool_blocks(query, block)
-    kmax, kmean = pool_blocks(key, block)
     expand = torch.arange(heads, device=query.device) // group
-    return out, LayerStats(colsum, rows, blocks, qmax, kmax[expand], qmean, kmean[expand])
+    return out, LayerStats(colsum, rows, blocks, pool_blocks(query, block), pool_blocks(key, block)[expand])

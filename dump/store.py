@@ -1,4 +1,4 @@
-"""The dump store RUN.zarr (schema in DESIGN.md; the contract between dump and analyze).
+"""The dump store RUN.zarr, laid out by `dump.schema` (the contract between dump and analyze).
 
 Zarr v3. One group per length `len_{N}`, readable with `xr.open_zarr(path, group="len_4096")`.
 Per-layer variables are chunked one chunk per (document, layer), so a half-written document only
@@ -20,13 +20,14 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
 from dump.errors import UsageError
-from dump.stats import LayerStats, num_blocks
+from dump import schema
+from dump.stats import LayerStats
 
-SCHEMA_VERSION = "1.0"
 # zstd level 1: on real attention rows level 5 is 2.8x slower for 8% smaller chunks
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), Crc32cCodec())
-ANSWER_TOKENS = 8  # greedy tokens decoded after the prompt to check that the model finds the passkey
-PER_LAYER = ("colsum", "window", "blocks", "qpool", "kpool", "qpool_mean", "kpool_mean")
+PER_LAYER = tuple(schema.RUN_STATISTICS)
+# what a chunk torn by a kill raises when read: a short Blosc frame, a crc32c mismatch, a bad header
+CHUNK_ERRORS = (ValueError, RuntimeError, OSError)
 
 
 class StoreMismatch(UsageError):
@@ -40,10 +41,6 @@ def _torch_dtypes():
 
 
 TORCH_DTYPES = _torch_dtypes()
-
-
-def group_name(length: int) -> str:
-    return f"len_{length}"
 
 
 def is_local(path: str) -> bool:
@@ -101,11 +98,29 @@ class RunStore:
         else:
             self.root = zarr.open_group(path, mode="w")
             self.root.attrs.update(
-                {**root_attrs, "schema_version": SCHEMA_VERSION, "settings": settings, "created": _now()}
+                {
+                    **root_attrs,
+                    schema.KIND_ATTR: schema.RUN_KIND,
+                    "schema_version": schema.RUN_VERSION,
+                    "settings": settings,
+                    "created": _now(),
+                }
             )
         # chunks are independent files: several writers compress in parallel (GPU runs; `done` waits for all)
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="zarr-writer")
         self._pending: list[Future] = []
+
+    @classmethod
+    def attach(cls, path: str, background: bool = False) -> RunStore:
+        """An existing store whose layout and settings were set up by the process that planned the run
+        (a Dask worker, a device shard): it only fills chunks."""
+        self = cls.__new__(cls)
+        self.path, self.background = path, background
+        self.root = zarr.open_group(path, mode="r+")
+        self.settings = dict(self.root.attrs["settings"])
+        self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="zarr-writer")
+        self._pending = []
+        return self
 
     def _exists(self) -> bool:
         try:
@@ -124,128 +139,48 @@ class RunStore:
             fs.rm(root, recursive=True)
 
     # -- layout -----------------------------------------------------------------------------
-    def length_group(
-        self, length: int, cfg: dict, window: int, block: int, tile: int, full_layers: list[int]
-    ):
-        """The `len_{N}` group, created with all its arrays on first use."""
-        name = group_name(length)
+    def length_group(self, length: int, cfg: dict, window: int, block: int, tile: int, full_layers: list[int]):
+        """The `len_{N}` group, created with every variable of the schema on first use."""
+        name = schema.group_name(length)
         if name in self.root:
             return self.root[name]
         s = self.settings
-        nd, ns = len(s["depths"]), s["samples"]
-        L, H, D = cfg["layers"], cfg["heads"], cfg["head_dim"]
-        W, M = min(window, length), num_blocks(length, block)
+        sizes = schema.run_sizes(length, len(s["depths"]), s["samples"], cfg, window, block, full_layers)
         g = self.root.create_group(
-            name, attributes={"length": length, "window": W, "block": block, "tile": tile}
+            name, attributes={"length": length, "window": sizes["wq"], "block": block, "tile": tile}
         )
-
-        def arr(var, dims, shape, dtype, chunks, fill=0, **attrs):
+        for var, spec in schema.run_vars(bool(full_layers)).items():
             g.create_array(
                 var,
-                shape=shape,
-                dtype=dtype,
-                chunks=chunks,
+                shape=tuple(sizes[d] for d in spec.dims),
+                dtype=spec.dtype,
+                chunks=schema.chunks_of(spec, sizes, tile),
                 compressors=COMPRESSORS,
-                fill_value=fill,
-                dimension_names=dims,
-                attributes=attrs,
+                fill_value=spec.fill,
+                dimension_names=list(spec.dims),
+                attributes={"long_name": spec.long_name},
             )
-
-        doc = ("depth", "sample")
-        arr("depth", ["depth"], (nd,), "float64", (nd,), 0.0, long_name="requested needle depth (0 = start)")
         g["depth"][:] = np.asarray(s["depths"], dtype=np.float64)
-        for var, n in (("sample", ns), ("layer", L), ("head", H)):
-            arr(var, [var], (n,), "int32", (n,))
-            g[var][:] = np.arange(n, dtype=np.int32)
-        arr("input_ids", [*doc, "key"], (nd, ns, length), "int32", (1, 1, length))
-        for var, meaning in (
-            ("needle", "passkey tokens"),
-            ("needle_sentence", "whole needle sentence"),
-            ("question", "question and answer cue"),
-        ):
-            arr(var, [*doc, "key"], (nd, ns, length), "bool", (1, 1, length), False, long_name=meaning)
-        arr("passkey", doc, (nd, ns), "int64", (1, 1))
-        arr(
-            "depth_actual",
-            doc,
-            (nd, ns),
-            "float32",
-            (1, 1),
-            0.0,
-            long_name="filler tokens before the needle / all filler tokens",
-        )
-        lay = (*doc, "layer", "head")
-        arr("colsum", [*lay, "key"], (nd, ns, L, H, length), "float32", (1, 1, 1, H, length))
-        arr(
-            "window",
-            [*lay, "wq", "key"],
-            (nd, ns, L, H, W, length),
-            "float16",
-            (1, 1, 1, H, W, length),
-            long_name=f"attention rows of the last {W} queries, ending at the final prompt token",
-        )
-        arr(
-            "blocks",
-            [*lay, "qblock", "kblock"],
-            (nd, ns, L, H, M, M),
-            "float32",
-            (1, 1, 1, H, M, M),
-            long_name=f"sum of attention over {block}x{block} blocks",
-        )
-        for var, pool in (
-            ("qpool", "max_l2"),
-            ("kpool", "max_l2"),
-            ("qpool_mean", "mean"),
-            ("kpool_mean", "mean"),
-        ):
-            arr(
-                var,
-                [*lay, "kblock", "dim"],
-                (nd, ns, L, H, M, D),
-                "float16",
-                (1, 1, 1, H, M, D),
-                pool=pool,
-                long_name=f"post-RoPE {var[0]} pooled per block ({pool})",
-            )
+        for var in ("sample", "layer", "head"):
+            g[var][:] = np.arange(sizes[var], dtype=np.int32)
         if full_layers:
-            arr("attn_layer", ["attn_layer"], (len(full_layers),), "int32", (len(full_layers),))
             g["attn_layer"][:] = np.asarray(full_layers, dtype=np.int32)
-            arr(
-                "attn",
-                [*doc, "attn_layer", "head", "query", "key"],
-                (nd, ns, len(full_layers), H, length, length),
-                "float16",
-                (1, 1, 1, H, tile, length),
-                long_name="full causal attention matrices",
-            )
-        arr(
-            "retrieved",
-            doc,
-            (nd, ns),
-            "bool",
-            (1, 1),
-            False,
-            long_name=f"the model's greedy answer ({ANSWER_TOKENS} tokens) contains the passkey",
-        )
-        arr("done", doc, (nd, ns), "bool", (1, 1), False, long_name="document complete (written last)")
         consolidate(self.root)  # metadata is fixed from here on: readers need no listing
         return g
 
     # -- progress ---------------------------------------------------------------------------
     def done(self, length: int) -> np.ndarray:
-        """(depth, sample) bool. A chunk torn by a kill reads as not done."""
-        g = self.root[group_name(length)]
+        """(depth, sample) bool. A `done` chunk torn by a kill reads as not done."""
+        arr = self.root[schema.group_name(length)]["done"]
         try:
-            return np.asarray(g["done"][:], dtype=bool)
-        except Exception:
-            nd, ns = g["done"].shape
-            out = np.zeros((nd, ns), dtype=bool)
-            for i in range(nd):
-                for j in range(ns):
-                    try:
-                        out[i, j] = bool(g["done"][i, j])
-                    except Exception:
-                        out[i, j] = False
+            return np.asarray(arr[:], dtype=bool)
+        except CHUNK_ERRORS:
+            out = np.zeros(arr.shape, dtype=bool)
+            for i, j in np.ndindex(*arr.shape):
+                try:
+                    out[i, j] = bool(arr[i, j])
+                except CHUNK_ERRORS:
+                    out[i, j] = False
             return out
 
     # -- writing ----------------------------------------------------------------------------
@@ -263,7 +198,7 @@ class RunStore:
         self._pending = []
 
     def write_document(self, length: int, d: int, s: int, doc) -> None:
-        g = self.root[group_name(length)]
+        g = self.root[schema.group_name(length)]
         g["input_ids"][d, s] = doc.input_ids
         g["needle"][d, s] = doc.needle
         g["needle_sentence"][d, s] = doc.needle_sentence
@@ -272,13 +207,13 @@ class RunStore:
         g["depth_actual"][d, s] = doc.depth_actual
 
     def write_layer(self, length: int, d: int, s: int, layer: int, stats: LayerStats) -> None:
-        g = self.root[group_name(length)]
+        g = self.root[schema.group_name(length)]
         # cast on the device: torch converts to float16 far faster than numpy does
         arrays = {
             var: getattr(stats, var).detach().to(TORCH_DTYPES[str(g[var].dtype)]).cpu().numpy()
             for var in PER_LAYER
         }
-        self._submit(self._write_layer, group_name(length), d, s, layer, arrays)
+        self._submit(self._write_layer, schema.group_name(length), d, s, layer, arrays)
 
     def _write_layer(self, name, d, s, layer, arrays) -> None:
         g = self.root[name]
@@ -287,7 +222,7 @@ class RunStore:
 
     def write_rows(self, length: int, d: int, s: int, slot: int, q0: int, q1: int, probs) -> None:
         tile = probs.detach().to(TORCH_DTYPES["float16"]).cpu().numpy()
-        g = self.root[group_name(length)]
+        g = self.root[schema.group_name(length)]
         n = g["attn"].shape[-1]
         self._submit(self._write_rows, g, d, s, slot, q0, q1, n, tile)
 
@@ -297,9 +232,14 @@ class RunStore:
         full[:, :, : tile.shape[-1]] = tile
         g["attn"][d, s, slot, :, q0:q1, :] = full
 
+    def write_answer(self, length: int, d: int, s: int, answer_ids: np.ndarray, retrieved: bool) -> None:
+        g = self.root[schema.group_name(length)]
+        g["answer_ids"][d, s] = answer_ids
+        g["retrieved"][d, s] = retrieved
+
     def mark_done(self, length: int, d: int, s: int) -> None:
         self.flush()  # every variable of the document is on disk before `done`
-        self.root[group_name(length)]["done"][d, s] = True
+        self.root[schema.group_name(length)]["done"][d, s] = True
 
     def close(self) -> None:
         self.flush()

@@ -1,4 +1,9 @@
-"""The study config (YAML): one file drives dump -> analyze -> viz. Validated before any work."""
+"""The study config (YAML): one file drives dump -> analyze -> viz. Validated before any work.
+
+Its sections are the stages' own option dataclasses (`dump.options.DumpOptions`,
+`analyze.options.AnalyzeOptions`, `viz.options.VizOptions`): every key is the CLI flag of the same
+name, parsed and checked by the same code. The stores' paths come from `out:`.
+"""
 
 from __future__ import annotations
 
@@ -8,68 +13,22 @@ from pathlib import Path
 
 import yaml
 
+from analyze.options import AnalyzeOptions
+from dump import optionkit
 from dump.errors import UsageError
+from dump.options import DumpOptions
+from viz.options import VizOptions
 
-
-@dataclass
-class DumpSection:
-    model: str = "smollm2-135m"
-    lengths: list = field(default_factory=lambda: ["1k"])
-    depths: object = field(default_factory=lambda: [0.1, 0.5, 0.9])  # list or "linspace:0,1,11"
-    samples: int = 1
-    seed: int = 0
-    filler: str = "ruler"
-    window: int = 64
-    block: object = 64
-    store: str = "stats"
-    layers: object = None
-    device: str = "auto"
-    dtype: str = "auto"
-
-
-@dataclass
-class AnalyzeSection:
-    methods: list = field(
-        default_factory=lambda: [
-            "full",
-            "oracle",
-            "random",
-            "streaming",
-            "h2o",
-            "snapkv",
-            "tova",
-            "cab",
-            "cab_high",
-            "cab_hybrid",
-            "cab_3c",
-        ]
-    )
-    sparsities: list = field(default_factory=lambda: [0.9, 0.95, 0.99])
-    gqa: str = "kv"
-    seed: int = 0
-    retrieval_heads: int = 10
-
-
-@dataclass
-class DaskSection:
-    scheduler: str | None = None
-    workers: int | None = None
-
-
-@dataclass
-class VizSection:
-    dpi: int = 150
-    keptset: bool = True
+SECTIONS = {"dump": DumpOptions, "analyze": AnalyzeOptions, "viz": VizOptions}
 
 
 @dataclass
 class Config:
     out: str
     name: str = "study"
-    dump: DumpSection = field(default_factory=DumpSection)
-    analyze: AnalyzeSection = field(default_factory=AnalyzeSection)
-    dask: DaskSection = field(default_factory=DaskSection)
-    viz: VizSection = field(default_factory=VizSection)
+    dump: DumpOptions = field(default_factory=DumpOptions)
+    analyze: AnalyzeOptions = field(default_factory=AnalyzeOptions)
+    viz: VizOptions = field(default_factory=VizOptions)
 
     @property
     def run_store(self) -> str:
@@ -83,20 +42,15 @@ class Config:
     def report_dir(self) -> str:
         return str(Path(self.out) / "report")
 
-
-SECTIONS = {"dump": DumpSection, "analyze": AnalyzeSection, "dask": DaskSection, "viz": VizSection}
-
-
-def _section(name: str, cls, raw, where: str):
-    if raw is None:
-        return cls()
-    if not isinstance(raw, dict):
-        raise UsageError(f"{where}: section {name!r} must be a mapping of settings")
-    allowed = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in allowed:
-            raise UsageError(f"{where}: unknown setting {name}.{key}; allowed: {', '.join(allowed)}")
-    return cls(**raw)
+    def stage_options(self, progress: bool = True) -> tuple[DumpOptions, AnalyzeOptions, VizOptions]:
+        """The three stages' options with this study's paths filled in."""
+        return (
+            dataclasses.replace(self.dump, out=self.run_store, progress=progress),
+            dataclasses.replace(self.analyze, store=self.run_store, out=self.results_store, progress=progress),
+            dataclasses.replace(
+                self.viz, results=self.results_store, out=self.report_dir, store=self.run_store, progress=progress
+            ),
+        )
 
 
 def load(path: str) -> Config:
@@ -116,56 +70,10 @@ def load(path: str) -> Config:
     for key in raw:
         if key not in top:
             raise UsageError(f"{path}: unknown top-level key {key!r}; allowed: {', '.join(sorted(top))}")
-    if not raw.get("out"):
+    if not raw.get("out") or not isinstance(raw["out"], str):
         raise UsageError(f"{path}: `out:` (the study's output folder) is required")
-    cfg = Config(
+    return Config(
         out=str(raw["out"]),
         name=str(raw.get("name", p.stem)),
-        **{name: _section(name, cls, raw.get(name), path) for name, cls in SECTIONS.items()},
+        **{name: optionkit.from_mapping(cls, raw.get(name), name, path) for name, cls in SECTIONS.items()},
     )
-    validate(cfg, path)
-    return cfg
-
-
-def validate(cfg: Config, where: str) -> None:
-    from analyze import policies
-    from analyze.cli import parse_sparsities
-    from dump import haystack
-
-    d = cfg.dump
-    d.lengths = haystack.parse_lengths(",".join(str(x) for x in _as_list(d.lengths, "dump.lengths", where)))
-    d.depths = haystack.parse_depths(
-        d.depths
-        if isinstance(d.depths, str)
-        else ",".join(str(x) for x in _as_list(d.depths, "dump.depths", where))
-    )
-    for key in ("samples", "window", "seed"):
-        value = getattr(d, key)
-        if not isinstance(value, int) or isinstance(value, bool) or (value < 1 and key != "seed"):
-            raise UsageError(
-                f"{where}: dump.{key} = {value!r} must be a whole number"
-                + (" of at least 1" if key != "seed" else "")
-            )
-    if d.block != "auto" and (not isinstance(d.block, int) or d.block < 1):
-        raise UsageError(f"{where}: dump.block = {d.block!r} must be a positive whole number or 'auto'")
-    haystack.parse_filler(d.filler)
-    a = cfg.analyze
-    for m in _as_list(a.methods, "analyze.methods", where):
-        policies.parse_method(str(m))
-    a.sparsities = parse_sparsities(
-        ",".join(str(x) for x in _as_list(a.sparsities, "analyze.sparsities", where))
-    )
-    if a.gqa not in ("kv", "head"):
-        raise UsageError(f"{where}: analyze.gqa = {a.gqa!r}: use kv or head")
-    if cfg.dask.workers is not None and (not isinstance(cfg.dask.workers, int) or cfg.dask.workers < 1):
-        raise UsageError(f"{where}: dask.workers = {cfg.dask.workers!r} must be a whole number of at least 1")
-    if not isinstance(cfg.viz.dpi, int) or not 30 <= cfg.viz.dpi <= 1200:
-        raise UsageError(f"{where}: viz.dpi = {cfg.viz.dpi!r} must be a whole number in 30..1200")
-
-
-def _as_list(value, name, where):
-    if isinstance(value, (list, tuple)) and value:
-        return list(value)
-    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        return [value]
-    raise UsageError(f"{where}: {name} = {value!r} must be a non-empty list")

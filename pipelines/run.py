@@ -19,13 +19,15 @@ def analyze_key(cfg: Config) -> str:
     """What the results depend on: the analyze settings and the dump's finished documents."""
     import zarr
 
+    from dump import schema
+
     root = zarr.open_group(cfg.run_store, mode="r")
-    done = {name: int(root[name]["done"][:].sum()) for name in sorted(root.group_keys())}
+    done = {schema.group_name(n): int(root[schema.group_name(n)]["done"][:].sum()) for n in schema.lengths_in(root)}
     a = cfg.analyze
     return json.dumps(
         {
             "methods": list(map(str, a.methods)),
-            "sparsities": a.sparsities,
+            "sparsities": a.sparsity,
             "gqa": a.gqa,
             "seed": a.seed,
             "retrieval_heads": a.retrieval_heads,
@@ -39,30 +41,12 @@ def analyze_key(cfg: Config) -> str:
 def run(cfg: Config, progress: bool = True) -> dict:
     timings = {}
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    dump_opt, analyze_opt, viz_opt = cfg.stage_options(progress)
 
     t = time.perf_counter()
-    from dump.run import DumpOptions, run_dump
+    from dump.run import run_dump
 
-    d = cfg.dump
-    summary = run_dump(
-        DumpOptions(
-            out=cfg.run_store,
-            model=d.model,
-            lengths=d.lengths,
-            depths=d.depths,
-            samples=d.samples,
-            seed=d.seed,
-            filler=d.filler,
-            window=d.window,
-            block=d.block,
-            store=d.store,
-            layers=d.layers,
-            device=d.device,
-            dtype=d.dtype,
-            progress=progress,
-        )
-    )
-    log(summary.line())
+    log(run_dump(dump_opt).line())
     timings["dump"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -72,23 +56,20 @@ def run(cfg: Config, progress: bool = True) -> dict:
     if fresh:
         log(f"analyze: {results} is up to date, skipped")
     else:
-        from analyze import cluster, engine, policies
-        from analyze.cli import write_results
+        from analyze import engine, policies
+        from analyze.cli import check_blocks, write_results
+        from analyze.runstore import plan_store
+        from dump import cluster
 
-        a = cfg.analyze
-        spec = engine.Spec(
-            tuple(policies.parse_method(str(m)) for m in a.methods),
-            tuple(a.sparsities),
-            gqa=a.gqa,
-            seed=a.seed,
-        )
-        with cluster.client_for(cfg.dask.scheduler, cfg.dask.workers) as client:
-            ds, unfinished = engine.run(
-                cfg.run_store, spec, client, progress=progress, retrieval_heads=a.retrieval_heads
-            )
+        a = analyze_opt
+        pols = tuple(policies.parse_method(m) for m in a.methods)
+        check_blocks(pols, plan_store(a.store))
+        spec = engine.Spec(pols, tuple(a.sparsity), gqa=a.gqa, seed=a.seed, reference=a.reference)
+        with cluster.client_for(a.scheduler, a.workers) as client:
+            ds, unfinished = engine.run(a.store, spec, client, progress=progress, retrieval_heads=a.retrieval_heads)
         ds.attrs["pipeline_key"] = key
-        write_results(ds, str(results))
-        log(f"analyze: {len(ds.method)} methods x {len(ds.sparsity)} sparsities -> {results}")
+        write_results(ds, a.out)
+        log(f"analyze: {len(ds.policy)} policies x {len(ds.sparsity)} sparsities -> {results}")
     timings["analyze"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -99,13 +80,8 @@ def run(cfg: Config, progress: bool = True) -> dict:
     if index.exists() and index.stat().st_mtime > (results / "zarr.json").stat().st_mtime and fresh:
         log(f"viz: {index} is up to date, skipped")
     else:
-        build(
-            str(results),
-            str(report),
-            store=cfg.run_store if cfg.viz.keptset else None,
-            dpi=cfg.viz.dpi,
-            progress=log,
-        )
+        v = viz_opt
+        build(v.results, v.out, store=v.store if v.keptset else None, dpi=v.dpi, progress=log)
     timings["viz"] = time.perf_counter() - t
     log("done in " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; open {index}")
     return timings

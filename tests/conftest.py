@@ -80,3 +80,58 @@ def run_cli(*args, timeout=600, env=None):
     return subprocess.run(
         [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env
     )
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DaskCluster:
+    """A real `dask scheduler` and `workers` separate `dask worker` processes on 127.0.0.1."""
+
+    def __init__(self, workers: int = 2, resources: str | None = None):
+        import time
+
+        port = free_port()
+        self.address = f"tcp://127.0.0.1:{port}"
+        quiet = {"cwd": ROOT, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        cli = [sys.executable, "-m"]
+        self.procs = [
+            subprocess.Popen(
+                [*cli, "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                **quiet,
+            )
+        ]
+        time.sleep(2)
+        extra = ["--resources", resources] if resources else []
+        for _ in range(workers):
+            self.procs.append(
+                subprocess.Popen(
+                    [*cli, "distributed.cli.dask_worker", self.address, "--nworkers", "1", "--nthreads", "1",
+                     "--no-dashboard", "--host", "127.0.0.1", *extra],
+                    **quiet,
+                )
+            )
+        from distributed import Client
+
+        with Client(self.address, timeout=30) as c:
+            c.wait_for_workers(workers, timeout=90)
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+
+
+@pytest.fixture
+def dask_cluster():
+    cluster = DaskCluster(2)
+    try:
+        yield cluster
+    finally:
+        cluster.close()

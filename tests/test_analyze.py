@@ -1,10 +1,6 @@
 """The analyze stage on real dumps: metric guarantees, brute force, Dask cluster equality, errors."""
 
 import shutil
-import socket
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -12,7 +8,7 @@ import xarray as xr
 import zarr
 
 from analyze import engine, policies
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
 
 METHODS = "full,oracle,random,streaming,h2o,snapkv,tova,cab,cab_high,cab_hybrid,cab_3c"
 
@@ -71,27 +67,27 @@ def results(tiny_store, client):
 
 
 def test_full_keeps_the_needle_and_all_mass(results):
-    full = results.sel({"method": "full"})
+    full = results.sel({"policy": "full"})
     assert (full.needle_hit == 1).all() and (full.needle_recall == 1).all()
     np.testing.assert_allclose(full.mass_kept, 1, atol=2e-3)  # window rows are stored in float16
 
 
 def test_kept_equals_budget_everywhere(results):
-    others = results.kept.drop_sel(method="full")
+    others = results.kept.drop_sel(policy="full")
     assert (others == results.budget).all()
-    assert (results.kept.sel({"method": "full"}) == results.length).all()
+    assert (results.kept.sel({"policy": "full"}) == results.length).all()
 
 
 def test_oracle_has_the_highest_mass_kept_everywhere(results):
-    best = results.mass_kept.drop_sel(method="full").max("method")
-    assert (results.mass_kept.sel({"method": "oracle"}) >= best - 1e-6).all()
+    best = results.mass_kept.drop_sel(policy="full").max("policy")
+    assert (results.mass_kept.sel({"policy": "oracle"}) >= best - 1e-6).all()
 
 
 def test_same_seed_same_results_other_seed_differs(tiny_store, client, results):
     again = analyze(tiny_store, client)
     xr.testing.assert_identical(again.drop_attrs(), results.drop_attrs())
     other = analyze(tiny_store, client, methods="random", seed=5)
-    assert not np.array_equal(other.mass_kept.values, results.mass_kept.sel({"method": ["random"]}).values)
+    assert not np.array_equal(other.mass_kept.values, results.mass_kept.sel({"policy": ["random"]}).values)
 
 
 def test_numba_equals_numpy_reference_on_a_real_dump(tiny_store, client, results):
@@ -121,7 +117,7 @@ def test_h2o_equals_brute_force_from_full_matrices(tiny_store, results):
                         kept[order[: k - recent]] = True
                         for h in (2 * g, 2 * g + 1):
                             got = (
-                                results.sel({"method": "h2o"})
+                                results.sel({"policy": "h2o"})
                                 .sel(sparsity=sp, length=n, layer=layer, head=h)
                                 .isel(depth=d, sample=s)
                             )
@@ -140,71 +136,16 @@ def test_diagnostics_are_present_and_bounded(results):
     assert {"needle_hit_mean", "needle_hit_lo", "needle_hit_hi"} <= set(results.data_vars)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_existing_cluster_equals_local_run_bit_for_bit(tiny_store, tmp_path):
-    port = free_port()
-    addr = f"tcp://127.0.0.1:{port}"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "distributed.cli.dask_scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-dashboard",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
-    try:
-        time.sleep(2)
-        for _ in range(2):
-            procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "distributed.cli.dask_worker",
-                        addr,
-                        "--nworkers",
-                        "1",
-                        "--nthreads",
-                        "1",
-                        "--no-dashboard",
-                        "--host",
-                        "127.0.0.1",
-                    ],
-                    cwd=ROOT,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-        from distributed import Client
-
-        with Client(addr, timeout=30) as c:
-            c.wait_for_workers(2, timeout=60)
-            assert len(c.scheduler_info()["workers"]) == 2
-        remote, local = tmp_path / "remote.zarr", tmp_path / "local.zarr"
-        r1 = run_cli("analyze", tiny_store, "--scheduler", addr, "--out", str(remote), "--no-progress")
-        assert r1.returncode == 0, r1.stderr
-        r2 = run_cli("analyze", tiny_store, "--workers", "2", "--out", str(local), "--no-progress")
-        assert r2.returncode == 0, r2.stderr
-        a, b = xr.open_zarr(remote).load(), xr.open_zarr(local).load()
-        for v in a.data_vars:
-            np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
-    finally:
-        for p in procs:
-            p.kill()
+def test_existing_cluster_equals_local_run_bit_for_bit(tiny_store, tmp_path, dask_cluster):
+    addr = dask_cluster.address
+    remote, local = tmp_path / "remote.zarr", tmp_path / "local.zarr"
+    r1 = run_cli("analyze", tiny_store, "--scheduler", addr, "--out", str(remote), "--no-progress")
+    assert r1.returncode == 0, r1.stderr
+    r2 = run_cli("analyze", tiny_store, "--workers", "2", "--out", str(local), "--no-progress")
+    assert r2.returncode == 0, r2.stderr
+    a, b = xr.open_zarr(remote).load(), xr.open_zarr(local).load()
+    for v in a.data_vars:
+        np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
 
 
 def test_unfinished_documents_are_skipped_with_a_warning(tiny_store, tmp_path):
@@ -266,9 +207,9 @@ def test_real_smollm2_dump(tmp_path, client):
     ds = analyze(str(out), client, sparsities=(0.5, 0.9))
     ref = analyze(str(out), client, sparsities=(0.5, 0.9), reference=True)
     np.testing.assert_array_equal(ds.needle_hit.values, ref.needle_hit.values)
-    assert (ds.needle_hit.sel({"method": "full"}) == 1).all()
+    assert (ds.needle_hit.sel({"policy": "full"}) == 1).all()
     assert (
-        ds.mass_kept.sel({"method": "oracle"}) >= ds.mass_kept.drop_sel(method="full").max("method") - 1e-6
+        ds.mass_kept.sel({"policy": "oracle"}) >= ds.mass_kept.drop_sel(policy="full").max("policy") - 1e-6
     ).all()
     # the seed's V3 curvature ranks blocks like plain magnitude on a real model; V1 ranks against it
     rho = ds.curvature_mass_spearman.mean(["length", "depth", "sample", "layer", "head"])

@@ -19,8 +19,7 @@ def write(tmp_path, **over):
             "window": 8,
             "block": 32,
         },
-        "analyze": {"methods": ["full", "h2o", "cab"], "sparsities": [0.5, 0.9]},
-        "dask": {"workers": 1},
+        "analyze": {"methods": ["full", "h2o", "cab"], "sparsity": [0.5, 0.9], "workers": 1},
         "viz": {"dpi": 50},
     }
     for key, value in over.items():
@@ -41,7 +40,7 @@ def test_run_then_resume(tiny_llama_dir, tmp_path):
     out = tmp_path / "study"
     assert (out / "report" / "index.html").exists() and (out / "report" / "summary.csv").exists()
     ds = xr.open_zarr(out / "results.zarr")
-    assert list(ds.method.values) == ["full", "h2o", "cab"]
+    assert list(ds.policy.values) == ["full", "h2o", "cab"]
     stamp = (out / "results.zarr" / "zarr.json").stat().st_mtime
     r = run_cli("pipelines", "run", str(cfg), "--no-progress")
     assert r.returncode == 0, r.stderr
@@ -57,7 +56,7 @@ def test_run_then_resume(tiny_llama_dir, tmp_path):
         ({"dump__samples": 0}, "dump.samples"),
         ({"dump__colour": 1}, "unknown setting dump.colour"),
         ({"analyze__methods": ["h3o"]}, "unknown method 'h3o'"),
-        ({"analyze__sparsities": [1.5]}, "outside [0, 1)"),
+        ({"analyze__sparsity": [1.5]}, "outside [0, 1)"),
         ({"viz__dpi": 5}, "viz.dpi"),
         ({"extra": {}}, "unknown top-level key 'extra'"),
     ],

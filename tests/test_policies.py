@@ -25,15 +25,17 @@ def random_doclayer(seed=0, heads=6, kv_heads=2, n=300, window=16, block=32, dim
     qp = pool.reshape(heads, m, block, dim).mean(2)
     pool[:, :n] = k
     kp = pool.reshape(heads, m, block, dim).mean(2)
+    w = a[:, -window:].astype(np.float32)
     x = DocLayer(
-        a.sum(1).astype(np.float32),
-        a[:, -window:].astype(np.float32),
-        blocks.astype(np.float32),
-        qp.astype(np.float32),
-        kp.astype(np.float32),
-        block,
-        kv_heads,
+        final_row=w[:, -1],
+        block=block,
+        kv_heads=kv_heads,
         seed=seed,
+        colsum=a.sum(1).astype(np.float32),
+        window=w,
+        blocks=blocks.astype(np.float32),
+        qpool=qp.astype(np.float32),
+        kpool=kp.astype(np.float32),
     )
     return x, a
 

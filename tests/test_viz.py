@@ -90,15 +90,15 @@ def test_summary_csv_rows_and_values(report, study):
     ds = xr.open_zarr(study[1])
     # independent: mean over layer, head, then samples, then depths
     expected = (
-        ds.needle_hit.sel({"method": "h2o"})
+        ds.needle_hit.sel({"policy": "h2o"})
         .sel(sparsity=0.9, length=320)
         .mean(["layer", "head"])
         .mean("sample")
         .mean("depth")
     )
-    row = df[(df.method == "h2o") & (df.sparsity == 0.9) & (df.length == 320)]
+    row = df[(df.policy == "h2o") & (df.sparsity == 0.9) & (df.length == 320)]
     assert float(row.needle_hit_all.iloc[0]) == pytest.approx(float(expected), abs=1e-4)
-    assert (df[df.method == "full"].needle_hit_all == 1).all()
+    assert (df[df.policy == "full"].needle_hit_all == 1).all()
 
 
 def test_heatmap_cells_equal_results(study):
@@ -111,7 +111,7 @@ def test_heatmap_cells_equal_results(study):
     layout = heatmaps.figure(ds, 0.9, "needle_recall", "all")
     hm = layout.values()[METHODS.split(",").index("snapkv")].get(0)
     cells = {(r[0], r[1]): r[2] for r in hm.dframe().itertuples(index=False)}
-    ref = ds.needle_recall.sel({"method": "snapkv"}).sel(sparsity=0.9).mean(["layer", "head"]).mean("sample")
+    ref = ds.needle_recall.sel({"policy": "snapkv"}).sel(sparsity=0.9).mean(["layer", "head"]).mean("sample")
     assert cells[("256", "0.50")] == pytest.approx(round(float(ref.sel(length=256, depth=0.5)), 2))
 
 
@@ -133,14 +133,65 @@ def test_interactive_page_carries_every_frame(study):
 
 
 def test_kept_sets_respect_the_budget(study):
+    from analyze.keptsets import kept_sets
     from viz import keptset
 
     store, _ = study
-    sets = keptset.kept_sets(str(store), 320, 1, 0, 2, ["h2o", "cab"], 0.9)
+    sets = kept_sets(str(store), 320, 1, 0, 2, ["h2o", "cab"], [0.9])
     assert (sets.kept.sum("key") == round(0.1 * 320)).all()
     frac, width = keptset.binned(sets.kept.values.reshape(-1, 320), 100)
     assert width == 4 and frac.shape == (2 * 4, 80)
     np.testing.assert_allclose(frac.sum(-1) * width, sets.kept.values.reshape(-1, 320).sum(-1))
+
+
+def test_picture_kept_sets_are_the_scored_ones_random_and_gqa_head(study, tmp_path):
+    """The kept-set picture of a `--gqa head --seed 3` study draws exactly the sets that were scored:
+    metrics recomputed from the picture's masks equal RESULTS bit for bit (random included), and the
+    image rows are those masks, first policy at the top under its own label."""
+    from analyze import metrics
+    from analyze.keptsets import kept_sets_scored
+    from analyze.runstore import load_doclayer
+    from viz import keptset
+
+    store, _ = study
+    out = tmp_path / "head.results.zarr"
+    r = run_cli(
+        "analyze", str(store), "--methods", "random,h2o,full", "--sparsity", "0.5,0.9", "--gqa", "head",
+        "--seed", "3", "--workers", "1", "--out", str(out), "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr
+    res = xr.open_zarr(out).load()
+    assert res.attrs["gqa"] == "head" and res.attrs["seed"] == 3
+    for layer in (0, 2):
+        sets = kept_sets_scored(res, str(store), 320, 1, 0, layer)
+        x, needle = load_doclayer(str(store), 320, 1, 0, layer, 2, 0)
+        for i, policy in enumerate(res.policy.values):
+            for j, sp in enumerate(res.sparsity.values):
+                m = metrics.kept_metrics(sets.kept.values[i, j], needle, x.final_row.astype(np.float64))
+                scored = res.sel(policy=policy, sparsity=sp, length=320).isel(depth=1, sample=0).sel(layer=layer)
+                np.testing.assert_array_equal(m[1].astype(np.float32), scored.needle_recall.values)
+                np.testing.assert_array_equal(m[2].astype(np.float32), scored.mass_kept.values)
+        # under gqa=head the two query heads of a kv group keep different random sets
+        assert not np.array_equal(sets.kept.values[0, 1, 0], sets.kept.values[0, 1, 1])
+
+
+def test_keptset_picture_labels_match_their_bands(study):
+    """Two policies with known, different kept sets: `full` keeps every key, `streaming` at 0.9 keeps
+    4 sinks and the most recent keys. Each band of the picture, found by its label's tick, shows its
+    own policy's keys."""
+    from analyze.keptsets import kept_sets
+    from viz import keptset
+
+    store, _ = study
+    for order in (["full", "streaming"], ["streaming", "full"]):
+        sets = kept_sets(str(store), 320, 1, 0, 2, order, [0.9])
+        pic = keptset.picture(sets)
+        img = pic.get(0)
+        ticks = dict((label, y) for y, label in img.opts.get("plot").kwargs["yticks"])
+        assert set(ticks) == set(order)
+        assert img[160.5, ticks["full"]] == 1.0  # the middle of the document: full keeps it
+        assert img[160.5, ticks["streaming"]] == 0.0  # streaming evicted it
+        assert img[319.5, ticks["streaming"]] == 1.0  # and keeps the most recent key
 
 
 def test_viz_bad_input(tmp_path):

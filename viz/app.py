@@ -6,6 +6,8 @@ import holoviews as hv
 import panel as pn
 import xarray as xr
 
+from dump import schema
+from dump.schema import POLICY
 from viz import curves, heatmaps
 from viz.select import METRICS, subsets
 
@@ -17,9 +19,9 @@ def explorer(results: xr.Dataset) -> pn.viewable.Viewable:
     metric = pn.widgets.Select(name="metric", options=list(METRICS))
     subset = pn.widgets.Select(name="heads", options=subsets(results))
     methods = pn.widgets.MultiChoice(
-        name="methods",
-        options=list(map(str, results.method.values)),
-        value=list(map(str, results.method.values)),
+        name="policies",
+        options=list(map(str, results[POLICY].values)),
+        value=list(map(str, results[POLICY].values)),
     )
 
     def heatmap(s, m, h, ms):
@@ -37,7 +39,7 @@ def explorer(results: xr.Dataset) -> pn.viewable.Viewable:
 
 
 def serve(results_path: str, port: int = 5006, show: bool = False):
-    results = xr.open_zarr(results_path).load()
+    results = schema.open_results(results_path).load()
     return pn.serve(
         explorer(results),
         address="127.0.0.1",

@@ -5,23 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from dump import optionkit
 from dump.errors import OneLineParser, UsageError
+from viz.options import VizOptions
 
 
 def check_results(path: str) -> None:
-    import xarray as xr
+    from dump import schema
 
-    try:
-        ds = xr.open_zarr(path)
-    except Exception:
-        raise UsageError(
-            f"results {path!r} do not exist or are not a RESULTS.zarr: make them with `python -m analyze`"
-        ) from None
-    missing = {"needle_hit", "needle_hit_heads", "retrieval_head"} - set(ds.data_vars)
-    if missing:
-        raise UsageError(
-            f"{path!r} is not a RESULTS.zarr from `python -m analyze` (missing {', '.join(sorted(missing))})"
-        )
+    schema.open_results(path)
 
 
 def main(argv=None) -> int:
@@ -42,42 +34,36 @@ def main(argv=None) -> int:
             "kept-set pictures, PNGs for papers, summary.csv and an index.html (self-contained, offline). "
             "`python -m viz serve RESULTS.zarr` starts the interactive explorer.",
         )
-        p.add_argument("results")
-        p.add_argument(
-            "--out", default=None, help="report folder (default: RESULTS without .results.zarr + /report)"
-        )
-        p.add_argument(
-            "--store", default=None, help="the RUN.zarr, for kept-set pictures (default: the results' source)"
-        )
-        p.add_argument("--dpi", type=int, default=150, help="PNG resolution (300 for papers)")
+        optionkit.add_arguments(p, VizOptions)
         args = p.parse_args(argv)
     try:
-        check_results(args.results)
         if serve_mode:
+            check_results(args.results)
             from viz.app import serve
 
             print(f"viz: explorer on http://127.0.0.1:{args.port}")
             serve(args.results, args.port, args.show)
             return 0
+        opt = optionkit.from_args(VizOptions, args)
+        if not opt.results:
+            raise UsageError("give the RESULTS.zarr to draw (python -m viz RESULTS.zarr)")
+        check_results(opt.results)
         from viz.report import build
 
-        if args.dpi < 30 or args.dpi > 1200:
-            raise UsageError(f"--dpi {args.dpi} is outside 30..1200")
-        out = (
-            args.out
-            or str(
-                Path(args.results.rstrip("/").removesuffix(".zarr").removesuffix(".results")).with_suffix("")
-            )
-            + "_report"
-        )
-        store = args.store
-        if store is None:
+        out = opt.out or default_out(opt.results)
+        store = opt.store
+        if store is None and opt.keptset:
             import xarray as xr
 
-            src = xr.open_zarr(args.results).attrs.get("source_store")
+            src = xr.open_zarr(opt.results).attrs.get("source_store")
             store = src if src and Path(src).exists() else None
-        build(args.results, out, store=store, dpi=args.dpi)
+        build(opt.results, out, store=store if opt.keptset else None, dpi=opt.dpi,
+              progress=print if opt.progress else (lambda *_: None))
     except UsageError as err:
         print(f"{p.prog}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def default_out(results: str) -> str:
+    return str(Path(results.rstrip("/").removesuffix(".zarr").removesuffix(".results")).with_suffix("")) + "_report"

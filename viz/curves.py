@@ -6,6 +6,7 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
+from dump.schema import POLICY
 from viz.select import DIVERGING_CMAP, length_label, per_document
 
 
@@ -33,8 +34,8 @@ def _curves(
     mean, lo, hi = _mean_ci(docs, over)
     x = np.asarray(docs[xdim].values, dtype=float)
     layers = [
-        _band(x, *(a.sel({"method": m}).values for a in (mean, lo, hi)), str(m), xdim, metric)
-        for m in docs.method.values
+        _band(x, *(a.sel({POLICY: m}).values for a in (mean, lo, hi)), str(m), xdim, metric)
+        for m in docs[POLICY].values
     ]
     return hv.Overlay(layers).opts(
         hv.opts.Curve(logx=logx, ylim=(-0.02, 1.02), width=520, height=320, tools=["hover"], backend="bokeh"),
@@ -68,7 +69,7 @@ def difference(
 ) -> hv.Element:
     """Heatmap of method a minus method b (length x depth), diverging colours centred at 0."""
     docs = per_document(results, metric, subset).sel(sparsity=sparsity).mean("sample")
-    diff = docs.sel({"method": a}) - docs.sel({"method": b})
+    diff = docs.sel({POLICY: a}) - docs.sel({POLICY: b})
     cells = [
         (length_label(int(n)), f"{float(d):.2f}", round(float(diff.sel(length=n, depth=d)), 2))
         for n in diff.length.values

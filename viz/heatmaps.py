@@ -1,4 +1,4 @@
-"""Length × depth heatmaps, the field's standard NIAH figure: one panel per method.
+"""Length × depth heatmaps, the field's standard NIAH figure: one panel per policy.
 
 x = context length, y = needle depth (0 at the top), colour = accuracy on a fixed 0..1 scale with
 the classic red -> amber -> green map, the value written in each cell.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import holoviews as hv
 import xarray as xr
 
+from dump.schema import POLICY
 from viz.select import METRICS, NIAH_CMAP, cell_mean, length_label, subsets
 
 
@@ -62,8 +63,8 @@ def figure(
 ) -> hv.Layout:
     """One figure per sparsity: a panel per method."""
     cells = cell_mean(results, metric, subset).sel(sparsity=sparsity)
-    methods = list(methods or results.method.values)
-    panels = [method_panel(cells.sel({"method": m}), str(m), backend, metric) for m in methods]
+    methods = list(methods or results[POLICY].values)
+    panels = [method_panel(cells.sel({POLICY: m}), str(m), backend, metric) for m in methods]
     cols = min(4, len(panels))
     title = f"{metric} ({subset} heads) at sparsity {sparsity:g}"
     layout = hv.Layout(panels).cols(cols)
@@ -92,15 +93,15 @@ def interactive(results: xr.Dataset):
     grids = {(m, h): cell_mean(results, m, h) for m in METRICS for h in offered}
     first = keys[0]
     rects, texts, figures = [], [], []
-    for method in results.method.values:
+    for method in results[POLICY].values:
         plot = hv.render(
-            method_panel(grids[first[1:]].sel({"method": method, "sparsity": first[0]}), str(method))
+            method_panel(grids[first[1:]].sel({POLICY: method, "sparsity": first[0]}), str(method))
         )
         for r in plot.renderers:
             src = r.data_source
             cells = list(zip(src.data["length"], src.data["depth"]))
             for s, m, h in keys:
-                grid = grids[(m, h)].sel({"method": method, "sparsity": s})
+                grid = grids[(m, h)].sel({POLICY: method, "sparsity": s})
                 lookup = {(a, b): v for a, b, v in _cells(grid)}
                 values = [lookup[c] for c in cells]
                 if "zvalues" in src.data:

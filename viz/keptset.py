@@ -11,8 +11,7 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
-from analyze import engine, policies
-from analyze.policies import budget, keep
+from dump import schema
 
 
 def binned(mask: np.ndarray, max_columns: int) -> tuple[np.ndarray, int]:
@@ -25,31 +24,6 @@ def binned(mask: np.ndarray, max_columns: int) -> tuple[np.ndarray, int]:
     return pad.reshape(*mask.shape[:-1], cols, width).mean(-1), width
 
 
-def kept_sets(
-    store: str, length: int, depth: int, sample: int, layer: int, methods, sparsity: float, gqa: str = "kv"
-) -> xr.Dataset:
-    """(method, head, key) keep masks of one document-layer, recomputed from the dump (never stored)."""
-    plan = engine.plan_store(store)
-    x, needle = engine.load_doclayer(store, f"len_{length}", depth, sample, layer, plan.kv_heads, 0)
-    k = budget(sparsity, x.n)
-    parsed = [policies.parse_method(m) if isinstance(m, str) else m for m in methods]
-    masks = np.stack([keep(p, engine.policy_view(p, x), k, gqa) for p in parsed])
-    g = xr.open_zarr(store, group=f"len_{length}")
-    return xr.Dataset(
-        {
-            "kept": (("method", "head", "key"), masks),
-            "needle": (("key",), needle),
-            "question": (("key",), g.question.isel(depth=depth, sample=sample).values),
-        },
-        coords={
-            "method": [policies.label(p) for p in parsed],
-            "head": np.arange(x.heads),
-            "key": np.arange(x.n),
-        },
-        attrs={"length": length, "layer": layer, "sparsity": sparsity, "budget": k},
-    )
-
-
 def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
     idx = np.flatnonzero(mask)
     if idx.size == 0:
@@ -60,15 +34,18 @@ def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), (ends + 1).tolist()))
 
 
-def picture(sets: xr.Dataset, max_columns: int = 2048) -> hv.Overlay:
-    """Rows = (method, head), columns = keys; the needle in red, the question in blue."""
-    masks = sets.kept.values.reshape(-1, sets.sizes["key"])
+def picture(sets: xr.Dataset, sparsity: float | None = None, max_columns: int = 2048) -> hv.Overlay:
+    """Rows = (policy, head), first policy at the top; columns = keys; the needle in red, the question
+    in blue. `sets` comes from `analyze.keptsets.kept_sets` (one sparsity is drawn: the first unless given)."""
+    j = 0 if sparsity is None else [float(s) for s in sets.sparsity.values].index(float(sparsity))
+    kept = sets.kept.isel(sparsity=j)
+    masks = kept.values.reshape(-1, sets.sizes["key"])
     frac, width = binned(masks, max_columns)
     rows = frac.shape[0]
     img = hv.Image(
-        frac[::-1],
+        frac,  # hv.Image draws the array's first row at the top
         bounds=(0, 0, sets.sizes["key"], rows),
-        kdims=["key", "method × head"],
+        kdims=["key", "policy × head"],
         vdims=[hv.Dimension("kept", range=(0, 1))],
     )
     img = img.opts(
@@ -77,12 +54,12 @@ def picture(sets: xr.Dataset, max_columns: int = 2048) -> hv.Overlay:
         width=900,
         height=max(200, 14 * rows),
         colorbar=True,
-        title=f"kept keys, layer {sets.attrs['layer']}, sparsity {sets.attrs['sparsity']:g} "
-        f"(k = {sets.attrs['budget']}, {width} key(s) per pixel)",
+        title=f"kept keys, layer {sets.attrs['layer']}, sparsity {float(sets.sparsity[j]):g} "
+        f"(k = {sets.attrs['budgets'][j]}, {width} key(s) per pixel, kept sets per {sets.attrs['gqa']} head)",
         backend="bokeh",
     )
     heads = sets.sizes["head"]
-    ticks = [(rows - (i * heads + heads / 2), str(m)) for i, m in enumerate(sets.method.values)]
+    ticks = [(rows - (i * heads + heads / 2), str(m)) for i, m in enumerate(sets[schema.POLICY].values)]
     img = img.opts(yticks=ticks, backend="bokeh")
     marks = [hv.VSpan(a, b).opts(color="red", alpha=0.35) for a, b in _spans(sets.needle.values)]
     marks += [hv.VSpan(a, b).opts(color="royalblue", alpha=0.2) for a, b in _spans(sets.question.values)]
@@ -91,7 +68,7 @@ def picture(sets: xr.Dataset, max_columns: int = 2048) -> hv.Overlay:
 
 def block_map(store: str, length: int, depth: int, sample: int, layer: int, head: int) -> hv.Image:
     """log10 of the attention mass of each B×B block (query block down, key block across)."""
-    g = xr.open_zarr(store, group=f"len_{length}")
+    g = xr.open_zarr(store, group=schema.group_name(length))
     b = g.blocks.isel(depth=depth, sample=sample).sel(layer=layer, head=head).values.astype(np.float64)
     m = b.shape[0]
     img = hv.Image(

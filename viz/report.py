@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from analyze import keptsets
+from dump import schema
 from viz import curves, heatmaps, keptset
 from viz.select import cell_mean
 
@@ -50,10 +52,10 @@ def save_png(obj, path: Path, dpi: int = 150) -> Path:
 
 
 def summary_table(results: xr.Dataset) -> pd.DataFrame:
-    """One row per method × sparsity × length (means over depths and samples)."""
+    """One row per policy × sparsity × length (means over depths and samples)."""
     cols = {}
-    for metric in ("needle_hit", "needle_recall", "mass_kept"):
-        for subset in ("all", "retrieval"):
+    for metric in schema.HEAD_METRICS:
+        for subset in schema.SUBSETS:
             cols[f"{metric}_{subset}"] = (
                 cell_mean(results, metric, subset).mean("depth").drop_vars("subset", errors="ignore")
             )
@@ -62,22 +64,22 @@ def summary_table(results: xr.Dataset) -> pd.DataFrame:
     df["budget"] = [
         int(results.budget.sel(sparsity=s, length=n)) for s, n in zip(df["sparsity"], df["length"])
     ]
-    keep = ["method", "sparsity", "length", "budget", "documents", *cols]
+    keep = [schema.POLICY, "sparsity", "length", "budget", "documents", *cols]
     return df[keep].sort_values(
-        ["method", "sparsity", "length"], key=lambda c: c.map(_order(results, c.name))
+        [schema.POLICY, "sparsity", "length"], key=lambda c: c.map(_order(results, c.name))
     )
 
 
 def _order(results, name):
-    if name == "method":
-        order = {m: i for i, m in enumerate(results.method.values)}
+    if name == schema.POLICY:
+        order = {m: i for i, m in enumerate(results[schema.POLICY].values)}
         return lambda v: order.get(v, 0)
     return lambda v: v
 
 
 def build(results_path: str, out: str, store: str | None = None, dpi: int = 150, progress=print) -> Path:
     hv.extension("bokeh", "matplotlib", logo=False)
-    results = xr.open_zarr(results_path).load()
+    results = schema.open_results(results_path).load()
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, Path, str]] = []  # (title, file, explanation)
@@ -87,7 +89,7 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
     save_bokeh(heatmaps.interactive(results), outdir / "heatmaps.html", "NIAH heatmaps")
     pngs = []
     for s in sparsities:
-        for subset in ("all", "retrieval"):
+        for subset in schema.SUBSETS:
             p = save_png(
                 heatmaps.figure(results, s, "needle_hit", subset, backend="matplotlib"),
                 outdir / f"heatmap_needle_hit_{subset}_s{s:g}.png",
@@ -96,7 +98,7 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
             pngs.append((f"needle_hit, {subset} heads, sparsity {s:g}", p))
 
     progress("viz: curves")
-    methods = list(results.method.values)
+    methods = list(results[schema.POLICY].values)
     curve_layout = hv.Layout(
         [curves.vs_length(results, s) for s in sparsities] + [curves.vs_sparsity(results)]
     ).cols(2)
@@ -125,7 +127,7 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
             else 0
         )
         d = int(np.argmin(np.abs(results.depth.values - 0.5)))
-        sets = keptset.kept_sets(store, n, d, 0, layer, methods, sparsities[0])
+        sets = keptsets.kept_sets_scored(results, store, n, d, 0, layer, sparsities=[sparsities[0]])
         save_html(
             hv.Layout([keptset.picture(sets), keptset.block_map(store, n, d, 0, layer, head)]).cols(1),
             outdir / "keptset.html",
@@ -144,7 +146,7 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
         (
             "Heatmaps (interactive)",
             outdir / "heatmaps.html",
-            "Needle accuracy per context length (x) and needle depth (y, 0 = start), one panel per method; "
+            "Needle accuracy per context length (x) and needle depth (y, 0 = start), one panel per policy; "
             "widgets choose sparsity, metric and head subset.",
         ),
         (

@@ -6,7 +6,9 @@ import numpy as np
 import xarray as xr
 from matplotlib.colors import LinearSegmentedColormap, to_hex
 
-METRICS = ("needle_hit", "needle_recall", "mass_kept")
+from dump import schema
+
+METRICS = schema.HEAD_METRICS
 # the classic NIAH map, red -> amber -> green, as 256 colours so both backends interpolate alike
 NIAH_CMAP = [
     to_hex(c)
@@ -30,18 +32,18 @@ def subsets(results: xr.Dataset, max_layers: int = 4) -> list[str]:
 
 
 def per_document(results: xr.Dataset, metric: str, subset: str) -> xr.DataArray:
-    """(method, sparsity, length, depth, sample): the metric averaged over the subset's heads."""
+    """(policy, sparsity, length, depth, sample): the metric averaged over the subset's heads."""
     if metric not in METRICS:
         raise ValueError(f"metric {metric!r}: use one of {', '.join(METRICS)}")
-    if subset in ("all", "retrieval"):
-        return results[f"{metric}_heads"].sel(subset=subset)
+    if subset in schema.SUBSETS:
+        return results[schema.heads_name(metric)].sel({schema.SUBSET_DIM: subset})
     if subset.startswith("layer "):
         return results[metric].sel(layer=int(subset.split()[1])).mean("head")
     raise ValueError(f"subset {subset!r}: use all, retrieval or 'layer N'")
 
 
 def cell_mean(results: xr.Dataset, metric: str, subset: str) -> xr.DataArray:
-    """(method, sparsity, length, depth): mean over samples."""
+    """(policy, sparsity, length, depth): mean over samples."""
     return per_document(results, metric, subset).mean("sample", skipna=True)
 
 

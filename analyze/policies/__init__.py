@@ -1,4 +1,5 @@
-"""Pruning policies by name (contract: the names of DESIGN.md's table)."""
+"""Pruning policies by name. Adding a policy is one module in this folder plus one line in REGISTRY
+(or `register(cls)` from outside): the engine reads what it needs from the class's attributes."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import dataclasses
 
 from analyze.errors import UsageError
 from analyze.policies.base import DocLayer, Policy, Ranking, budget, keep, select, select_reference
+from analyze.policies.block_mass import BlockMass
 from analyze.policies.cab import CAB
 from analyze.policies.cab_3c import CAB3C
 from analyze.policies.cab_high import CABHigh
@@ -20,9 +22,22 @@ from analyze.policies.tova import TOVA
 
 REGISTRY: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (Full, Oracle, RandomKeys, Streaming, H2O, SnapKV, TOVA, CAB, CABHigh, CABHybrid, CAB3C)
+    for cls in (Full, Oracle, RandomKeys, Streaming, H2O, SnapKV, TOVA, CAB, CABHigh, CABHybrid, CAB3C, BlockMass)
 }
 ALL_METHODS = list(REGISTRY)
+
+
+def register(cls: type[Policy]) -> type[Policy]:
+    """Add a policy class (a frozen dataclass subclass of Policy with a unique `name`)."""
+    if not (isinstance(cls, type) and issubclass(cls, Policy) and dataclasses.is_dataclass(cls)):
+        raise TypeError(f"{cls!r} is not a dataclass subclass of Policy")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def default(name: str) -> Policy:
+    """The registered policy `name` with its default parameters."""
+    return REGISTRY[name]()
 
 __all__ = [
     "REGISTRY",
@@ -36,6 +51,8 @@ __all__ = [
     "select_reference",
     "parse_method",
     "describe",
+    "register",
+    "default",
 ]
 
 

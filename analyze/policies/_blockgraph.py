@@ -7,6 +7,9 @@ import numpy as np
 from analyze import curvature
 from analyze.policies.base import DocLayer
 
+GRAPH_READS = {"blocks": ("blocks",), "qk": ("qpool", "kpool")}  # what each graph source is built from
+COMPARE_WITH = ("h2o", "block_mass")  # the cab family is compared to accumulated attention and magnitude
+
 
 def graphs(x: DocLayer, source: str, normalize: bool = True, reference: bool = False) -> np.ndarray:
     """(head, qblock, kblock) causal graphs from `blocks` or pooled Q/K affinity, min-max normalised."""

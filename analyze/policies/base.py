@@ -14,30 +14,33 @@ import numba
 import numpy as np
 
 
+STATISTICS = ("colsum", "window", "blocks", "qpool", "kpool")
+
+
 @dataclass(frozen=True)
 class DocLayer:
-    """Stored statistics of one document and one layer (dims as in RUN.zarr, all query heads)."""
+    """Stored statistics of one document and one layer (dims as in RUN.zarr, all query heads).
 
-    colsum: np.ndarray  # (head, key) Σ_q A[q, k]
-    window: np.ndarray  # (head, wq, key) last W rows of A; window[:, -1] is the final query row
-    blocks: np.ndarray  # (head, qblock, kblock) Σ of A over B×B blocks
-    qpool: np.ndarray  # (head, kblock, dim) post-RoPE Q pooled per block
-    kpool: np.ndarray  # (head, kblock, dim)
+    Only the statistics some policy `reads` are loaded; the others are None. The final query row
+    is always there (every metric needs it)."""
+
+    final_row: np.ndarray  # (head, key) A[N-1, :], the answer position's attention
     block: int  # B
     kv_heads: int
     seed: int = 0  # per document-layer, for seeded policies
+    colsum: np.ndarray | None = None  # (head, key) Σ_q A[q, k]
+    window: np.ndarray | None = None  # (head, wq, key) last W rows of A; window[:, -1] is the final row
+    blocks: np.ndarray | None = None  # (head, qblock, kblock) Σ of A over B×B blocks
+    qpool: np.ndarray | None = None  # (head, kblock, dim) post-RoPE Q pooled per block (max L2)
+    kpool: np.ndarray | None = None  # (head, kblock, dim)
 
     @property
     def heads(self) -> int:
-        return self.colsum.shape[0]
+        return self.final_row.shape[0]
 
     @property
     def n(self) -> int:
-        return self.colsum.shape[1]
-
-    @property
-    def final_row(self) -> np.ndarray:
-        return self.window[:, -1, :]
+        return self.final_row.shape[1]
 
     def group_mean(self) -> DocLayer:
         """Statistics of each kv head's group: means over its query heads (computed once per object:
@@ -52,33 +55,30 @@ class DocLayer:
 
         grouped = dataclasses.replace(
             self,
-            colsum=mean(self.colsum),
-            window=mean(self.window),
-            blocks=mean(self.blocks),
-            qpool=mean(self.qpool),
-            kpool=mean(self.kpool),
+            final_row=mean(self.final_row),
+            **{s: mean(getattr(self, s)) for s in STATISTICS if getattr(self, s) is not None},
         )
         object.__setattr__(self, "_group_mean", grouped)
         return grouped
 
     def coarsen(self, block: int) -> DocLayer:
         """Blocks of a multiple of the stored size, by summing (pooled Q/K: mean of pooled vectors)."""
-        if block == self.block:
-            return self
+        if block == self.block or self.blocks is None:
+            return dataclasses.replace(self, block=block) if block != self.block else self
         f = block // self.block
         h, m, _ = self.blocks.shape
         mc = -(-m // f)
         b = np.zeros((h, mc * f, mc * f), dtype=self.blocks.dtype)
         b[:, :m, :m] = self.blocks
-        qp = np.zeros((h, mc * f, self.qpool.shape[-1]), dtype=np.float32)
-        kp = np.zeros_like(qp)
-        qp[:, :m], kp[:, :m] = self.qpool, self.kpool
+        pooled = {}
+        for name in ("qpool", "kpool"):
+            v = getattr(self, name)
+            if v is not None:
+                p = np.zeros((h, mc * f, v.shape[-1]), dtype=np.float32)
+                p[:, :m] = v
+                pooled[name] = p.reshape(h, mc, f, -1).mean(axis=2)
         return dataclasses.replace(
-            self,
-            blocks=b.reshape(h, mc, f, mc, f).sum(axis=(2, 4)),
-            qpool=qp.reshape(h, mc, f, -1).mean(axis=2),
-            kpool=kp.reshape(h, mc, f, -1).mean(axis=2),
-            block=block,
+            self, blocks=b.reshape(h, mc, f, mc, f).sum(axis=(2, 4)), block=block, **pooled
         )
 
 
@@ -225,10 +225,26 @@ def keep(policy, x: DocLayer, k: int, gqa: str = "kv", reference: bool = False) 
 
 
 class Policy:
-    """Base of all policies: subclasses are frozen dataclasses with a `rank(x, k)` method."""
+    """Base of all policies: subclasses are frozen dataclasses with a `rank(x, k)` method.
+
+    What the engine needs to know about a policy is declared here, never looked up by name:
+    - `reads`: the RUN.zarr statistics `rank` uses (the final query row is always loaded);
+    - `per_head`: True keeps one set per query head even under `--gqa kv` (ceilings, shared sets);
+    - `block`: block size it ranks whole blocks of (0 = the stored B, else a multiple of it; 0 for
+      key-level policies) — the engine shows it the stored blocks coarsened to that size;
+    - `block_scores`: it has `scores(x) -> (head, kblock)`, and RESULTS report their rank correlation
+      with block attention mass (`curvature_mass_spearman`); `keeps_lowest`: lower scores are kept;
+    - `compare_with`: registry names of policies whose kept sets RESULTS compare to this one's
+      (`jaccard`, pair "this|that").
+    """
 
     name = "policy"
+    reads: tuple[str, ...] = ()
     per_head = False
+    block = 0
+    block_scores = False
+    keeps_lowest = False
+    compare_with: tuple[str, ...] = ()
 
     def budget_for(self, k: int, n: int) -> int:
         """Keys this policy keeps under budget k (every policy but `full` keeps exactly k)."""

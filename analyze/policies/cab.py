@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from analyze import curvature
-from analyze.policies._blockgraph import graphs
+from analyze.policies._blockgraph import COMPARE_WITH, GRAPH_READS, graphs
 from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks
 
 
@@ -12,7 +12,7 @@ class CAB(Policy):
     """Curvature-aware blocks, the seed's first hypothesis: keep the key blocks with the LOWEST
     augmented block curvature F(i, j) = 4A[i, j] − S_i − S_j + 3(A·A)[i, j] for the last query block
     i ("bridges"), on the min-max normalised causal block graph; ⌊k/B⌋ whole blocks, the rest of the
-    budget filled from the next block by accumulated attention. See analyze/curvature.py and CAB.md.
+    budget filled from the next block by accumulated attention. See analyze/curvature.py and docs/cab.md.
 
     Parameters: graph="blocks" ("qk": pooled Q/K affinity), block=0 (0 = the stored B; else a
     multiple of it).
@@ -21,6 +21,13 @@ class CAB(Policy):
     name = "cab"
     graph: str = "blocks"
     block: int = 0
+    block_scores = True
+    keeps_lowest = True
+    compare_with = COMPARE_WITH
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ("colsum", *GRAPH_READS[self.graph])
 
     def scores(self, x: DocLayer, reference: bool = False) -> np.ndarray:
         """(head, kblock) curvature of the last query block's edges."""

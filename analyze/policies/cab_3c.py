@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from analyze import curvature
-from analyze.policies._blockgraph import graphs
+from analyze.policies._blockgraph import COMPARE_WITH, GRAPH_READS, graphs
 from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, recent_mask, select
 
 
@@ -25,6 +25,11 @@ class CAB3C(Policy):
     bridge: str = "median"
     graph: str = "blocks"
     block: int = 0
+    compare_with = COMPARE_WITH
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ("colsum", *(GRAPH_READS[self.graph] if self.bridge == "node" else ()))
 
     def rank(self, x: DocLayer, k: int) -> Ranking:
         n_local, n_bridge = int(round(self.local * k)), int(round(self.bridges * k))

@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analyze.policies._blockgraph import last_row_additive
+from analyze.policies._blockgraph import COMPARE_WITH, GRAPH_READS, last_row_additive
 from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks
 
 
@@ -11,7 +11,7 @@ class CABHigh(Policy):
     """The seed's "V3": keep the key blocks with the HIGHEST additive curvature F = A − λ·(A·A)/M
     for the last query block, on the min-max normalised causal block graph.
 
-    Known flaw (CAB.md): with causal row-stochastic attention the redundancy term is tiny, so this
+    Known flaw (docs/cab.md): with causal row-stochastic attention the redundancy term is tiny, so this
     ranks like plain block magnitude; the results' Jaccard / rank-correlation diagnostics show it.
     Parameters: lam=0.5, graph="blocks" ("qk"), block=0 (0 = stored B).
     """
@@ -20,6 +20,12 @@ class CABHigh(Policy):
     lam: float = 0.5
     graph: str = "blocks"
     block: int = 0
+    block_scores = True
+    compare_with = COMPARE_WITH
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ("colsum", *GRAPH_READS[self.graph])
 
     def scores(self, x: DocLayer, reference: bool = False) -> np.ndarray:
         """(head, kblock) additive curvature of the last query block's edges."""

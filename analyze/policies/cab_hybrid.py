@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analyze.policies._blockgraph import last_row_additive, last_row_mass
+from analyze.policies._blockgraph import COMPARE_WITH, GRAPH_READS, last_row_additive, last_row_mass
 from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, select
 
 
@@ -19,6 +19,12 @@ class CABHybrid(Policy):
     lam: float = 0.3
     graph: str = "blocks"
     block: int = 0
+    block_scores = True
+    compare_with = COMPARE_WITH
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ("colsum", "blocks", *GRAPH_READS[self.graph])  # blocks: the magnitude share
 
     def scores(self, x: DocLayer, reference: bool = False) -> np.ndarray:
         """(head, kblock) additive curvature of the last query block's edges."""

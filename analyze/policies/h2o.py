@@ -17,6 +17,7 @@ class H2O(Policy):
     """
 
     name = "h2o"
+    reads = ("colsum",)
     recent_ratio: float = 0.5
     normalize: bool = False
 

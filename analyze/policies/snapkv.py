@@ -16,6 +16,7 @@ class SnapKV(Policy):
     """
 
     name = "snapkv"
+    reads = ("window",)
     kernel: int = 5
     window: int = 0
 

@@ -1,30 +1,35 @@
-"""Dask client setup: a local cluster of worker processes by default, or an existing scheduler."""
+"""Dask client setup for every stage: a local cluster of worker processes by default, or an existing
+scheduler (`--scheduler tcp://HOST:8786`)."""
 
 from __future__ import annotations
 
 import os
 from contextlib import contextmanager
 
-from analyze.errors import UsageError
+from dump.errors import UsageError
 
 
 @contextmanager
 def client_for(
-    scheduler: str | None = None, workers: int | None = None, timeout: float = 10.0, verbose: bool = True
+    scheduler: str | None = None,
+    workers: int | None = None,
+    timeout: float = 10.0,
+    verbose: bool = True,
+    stage: str = "analyze",
 ):
     from distributed import Client, LocalCluster
 
     if scheduler:
         try:
             client = Client(scheduler, timeout=timeout)
-        except (OSError, TimeoutError) as err:
+        except (OSError, TimeoutError, ValueError) as err:
             raise UsageError(
                 f"cannot reach the Dask scheduler at {scheduler!r} ({type(err).__name__}): "
                 f"check the address (tcp://HOST:PORT) and that the scheduler is running"
             ) from None
         try:
             if verbose:
-                print(f"analyze: joined {scheduler}, dashboard {client.dashboard_link}")
+                print(f"{stage}: joined {scheduler}, dashboard {client.dashboard_link}")
             yield client
         finally:
             client.close()
@@ -41,5 +46,5 @@ def client_for(
         Client(cluster) as client,
     ):
         if verbose:
-            print(f"analyze: local cluster of {n} worker processes, dashboard {client.dashboard_link}")
+            print(f"{stage}: local cluster of {n} worker processes, dashboard {client.dashboard_link}")
         yield client

@@ -1,0 +1,124 @@
+"""The kept sets of (policy, sparsity) on one document-layer, exactly as analyze scores them.
+
+This is the one place where a policy meets a budget: the engine's metrics, viz's kept-set pictures
+and the answer pass all take their masks from here, with the same seed rule, GQA granularity and
+budget rule, so a picture or an answer is never of a different set than the one that was scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import xarray as xr
+
+from analyze import policies, runstore
+from analyze.policies import DocLayer, Policy, budget, keep
+from analyze.policies.base import STATISTICS
+from dump import schema
+
+
+def doclayer_seed(seed: int, depth: int, sample: int, layer: int) -> int:
+    """The seed a seeded policy (random) sees on one document-layer."""
+    return int(np.random.SeedSequence([seed, depth, sample, layer]).generate_state(1)[0])
+
+
+def policy_view(policy: Policy, x: DocLayer) -> DocLayer:
+    """A block policy asking for larger blocks sees the stored blocks coarsened."""
+    if not policy.block or policy.block == x.block:
+        return x
+    return x.coarsen(policy.block)
+
+
+def kept(policy: Policy, x: DocLayer, k: int, gqa: str = "kv", reference: bool = False) -> np.ndarray:
+    """(head, key) bool: the keys `policy` keeps under budget k."""
+    return keep(policy, policy_view(policy, x), k, gqa, reference)
+
+
+def iter_kept(
+    x: DocLayer, pols: Sequence[Policy], sparsities: Sequence[float], gqa: str = "kv", reference: bool = False
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(sparsity index, policy index, (head, key) mask) for every pair, sparsity-major."""
+    for j, sp in enumerate(sparsities):
+        k = budget(sp, x.n)
+        for i, p in enumerate(pols):
+            yield j, i, kept(p, x, k, gqa, reference)
+
+
+def reads_of(pols: Sequence[Policy]) -> tuple[str, ...]:
+    """The statistics a set of policies reads (with what their comparisons read)."""
+    need = set()
+    for p in pols:
+        need.update(p.reads)
+        for ref in p.compare_with:
+            need.update(policies.default(ref).reads)
+    return tuple(s for s in STATISTICS if s in need)
+
+
+def _parse(pols) -> list[Policy]:
+    return [policies.parse_method(p) if isinstance(p, str) else p for p in pols]
+
+
+def kept_sets(
+    store: str,
+    length: int,
+    depth: int,
+    sample: int,
+    layer: int,
+    pols,
+    sparsities: Sequence[float],
+    gqa: str = "kv",
+    seed: int = 0,
+) -> xr.Dataset:
+    """`kept` (policy, sparsity, head, key) of one document-layer of a RUN.zarr, with `needle` and
+    `question` (key,). `depth` and `sample` are indices; `pols` are policies or their labels."""
+    pols = _parse(pols)
+    plan = runstore.plan_store(store)
+    x, needle = runstore.load_doclayer(
+        store, length, depth, sample, layer, plan.kv_heads, doclayer_seed(seed, depth, sample, layer), reads_of(pols)
+    )
+    masks = np.zeros((len(pols), len(sparsities), x.heads, x.n), dtype=bool)
+    for j, i, m in iter_kept(x, pols, sparsities, gqa):
+        masks[i, j] = m
+    g = runstore._open(store)[schema.group_name(length)]
+    return xr.Dataset(
+        {
+            "kept": ((schema.POLICY, "sparsity", "head", "key"), masks),
+            "needle": (("key",), needle),
+            "question": (("key",), np.asarray(g["question"][depth, sample], dtype=bool)),
+        },
+        coords={
+            schema.POLICY: [policies.label(p) for p in pols],
+            "sparsity": list(sparsities),
+            "head": np.arange(x.heads),
+            "key": np.arange(x.n),
+        },
+        attrs={
+            "length": length,
+            "depth": depth,
+            "sample": sample,
+            "layer": layer,
+            "gqa": gqa,
+            "seed": seed,
+            "budgets": [budget(sp, x.n) for sp in sparsities],
+        },
+    )
+
+
+def kept_sets_scored(
+    results: xr.Dataset, store: str, length: int, depth: int, sample: int, layer: int, pols=None, sparsities=None
+) -> xr.Dataset:
+    """The kept sets behind a RESULTS dataset's numbers: its policies, gqa and seed (from its attrs)."""
+    pols = list(results[schema.POLICY].values) if pols is None else pols
+    sparsities = [float(s) for s in results.sparsity.values] if sparsities is None else sparsities
+    return kept_sets(
+        store,
+        length,
+        depth,
+        sample,
+        layer,
+        [str(p) for p in pols],
+        sparsities,
+        gqa=str(results.attrs.get("gqa", "kv")),
+        seed=int(results.attrs.get("seed", 0)),
+    )

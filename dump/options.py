@@ -1,0 +1,113 @@
+"""The dump stage's options, declared once: `python -m dump` flags and a config's `dump:` section
+are both derived from `DumpOptions` (see dump/optionkit.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dump import haystack
+from dump.optionkit import choice, comma_list, integer, number, option, optional, text
+
+DEFAULT_MODEL = "smollm2-135m"
+DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+
+
+def lengths(value: str) -> list[int]:
+    return haystack.parse_lengths(value)
+
+
+def depths(value: str) -> list[float]:
+    return haystack.parse_depths(value)
+
+
+def filler(value: str) -> str:
+    return haystack.parse_filler(value)
+
+
+def layers(value: str) -> list[int]:
+    """`18,20-23` -> [18, 20, 21, 22, 23]."""
+    out = []
+    for item in str(value).split(","):
+        item = item.strip()
+        try:
+            if "-" in item[1:]:
+                a, b = (int(x) for x in item.split("-", 1))
+                if b < a:
+                    raise ValueError
+                out += list(range(a, b + 1))
+            else:
+                out.append(int(item))
+        except ValueError:
+            raise ValueError("cannot be read: use layer numbers and ranges like 18,20-23") from None
+    if any(x < 0 for x in out):
+        raise ValueError("holds a negative layer: layers count from 0")
+    return sorted(set(out))
+
+
+def block(value: str) -> int | str:
+    if str(value).strip() == "auto":
+        return "auto"
+    return integer(minimum=1)(value)
+
+
+def device(value: str) -> str:
+    value = str(value).strip()
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise ValueError("is not a device: use auto, cpu, cuda or cuda:N")
+
+
+def devices(value: str) -> list[str]:
+    if str(value).strip() == "all":
+        return ["all"]
+    return comma_list(device)(value)
+
+
+def scheduler(value: str) -> str:
+    value = str(value).strip()
+    if "://" not in value or not value.split("://", 1)[1]:
+        raise ValueError("is not a scheduler address: use tcp://HOST:PORT")
+    return value
+
+
+@dataclass
+class DumpOptions:
+    out: str = option(
+        "runs/run.zarr", "the store (a directory or fsspec URL)", text, config=False, metavar="PATH"
+    )
+    model: str = option(
+        DEFAULT_MODEL,
+        "embedded name (smollm2-135m), a .gguf file, a local HF directory, or a cached HF id; never downloads",
+        text,
+    )
+    lengths: list[int] = option([1024], "prompt lengths in tokens, e.g. 4k,16K,1500 (k = 1024)", lengths)
+    depths: list[float] = option(
+        [0.1, 0.5, 0.9], "needle depths in [0,1]: 0.1,0.5,0.9 or linspace:0,1,11 or sigmoid:0,1,11", depths
+    )
+    samples: int = option(1, "documents per (length, depth), each with its own passkey", integer(minimum=1))
+    seed: int = option(0, "seed of passkeys and filler order", integer(minimum=0))
+    filler: str = option("ruler", "haystack filler: ruler, nature, or a text file path", filler)
+    window: int = option(64, "W: full attention rows kept for the last W queries", integer(minimum=1))
+    block: int | str = option(
+        64, "B: block size of block sums and pooled Q/K, or auto (at most 1024 blocks)", block
+    )
+    store: str = option("stats", "stats, or full: also whole attention matrices of --layers", choice("stats", "full"))
+    layers: list[int] | None = option(
+        None, "layers of full matrices with --store full, e.g. 18,20-23 (default all)", optional(layers)
+    )
+    device: str = option("auto", "auto, cpu, cuda or cuda:N", device)
+    devices: list[str] | None = option(
+        None,
+        "several devices on this host, e.g. cuda:0,cuda:1 or all: documents sharded one process per device",
+        optional(devices),
+    )
+    scheduler: str | None = option(
+        None,
+        "a Dask scheduler (tcp://HOST:8786): one document per task on its workers; CUDA runs need workers "
+        "started with --resources GPU=1",
+        optional(scheduler),
+    )
+    dtype: str = option("auto", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16", choice(*DTYPE_NAMES))
+    overwrite: bool = option(False, "replace a store made by dump with other settings", flag=True)
+    max_gb: float = option(20.0, "refuse --store full above this many GB", number(above=0))
+    progress: bool = option(True, "no progress bars", flag=True, config=False)

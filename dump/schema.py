@@ -1,0 +1,269 @@
+"""The contract of the two stores, in code: every stage constructs and validates through this module.
+
+RUN.zarr (written by `dump`, read by `analyze`, `viz` and the answer pass)
+    Zarr v3. Root attributes: `niah_store = "run"` (the marker: only a store carrying it may be
+    overwritten or grown by dump), `schema_version`, `settings` (what makes two runs comparable),
+    `model`, `model_config`, `haystack`, `capture`, `software`, `created`.
+    One group per prompt length, named `len_{N}` (`group_name`), readable with
+    `xr.open_zarr(path, group="len_4096")`; its attributes are `length`, `window` (W), `block` (B),
+    `tile`. The variables of a group are `RUN_VARS`: their dims, dtype, fill value and meaning.
+    Chunking follows from the dims (`chunks_of`): one chunk per document (`depth`, `sample`) and per
+    layer, `tile` query rows for full matrices, everything else whole. A half-written document only
+    ever touches its own chunks; `done[depth, sample]` is written last.
+    Float statistics have NaN as fill value: a chunk that is missing on disk reads as NaN and
+    analyze refuses it, naming the document, layer and variable (never zeros standing in for data).
+
+RESULTS.zarr (written by `analyze`, read by `viz`)
+    Root attributes: `niah_store = "results"`, `schema_version`, `source_store`, `model`, `gqa`,
+    `seed`, `budget_rule`, `policies`. Dims `RESULT_DIMS`; per-head metrics `METRICS`; head subsets
+    `SUBSETS`; per-document means over a subset's heads `{metric}_heads`; across samples
+    `{metric}_mean/_lo/_hi` (`summary_name`). The policy dimension is called `policy` (schema 2):
+    xarray reads `.sel(method=...)` as its own keyword, so a dimension named `method` silently
+    selected nothing.
+
+Compatibility rule (`check_version`): a reader accepts a store whose major version it knows.
+RUN stores of schema 1 are still read (analysis does not use what changed); RESULTS of schema 1 are
+refused with the command that rebuilds them (they are cheap to recompute from the dump).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from dump.errors import UsageError
+
+KIND_ATTR = "niah_store"
+RUN_KIND, RESULTS_KIND = "run", "results"
+RUN_VERSION = "2.0"
+RESULTS_VERSION = "2.0"
+READABLE_MAJOR = {RUN_KIND: ("1", "2"), RESULTS_KIND: ("2",)}
+
+_GROUP = re.compile(r"^len_(\d+)$")
+
+
+def group_name(length: int) -> str:
+    """The group of one prompt length in RUN.zarr."""
+    return f"len_{int(length)}"
+
+
+def length_of(group: str) -> int | None:
+    """`len_4096` -> 4096; None for any other name."""
+    m = _GROUP.match(group)
+    return int(m.group(1)) if m else None
+
+
+def lengths_in(root) -> list[int]:
+    """The lengths a RUN.zarr root group holds, ascending."""
+    return sorted(n for n in (length_of(name) for name in root.group_keys()) if n is not None)
+
+
+# -- RUN.zarr ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Var:
+    dims: tuple[str, ...]
+    dtype: str
+    long_name: str
+    fill: object = 0
+
+
+NAN = math.nan
+DOC = ("depth", "sample")
+LAYER = (*DOC, "layer", "head")
+# dims chunked one index at a time (a document, a layer); "query" by tiles of rows; the rest whole
+ONE_PER_CHUNK = ("depth", "sample", "layer", "attn_layer")
+
+RUN_COORDS: dict[str, Var] = {
+    "depth": Var(("depth",), "float64", "requested needle depth (0 = start of the haystack)", 0.0),
+    "sample": Var(("sample",), "int32", "document index within a (length, depth) cell"),
+    "layer": Var(("layer",), "int32", "decoder layer"),
+    "head": Var(("head",), "int32", "query head"),
+}
+RUN_DOCUMENT: dict[str, Var] = {
+    "input_ids": Var((*DOC, "key"), "int32", "prompt token ids"),
+    "needle": Var((*DOC, "key"), "bool", "passkey tokens", False),
+    "needle_sentence": Var((*DOC, "key"), "bool", "whole needle sentence", False),
+    "question": Var((*DOC, "key"), "bool", "question and answer cue", False),
+    "passkey": Var(DOC, "int64", "the passkey hidden in the document"),
+    "depth_actual": Var(DOC, "float32", "filler tokens before the needle / all filler tokens", NAN),
+    "retrieved": Var(DOC, "bool", "the model's greedy answer contains the passkey", False),
+    "answer_ids": Var((*DOC, "answer_token"), "int32", "the model's greedy answer under full attention", -1),
+    "done": Var(DOC, "bool", "document complete (written last)", False),
+}
+RUN_STATISTICS: dict[str, Var] = {
+    "colsum": Var((*LAYER, "key"), "float32", "sum over all queries of A[q, k]", NAN),
+    "window": Var((*LAYER, "wq", "key"), "float16", "attention rows of the last W queries", NAN),
+    "blocks": Var((*LAYER, "qblock", "kblock"), "float32", "sum of attention over BxB blocks", NAN),
+    "qpool": Var((*LAYER, "kblock", "dim"), "float16", "post-RoPE query of largest L2 norm per block", NAN),
+    "kpool": Var((*LAYER, "kblock", "dim"), "float16", "post-RoPE key of largest L2 norm per block", NAN),
+}
+RUN_FULL: dict[str, Var] = {  # only with --store full
+    "attn_layer": Var(("attn_layer",), "int32", "layers whose full matrices are stored"),
+    "attn": Var((*DOC, "attn_layer", "head", "query", "key"), "float16", "full causal attention", NAN),
+}
+ANSWER_TOKENS = 8  # greedy tokens decoded after the prompt under full attention
+
+
+def run_vars(full: bool) -> dict[str, Var]:
+    """Every variable of a `len_{N}` group, in creation order."""
+    return {**RUN_COORDS, **RUN_DOCUMENT, **RUN_STATISTICS, **(RUN_FULL if full else {})}
+
+
+def run_sizes(length: int, depths: int, samples: int, cfg: dict, window: int, block: int, full_layers) -> dict:
+    """The size of every RUN dimension of one length group."""
+    return {
+        "depth": depths,
+        "sample": samples,
+        "layer": cfg["layers"],
+        "head": cfg["heads"],
+        "key": length,
+        "query": length,
+        "wq": min(window, length),
+        "qblock": -(-length // block),
+        "kblock": -(-length // block),
+        "dim": cfg["head_dim"],
+        "attn_layer": len(full_layers),
+        "answer_token": ANSWER_TOKENS,
+    }
+
+
+def chunks_of(var: Var, sizes: dict, tile: int) -> tuple[int, ...]:
+    """One chunk per document and layer; tiles of query rows; every other dim whole. Coordinates whole."""
+    if len(var.dims) == 1:
+        return (sizes[var.dims[0]],)
+    return tuple(
+        1 if d in ONE_PER_CHUNK else min(tile, sizes[d]) if d == "query" else sizes[d] for d in var.dims
+    )
+
+
+# -- RESULTS.zarr ------------------------------------------------------------------------------
+POLICY = "policy"
+RESULT_DIMS = (POLICY, "sparsity", "length", "depth", "sample", "layer", "head")
+METRICS = ("needle_hit", "needle_recall", "mass_kept", "kept")
+HEAD_METRICS = ("needle_hit", "needle_recall", "mass_kept")  # averaged over head subsets and shown
+SUBSETS = ("all", "retrieval")
+SUMMARIES = ("mean", "lo", "hi")
+RESULT_VARS: dict[str, Var] = {
+    "needle_hit": Var(RESULT_DIMS, "float32", "1 if every passkey token is kept", NAN),
+    "needle_recall": Var(RESULT_DIMS, "float32", "fraction of passkey tokens kept", NAN),
+    "mass_kept": Var(RESULT_DIMS, "float32", "final query row attention mass on the kept keys", NAN),
+    "kept": Var(RESULT_DIMS, "float32", "keys kept (equals the budget; N for full)", NAN),
+    "needle_mass": Var(
+        RESULT_DIMS[2:], "float32", "final query row attention on the passkey under full attention", NAN
+    ),
+    "jaccard": Var(("pair", *RESULT_DIMS[1:]), "float32", "Jaccard overlap of kept sets (policy|reference)", NAN),
+    "curvature_mass_spearman": Var(
+        ("variant", *RESULT_DIMS[2:]),
+        "float32",
+        "Spearman rank correlation of a block score with block attention mass (last query block); "
+        "near 1 = the score is magnitude in disguise",
+        NAN,
+    ),
+    "budget": Var(("sparsity", "length"), "int64", "keys kept per head: k = round((1 - sparsity) * N)"),
+    "done": Var(("length", "depth", "sample"), "bool", "document analyzed", False),
+    "retrieved": Var(("length", "depth", "sample"), "bool", "the model answered under full attention", False),
+    "retrieval_head": Var(("layer", "head"), "bool", "retrieval heads (rule in attrs)", False),
+}
+SUBSET_DIM = "subset"
+RESULT_COORDS = (*RESULT_DIMS, "pair", "variant", SUBSET_DIM)
+
+
+def heads_name(metric: str) -> str:
+    """Per-document mean of a metric over each head subset."""
+    return f"{metric}_heads"
+
+
+def summary_name(metric: str, stat: str) -> str:
+    """Mean (or 95% interval bound) across samples of `{metric}_heads`."""
+    return f"{metric}_{stat}"
+
+
+def summary_dims() -> tuple[str, ...]:
+    return (SUBSET_DIM, *(d for d in RESULT_DIMS if d not in ("sample", "layer", "head")))
+
+
+def result_vars() -> dict[str, tuple[tuple[str, ...], str]]:
+    """Every RESULTS variable -> (dims, dtype), the summaries included."""
+    out = {name: (v.dims, v.dtype) for name, v in RESULT_VARS.items()}
+    doc_dims = (SUBSET_DIM, *(d for d in RESULT_DIMS if d not in ("layer", "head")))
+    for metric in HEAD_METRICS:
+        out[heads_name(metric)] = (doc_dims, "float32")
+        for stat in SUMMARIES:
+            out[summary_name(metric, stat)] = (summary_dims(), "float32")
+    return out
+
+
+# -- validation --------------------------------------------------------------------------------
+def check_version(kind: str, attrs: dict, path: str) -> str:
+    """The store's schema version, or a UsageError saying how to get a readable store."""
+    found = attrs.get(KIND_ATTR)
+    version = str(attrs.get("schema_version", ""))
+    if found not in (None, kind):
+        raise UsageError(f"{path!r} is a {found} store, not a {kind} store")
+    if version.split(".")[0] in READABLE_MAJOR[kind]:
+        return version
+    remedy = (
+        "re-run `python -m dump` with the same options into a new --out"
+        if kind == RUN_KIND
+        else "re-run `python -m analyze RUN.zarr` to rebuild them"
+    )
+    raise UsageError(
+        f"{path!r} has {kind} schema version {version or 'none'!r}; this version reads "
+        f"{', '.join(m + '.x' for m in READABLE_MAJOR[kind])}: {remedy}"
+    )
+
+
+def run_group_differences(group, full: bool) -> list[str]:
+    """What in one `len_{N}` zarr group departs from RUN_VARS (empty when it matches exactly)."""
+    expected = run_vars(full)
+    found = set(group.array_keys())
+    out = [f"missing variable {v}" for v in expected if v not in found]
+    out += [f"unexpected variable {v}" for v in sorted(found - set(expected))]
+    for name, var in expected.items():
+        if name not in found:
+            continue
+        a = group[name]
+        if tuple(a.metadata.dimension_names or ()) != var.dims:
+            out.append(f"{name}: dims {a.metadata.dimension_names} != {var.dims}")
+        if str(a.dtype) != var.dtype:
+            out.append(f"{name}: dtype {a.dtype} != {var.dtype}")
+    return out
+
+
+def results_differences(ds) -> list[str]:
+    """What in a RESULTS dataset departs from the schema (empty when it matches exactly)."""
+    expected = result_vars()
+    out = [f"missing variable {v}" for v in expected if v not in ds.data_vars]
+    out += [f"unexpected variable {v}" for v in sorted(set(ds.data_vars) - set(expected))]
+    for name, (dims, dtype) in expected.items():
+        if name in ds.data_vars:
+            if tuple(ds[name].dims) != dims:
+                out.append(f"{name}: dims {tuple(ds[name].dims)} != {dims}")
+            if str(ds[name].dtype) != dtype:
+                out.append(f"{name}: dtype {ds[name].dtype} != {dtype}")
+    return out
+
+
+def open_results(path: str):
+    """RESULTS.zarr as an xarray Dataset, refused with one sentence if it is not a readable one."""
+    import xarray as xr
+
+    try:
+        ds = xr.open_zarr(path)
+    except Exception:
+        raise UsageError(
+            f"results {path!r} do not exist or are not a RESULTS.zarr: make them with `python -m analyze`"
+        ) from None
+    if "method" in ds.dims and POLICY not in ds.dims:
+        raise UsageError(
+            f"results {path!r} use schema 1 (dimension `method`, now `policy`): "
+            f"re-run `python -m analyze RUN.zarr` to rebuild them"
+        )
+    check_version(RESULTS_KIND, dict(ds.attrs), path)
+    missing = [v for v in (*HEAD_METRICS, heads_name("needle_hit"), "retrieval_head") if v not in ds]
+    if missing:
+        raise UsageError(
+            f"{path!r} is not a RESULTS.zarr from `python -m analyze` (missing {', '.join(missing)})"
+        )
+    return ds
