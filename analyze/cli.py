@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -12,8 +11,9 @@ from pathlib import Path
 
 from analyze.errors import UsageError
 from analyze.options import AnalyzeOptions
-from dump import optionkit, schema
-from dump.errors import OneLineParser
+from dump import optionkit, outputs, schema
+from dump.errors import OneLineParser, run_main
+
 
 def build_parser():
     p = OneLineParser(
@@ -55,41 +55,58 @@ def check_blocks(pols, plan) -> None:
     for m in pols:
         for stored in sorted(set(plan.blocks.values())):
             if m.block and m.block % stored:
-                raise UsageError(f"{m.name}:block={m.block} must be a multiple of the stored block size {stored}")
+                raise UsageError(
+                    f"{m.name}:block={m.block} must be a multiple of the stored block size {stored}"
+                )
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        opt = optionkit.from_args(AnalyzeOptions, args)
-        from analyze import policies
+    return run_main("python -m analyze", lambda: _main(args))
 
-        if opt.list_methods:
-            print("\n".join(policies.describe()))
-            return 0
-        if not opt.store:
-            raise UsageError("give the RUN.zarr to analyze (python -m analyze RUN.zarr), or --list-methods")
-        pols = tuple(policies.parse_method(m) for m in opt.methods)
-        from analyze import engine, runstore
-        from dump import cluster
 
-        plan = runstore.plan_store(opt.store)
-        check_blocks(pols, plan)
-        if plan.unfinished:
-            print(
-                f"analyze: warning: {plan.unfinished} unfinished documents in {opt.store} are skipped",
-                file=sys.stderr,
-            )
-        spec = engine.Spec(pols, tuple(opt.sparsity), gqa=opt.gqa, seed=opt.seed, reference=opt.reference)
-        out = opt.out or default_out(opt.store)
-        with cluster.client_for(opt.scheduler, opt.workers) as client:
-            ds, _ = engine.run(
-                opt.store, spec, client, progress=opt.progress, retrieval_heads=opt.retrieval_heads
-            )
-        write_results(ds, out)
-    except UsageError as err:
-        print(f"python -m analyze: error: {err}", file=sys.stderr)
-        return 2
+def _main(args) -> int:
+    opt = optionkit.from_args(AnalyzeOptions, args)
+    from analyze import policies
+
+    if opt.list_methods:
+        print("\n".join(policies.describe()))
+        return 0
+    if not opt.store:
+        raise UsageError("give the RUN.zarr to analyze (python -m analyze RUN.zarr), or --list-methods")
+    pols = tuple(policies.parse_method(m) for m in opt.methods)
+    out = opt.out or default_out(opt.store)
+    outputs.check_output(out, schema.RESULTS_KIND, inputs=(opt.store,))
+    outputs.check_writable(out)
+    from analyze import engine, runstore
+    from dump import cluster
+
+    plan = runstore.plan_store(opt.store)
+    check_blocks(pols, plan)
+    if plan.unfinished:
+        print(
+            f"analyze: warning: {plan.unfinished} unfinished documents in {opt.store} are skipped",
+            file=sys.stderr,
+        )
+    spec = engine.Spec(
+        pols,
+        tuple(opt.sparsity),
+        gqa=opt.gqa,
+        seed=opt.seed,
+        reference=opt.reference,
+        skip_corrupt=opt.skip_corrupt,
+    )
+    with cluster.client_for(opt.scheduler, opt.workers) as client:
+        ds, _ = engine.run(
+            opt.store, spec, client, progress=opt.progress, retrieval_heads=opt.retrieval_heads
+        )
+    skipped = ds.attrs.get("skipped_corrupt", [])
+    if skipped:
+        print(
+            f"analyze: warning: skipped {len(skipped)} corrupt document(s): " + "; ".join(skipped),
+            file=sys.stderr,
+        )
+    write_results(ds, out)
     hit = ds.needle_hit_mean.sel(subset="all").mean(["length", "depth"])
     print(
         f"analyze: {ds.sizes[schema.POLICY]} policies x {len(ds.sparsity)} sparsities over "

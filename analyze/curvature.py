@@ -6,7 +6,7 @@ causal: key block j > query block i does not exist, and is masked to zero explic
 
 Two families, both documented so the difference is visible:
 
-* The seed's block formulas (CAB.md), on the min-max normalised graph:
+* The seed's block formulas (docs/cab.md), on the min-max normalised graph:
     seed_forman     F(i, j) = 4·A[i, j] − S_i − S_j + 3·T[i, j],   S = row sums, T = A·A (2-hop)
     seed_additive   F(i, j) = A[i, j] − λ·T[i, j] / M
   For the answer position only the last query block's row is needed: T[i, :] = A[i, :]·A costs M²,

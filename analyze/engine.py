@@ -16,7 +16,7 @@ from analyze import curvature, keptsets, metrics, policies
 from analyze.errors import UsageError
 from analyze.keptsets import doclayer_seed, iter_kept, policy_view
 from analyze.policies import Policy, budget, label
-from analyze.runstore import StorePlan, load_doclayer, plan_store
+from analyze.runstore import CorruptChunk, StorePlan, load_doclayer, plan_store
 from dump import schema
 
 RETRIEVAL_HEADS = 10
@@ -31,6 +31,7 @@ class Spec:
     gqa: str = "kv"
     seed: int = 0
     reference: bool = False  # numpy references instead of numba kernels (tests, benchmark)
+    skip_corrupt: bool = False  # a document with a missing or corrupt chunk is left out and listed
     labels: tuple[str, ...] = field(init=False)
 
     def __post_init__(self):
@@ -182,18 +183,35 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
     from tqdm.auto import tqdm
 
     plan = plan_store(path)
+    unfinished = plan.unfinished
     tasks = tasks_of(plan)
     if not tasks:
         raise UsageError(f"store {path!r} has no finished documents to analyze")
-    futures = client.map(
-        lambda t: analyze_doclayer(path, t[0], t[1], t[2], t[3], plan.kv_heads, spec), tasks, pure=False
-    )
+
+    def task(t):
+        try:
+            return analyze_doclayer(path, t[0], t[1], t[2], t[3], plan.kv_heads, spec)
+        except CorruptChunk as err:
+            if not spec.skip_corrupt:
+                raise
+            return {"corrupt": str(err)}
+
+    futures = client.map(task, tasks, pure=False)
     index = {f.key: t for f, t in zip(futures, tasks)}
-    results = {}
+    results, corrupt = {}, {}
     with tqdm(total=len(tasks), desc="analyze", unit="doc-layer", disable=not progress) as bar:
         for fut in as_completed(futures):
-            results[index[fut.key]] = fut.result()
+            t, r = index[fut.key], fut.result()
+            if "corrupt" in r:
+                corrupt.setdefault(t[:3], r["corrupt"])
+            else:
+                results[t] = r
             bar.update(1)
+    for n, d, s in corrupt:  # a document is scored whole or not at all
+        plan.done[n][d, s] = False
+        results = {t: r for t, r in results.items() if t[:3] != (n, d, s)}
+    if corrupt and not results:
+        raise UsageError(f"every finished document of {path!r} has a missing or corrupt chunk")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices for unfinished documents
         ds = assemble(plan, spec, results, retrieval_heads)
@@ -207,7 +225,8 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
             "seed": spec.seed,
             "budget_rule": "k = round((1 - sparsity) * N) keys per head",
             "policies": list(spec.labels),
-            "unfinished_documents": plan.unfinished,
+            "unfinished_documents": unfinished,
+            "skipped_corrupt": [corrupt[key] for key in sorted(corrupt)],
         }
     )
-    return ds, plan.unfinished
+    return ds, unfinished

@@ -75,7 +75,14 @@ def kept_sets(
     pols = _parse(pols)
     plan = runstore.plan_store(store)
     x, needle = runstore.load_doclayer(
-        store, length, depth, sample, layer, plan.kv_heads, doclayer_seed(seed, depth, sample, layer), reads_of(pols)
+        store,
+        length,
+        depth,
+        sample,
+        layer,
+        plan.kv_heads,
+        doclayer_seed(seed, depth, sample, layer),
+        reads_of(pols),
     )
     masks = np.zeros((len(pols), len(sparsities), x.heads, x.n), dtype=bool)
     for j, i, m in iter_kept(x, pols, sparsities, gqa):
@@ -106,7 +113,14 @@ def kept_sets(
 
 
 def kept_sets_scored(
-    results: xr.Dataset, store: str, length: int, depth: int, sample: int, layer: int, pols=None, sparsities=None
+    results: xr.Dataset,
+    store: str,
+    length: int,
+    depth: int,
+    sample: int,
+    layer: int,
+    pols=None,
+    sparsities=None,
 ) -> xr.Dataset:
     """The kept sets behind a RESULTS dataset's numbers: its policies, gqa and seed (from its attrs)."""
     pols = list(results[schema.POLICY].values) if pols is None else pols

@@ -5,18 +5,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dump.options import scheduler
 from dump.optionkit import choice, comma_list, integer, number, option, optional, text
+from dump.options import scheduler
 
-DEFAULT_POLICIES = ["full", "oracle", "random", "streaming", "h2o", "snapkv", "tova", "cab", "cab_high", "cab_hybrid", "cab_3c"]
+DEFAULT_POLICIES = [
+    "full",
+    "oracle",
+    "random",
+    "streaming",
+    "h2o",
+    "snapkv",
+    "tova",
+    "cab",
+    "cab_high",
+    "cab_hybrid",
+    "cab_3c",
+]
 
 
 def policy_spec(value: str) -> str:
-    """`h2o:recent_ratio=0.2`: checked against the registry (name, parameters, their types and ranges)."""
+    """`h2o:recent_ratio=0.2`: checked against the registry (name, parameters, their types and ranges);
+    returned as its RESULTS label, so `h2o` and `h2o:recent_ratio=0.5` count as the same policy."""
     from analyze import policies
 
-    policies.parse_method(value)
-    return value.strip()
+    return policies.label(policies.parse_method(value))
 
 
 def sparsity(value: str) -> float:
@@ -28,7 +40,9 @@ def sparsity(value: str) -> float:
 
 @dataclass
 class AnalyzeOptions:
-    store: str | None = option(None, "RUN.zarr (a directory or fsspec URL)", optional(text), positional=True, config=False)
+    store: str | None = option(
+        None, "RUN.zarr (a directory or fsspec URL)", optional(text), positional=True, config=False
+    )
     methods: list[str] = option(
         DEFAULT_POLICIES,
         "policies, comma-separated; parameters as name:key=value[:key=value], e.g. h2o:recent_ratio=0.2",
@@ -39,15 +53,30 @@ class AnalyzeOptions:
         [0.9, 0.95, 0.99], "fractions of keys evicted, each in [0, 1)", comma_list(sparsity), metavar="S"
     )
     out: str | None = option(
-        None, "RESULTS.zarr (default: next to the store, .results.zarr)", optional(text), config=False, metavar="PATH"
+        None,
+        "RESULTS.zarr (default: next to the store, .results.zarr)",
+        optional(text),
+        config=False,
+        metavar="PATH",
     )
-    gqa: str = option("kv", "kv: one kept set per kv head (a real cache); head: per query head", choice("kv", "head"))
+    gqa: str = option(
+        "kv", "kv: one kept set per kv head (a real cache); head: per query head", choice("kv", "head")
+    )
     seed: int = option(0, "seed of the random policy", integer(minimum=0))
     retrieval_heads: int = option(10, "how many heads count as retrieval heads", integer(minimum=1))
     scheduler: str | None = option(
         None, "address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786", optional(scheduler)
     )
-    workers: int | None = option(None, "local worker processes (default: min(4, cores))", optional(integer(minimum=1)))
+    workers: int | None = option(
+        None, "local worker processes (default: min(4, cores))", optional(integer(minimum=1))
+    )
+    skip_corrupt: bool = option(
+        False,
+        "score the documents that read cleanly and list those with missing or corrupt chunks",
+        flag=True,
+    )
     reference: bool = option(False, "use the plain numpy references instead of numba kernels", flag=True)
-    list_methods: bool = option(False, "list policies with their parameters and exit", flag=True, config=False)
+    list_methods: bool = option(
+        False, "list policies with their parameters and exit", flag=True, config=False
+    )
     progress: bool = option(True, "no progress bars", flag=True, config=False)

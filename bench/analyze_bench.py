@@ -14,9 +14,9 @@ import os
 import time
 
 import numpy as np
+from analyze.cluster import client_for
 
 from analyze import engine, policies
-from analyze.cluster import client_for
 from analyze.policies import budget, keep
 
 SPARSITIES = (0.9, 0.95, 0.99)

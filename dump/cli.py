@@ -6,10 +6,9 @@ Its flags are derived from `dump.options.DumpOptions` (the same fields are a con
 from __future__ import annotations
 
 import argparse
-import sys
 
 from dump import optionkit
-from dump.errors import OneLineParser, UsageError
+from dump.errors import OneLineParser, run_main
 from dump.options import DumpOptions
 
 
@@ -25,16 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         opt = optionkit.from_args(DumpOptions, args)
         from dump.run import run_dump  # heavy imports after --help and option checks
 
-        summary = run_dump(opt)
-    except UsageError as err:
-        print(f"python -m dump: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("python -m dump: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    print(summary.line())
-    return 0
+        print(run_dump(opt).line())
+        return 0
+
+    return run_main("python -m dump", body, resume="rerun the same command to resume")

@@ -3,6 +3,7 @@ scheduler (`--scheduler tcp://HOST:8786`)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 
@@ -42,6 +43,9 @@ def client_for(
             processes=True,
             dashboard_address="127.0.0.1:0",
             host="127.0.0.1",
+            # a task's error reaches the client as its exception, which the CLI prints as one sentence;
+            # the workers' own "Compute Failed" log lines would repeat it with a traceback
+            silence_logs=logging.CRITICAL,
         ) as cluster,
         Client(cluster) as client,
     ):

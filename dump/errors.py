@@ -12,3 +12,51 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that cleanup runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def run_main(prog: str, body, resume: str = "") -> int:
+    """Run a CLI body: user errors, interrupts and a full disk end in one sentence and a status.
+
+    2: bad input (UsageError); 130: SIGINT; 143: SIGTERM; 1: disk full or another OS error."""
+    import errno
+    import signal
+    import sys
+
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (tests calling main() from a worker thread)
+        pass
+    hint = f"; {resume}" if resume else ""
+    try:
+        return body()
+    except UsageError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `... | head` closed our output: nothing is wrong
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted{hint}", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"{prog}: terminated{hint}", file=sys.stderr)
+        return 143
+    except OSError as err:
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        if err.errno == errno.ENOSPC:
+            print(f"{prog}: error: the disk is full{where}: free some space and rerun{hint}", file=sys.stderr)
+            return 1
+        if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            print(f"{prog}: error: permission denied{where}: choose a writable path", file=sys.stderr)
+            return 2
+        raise

@@ -155,7 +155,9 @@ def load(
 ):
     """Load model + tokenizer offline with the given attention implementation."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a sub-second load needs no bar (and CLIs keep stderr for errors)
     target, source, revision = resolve(name)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -167,6 +169,18 @@ def load(
         raise ModelUnavailable(_unavailable(name)) from None
     model.to(device).eval()
     return LoadedModel(model, tokenizer, describe(name, dtype), model_limits(model.config))
+
+
+def load_tokenizer(name: str):
+    """The model's tokenizer alone, offline."""
+    from transformers import AutoTokenizer
+
+    target, _, _ = resolve(name)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return AutoTokenizer.from_pretrained(target, local_files_only=True)
+    except OSError:
+        raise ModelUnavailable(_unavailable(name)) from None
 
 
 def describe(name: str, dtype: torch.dtype) -> dict:

@@ -208,9 +208,9 @@ def _parse(f: dataclasses.Field, value, name: str):
             return boolean(value)
         return f.metadata["parse"](_as_text(value) if not isinstance(value, str) else value)
     except UsageError as err:  # a parser that already says what it read and what is allowed
-        raise UsageError(f"{name} {_as_text(value)!r}: {err}") from None
+        raise UsageError(f"{name} {_as_text(value)}: {err}") from None
     except ValueError as err:
-        raise UsageError(f"{name} {_as_text(value)!r} {err}") from None
+        raise UsageError(f"{name} {_as_text(value)} {err}") from None
 
 
 def from_args(cls, args: argparse.Namespace, **fixed):
@@ -239,9 +239,7 @@ def from_mapping(cls, raw: dict | None, section: str, where: str, **fixed):
     kwargs = dict(fixed)
     for key, value in raw.items():
         if key not in known:
-            raise UsageError(
-                f"{where}: unknown setting {section}.{key}; allowed: {', '.join(sorted(known))}"
-            )
+            raise UsageError(f"{where}: unknown setting {section}.{key}; allowed: {', '.join(sorted(known))}")
         if value is None and known[key].default is None:
             kwargs[key] = None
             continue

@@ -60,7 +60,7 @@ def device(value: str) -> str:
 def devices(value: str) -> list[str]:
     if str(value).strip() == "all":
         return ["all"]
-    return comma_list(device)(value)
+    return comma_list(device, unique=False)(value)  # cpu,cpu: two processes on the CPU
 
 
 def scheduler(value: str) -> str:
@@ -91,14 +91,17 @@ class DumpOptions:
     block: int | str = option(
         64, "B: block size of block sums and pooled Q/K, or auto (at most 1024 blocks)", block
     )
-    store: str = option("stats", "stats, or full: also whole attention matrices of --layers", choice("stats", "full"))
+    store: str = option(
+        "stats", "stats, or full: also whole attention matrices of --layers", choice("stats", "full")
+    )
     layers: list[int] | None = option(
         None, "layers of full matrices with --store full, e.g. 18,20-23 (default all)", optional(layers)
     )
     device: str = option("auto", "auto, cpu, cuda or cuda:N", device)
     devices: list[str] | None = option(
         None,
-        "several devices on this host, e.g. cuda:0,cuda:1 or all: documents sharded one process per device",
+        "several devices on this host, e.g. cuda:0,cuda:1 or all: documents sharded one process per "
+        "device (a device listed twice runs two processes)",
         optional(devices),
     )
     scheduler: str | None = option(
@@ -107,7 +110,9 @@ class DumpOptions:
         "started with --resources GPU=1",
         optional(scheduler),
     )
-    dtype: str = option("auto", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16", choice(*DTYPE_NAMES))
+    dtype: str = option(
+        "auto", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16", choice(*DTYPE_NAMES)
+    )
     overwrite: bool = option(False, "replace a store made by dump with other settings", flag=True)
     max_gb: float = option(20.0, "refuse --store full above this many GB", number(above=0))
     progress: bool = option(True, "no progress bars", flag=True, config=False)

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dump import capture, haystack, models, schema
+from dump import capture, haystack, models, outputs, schema
 from dump.errors import UsageError
 from dump.options import DumpOptions
 from dump.stats import tile_rows
-from dump.store import RunStore, check_writable, is_local
+from dump.store import RunStore, is_local
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -116,7 +116,8 @@ def validate(opt: DumpOptions) -> tuple[dict, str]:
     """Every check that can fail on user input, before anything is loaded or written."""
     # each value was parsed and range-checked by dump.options; what is left needs the model or the disk
     device = resolve_device(opt.device)
-    check_writable(opt.out)
+    outputs.check_writable(opt.out)
+    outputs.check_output(opt.out, schema.RUN_KIND)  # only a RUN store made by dump is resumed or replaced
     config = models.load_config(opt.model)
     cfg = models.model_limits(config)
     models.check_lengths(opt.model, config, opt.lengths)
@@ -270,7 +271,9 @@ def run_on_cluster(opt: DumpOptions, cfg: dict, device: str) -> DumpSummary:
     resources = {"GPU": 1} if device.startswith("cuda") else None
     tokens = retrieved = 0
     with client_for(opt.scheduler, verbose=opt.progress, stage="dump") as client:
-        if resources and not any(w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values()):
+        if resources and not any(
+            w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values()
+        ):
             raise UsageError(
                 f"no worker of {opt.scheduler} declares a GPU: start them with `dask worker "
                 f"{opt.scheduler} --resources GPU=1` (or dask-cuda's dask cuda worker), or use --device cpu"
@@ -291,8 +294,27 @@ def run_on_cluster(opt: DumpOptions, cfg: dict, device: str) -> DumpSummary:
 
 
 def run_dump(opt: DumpOptions, shard: tuple[int, int] | None = None) -> DumpSummary:
-    """Dump every unfinished document; `shard=(i, count)` takes every count-th from position i."""
+    """Dump every unfinished document; `shard=(i, count)` takes every count-th from position i.
+    The store is locked while this runs (shards run under their parent's lock)."""
+    if shard is not None:
+        return _run_dump(opt, shard)
+    outputs.check_writable(opt.out)
+    outputs.check_output(opt.out, schema.RUN_KIND)  # only a RUN store made by dump is resumed or replaced
+    with outputs.write_lock(opt.out):
+        return _run_dump(opt, None)
+
+
+def preflight(tokenizer, opt: DumpOptions) -> None:
+    """Build the first document of every length before the store exists: a length too short for the
+    prompt, or a tokenizer that cannot carry the passkey, is refused with nothing written."""
+    for n in opt.lengths:
+        build_document(tokenizer, opt, n, 0, 0)
+
+
+def _run_dump(opt: DumpOptions, shard: tuple[int, int] | None) -> DumpSummary:
     cfg, device = validate(opt)
+    if shard is None:
+        preflight(models.load_tokenizer(opt.model), opt)
     if opt.scheduler:
         if opt.devices:
             raise UsageError("--scheduler and --devices exclude each other: the workers choose their devices")
@@ -305,8 +327,13 @@ def run_dump(opt: DumpOptions, shard: tuple[int, int] | None = None) -> DumpSumm
     if device.startswith("cuda:"):
         torch.cuda.set_device(device)  # Triton launches on the current device, not the tensors'
     dtype = resolve_dtype(opt.dtype, device)
-    lm = models.load(opt.model, dtype=dtype, device=device, attn_implementation=capture.NAME)
-    store, plan = open_store(opt, cfg, lm.info, device)
+    # the store first: a store made with other settings is refused before the weights are loaded
+    store, plan = open_store(opt, cfg, models.describe(opt.model, dtype), device)
+    try:
+        lm = models.load(opt.model, dtype=dtype, device=device, attn_implementation=capture.NAME)
+    except BaseException:
+        store.close()
+        raise
     if shard is not None:  # by position in the whole plan, so every shard agrees whatever is done
         index, count = shard
         plan = [p for k, p in enumerate(plan) if k % count == index]
@@ -328,7 +355,9 @@ def run_dump(opt: DumpOptions, shard: tuple[int, int] | None = None) -> DumpSumm
             doc = upcoming.result()
             if i + 1 < len(todo):
                 upcoming = prepare(todo[i + 1])
-            retrieved += dump_document(store, lm, opt, doc, item, progress=opt.progress and item.length >= 16384)
+            retrieved += dump_document(
+                store, lm, opt, doc, item, progress=opt.progress and item.length >= 16384
+            )
             tokens += item.length
     finally:
         bar.close()

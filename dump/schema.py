@@ -110,7 +110,9 @@ def run_vars(full: bool) -> dict[str, Var]:
     return {**RUN_COORDS, **RUN_DOCUMENT, **RUN_STATISTICS, **(RUN_FULL if full else {})}
 
 
-def run_sizes(length: int, depths: int, samples: int, cfg: dict, window: int, block: int, full_layers) -> dict:
+def run_sizes(
+    length: int, depths: int, samples: int, cfg: dict, window: int, block: int, full_layers
+) -> dict:
     """The size of every RUN dimension of one length group."""
     return {
         "depth": depths,
@@ -152,7 +154,9 @@ RESULT_VARS: dict[str, Var] = {
     "needle_mass": Var(
         RESULT_DIMS[2:], "float32", "final query row attention on the passkey under full attention", NAN
     ),
-    "jaccard": Var(("pair", *RESULT_DIMS[1:]), "float32", "Jaccard overlap of kept sets (policy|reference)", NAN),
+    "jaccard": Var(
+        ("pair", *RESULT_DIMS[1:]), "float32", "Jaccard overlap of kept sets (policy|reference)", NAN
+    ),
     "curvature_mass_spearman": Var(
         ("variant", *RESULT_DIMS[2:]),
         "float32",

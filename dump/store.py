@@ -8,9 +8,7 @@ ever touches its own chunks: resuming rewrites it whole. `done[depth, sample]` i
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
-import tempfile
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -19,8 +17,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from dump.errors import UsageError
 from dump import schema
+from dump.errors import UsageError
 from dump.stats import LayerStats
 
 # zstd level 1: on real attention rows level 5 is 2.8x slower for 8% smaller chunks
@@ -47,24 +45,6 @@ def is_local(path: str) -> bool:
     return "://" not in path or path.startswith("file://")
 
 
-def check_writable(path: str) -> None:
-    """Refuse a path we cannot create before any work is done."""
-    if not is_local(path):
-        return
-    p = Path(path.removeprefix("file://")).expanduser().resolve()
-    parent = p
-    while not parent.exists():
-        parent = parent.parent
-    if p.exists() and not p.is_dir():
-        raise UsageError(f"output path {path!r} is an existing file, not a store directory")
-    try:  # the only honest test of writability (root passes os.access everywhere, /proc included)
-        os.rmdir(tempfile.mkdtemp(prefix=".niah-probe-", dir=parent))
-    except OSError:
-        raise UsageError(
-            f"output path {path!r} is not writable (cannot create anything in {parent})"
-        ) from None
-
-
 def diff_settings(old: dict, new: dict) -> list[str]:
     keys = sorted(set(old) | set(new))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
@@ -86,7 +66,7 @@ class RunStore:
             self._remove()
             exists = False
         if exists:
-            root = zarr.open_group(path, mode="r+")
+            root = zarr.open_group(path, mode="r+", use_consolidated=False)  # a writer sees new groups
             old = dict(root.attrs.get("settings", {}))
             if old != settings:
                 changes = "; ".join(diff_settings(old, settings))
@@ -116,7 +96,7 @@ class RunStore:
         (a Dask worker, a device shard): it only fills chunks."""
         self = cls.__new__(cls)
         self.path, self.background = path, background
-        self.root = zarr.open_group(path, mode="r+")
+        self.root = zarr.open_group(path, mode="r+", use_consolidated=False)
         self.settings = dict(self.root.attrs["settings"])
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="zarr-writer")
         self._pending = []
@@ -139,7 +119,9 @@ class RunStore:
             fs.rm(root, recursive=True)
 
     # -- layout -----------------------------------------------------------------------------
-    def length_group(self, length: int, cfg: dict, window: int, block: int, tile: int, full_layers: list[int]):
+    def length_group(
+        self, length: int, cfg: dict, window: int, block: int, tile: int, full_layers: list[int]
+    ):
         """The `len_{N}` group, created with every variable of the schema on first use."""
         name = schema.group_name(length)
         if name in self.root:

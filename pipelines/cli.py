@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
-
-from dump.errors import OneLineParser, UsageError
+from dump.errors import OneLineParser, run_main
 
 
 def main(argv=None) -> int:
@@ -20,17 +18,18 @@ def main(argv=None) -> int:
     c = sub.add_parser("check", help="validate a config file and exit")
     c.add_argument("config")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         from pipelines import config
 
         cfg = config.load(args.config)
+        from pipelines.run import check_outputs, run
+
+        check_outputs(cfg)
         if args.command == "check":
             print(f"pipelines: {args.config} is valid (output folder {cfg.out})")
             return 0
-        from pipelines.run import run
-
         run(cfg, progress=not args.no_progress)
-    except UsageError as err:
-        print(f"python -m pipelines: error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_main("python -m pipelines", body, resume="rerun the same command to resume")

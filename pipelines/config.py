@@ -46,9 +46,15 @@ class Config:
         """The three stages' options with this study's paths filled in."""
         return (
             dataclasses.replace(self.dump, out=self.run_store, progress=progress),
-            dataclasses.replace(self.analyze, store=self.run_store, out=self.results_store, progress=progress),
             dataclasses.replace(
-                self.viz, results=self.results_store, out=self.report_dir, store=self.run_store, progress=progress
+                self.analyze, store=self.run_store, out=self.results_store, progress=progress
+            ),
+            dataclasses.replace(
+                self.viz,
+                results=self.results_store,
+                out=self.report_dir,
+                store=self.run_store,
+                progress=progress,
             ),
         )
 

@@ -22,7 +22,10 @@ def analyze_key(cfg: Config) -> str:
     from dump import schema
 
     root = zarr.open_group(cfg.run_store, mode="r")
-    done = {schema.group_name(n): int(root[schema.group_name(n)]["done"][:].sum()) for n in schema.lengths_in(root)}
+    done = {
+        schema.group_name(n): int(root[schema.group_name(n)]["done"][:].sum())
+        for n in schema.lengths_in(root)
+    }
     a = cfg.analyze
     return json.dumps(
         {
@@ -38,8 +41,19 @@ def analyze_key(cfg: Config) -> str:
     )
 
 
+def check_outputs(cfg: Config) -> None:
+    """The study's three outputs are free or ours, before any work."""
+    from dump import outputs, schema
+
+    outputs.check_writable(cfg.out, option="out:")
+    outputs.check_output(cfg.run_store, schema.RUN_KIND, option="out: (its run.zarr)")
+    outputs.check_output(cfg.results_store, schema.RESULTS_KIND, option="out: (its results.zarr)")
+    outputs.check_output(cfg.report_dir, "report", option="out: (its report)")
+
+
 def run(cfg: Config, progress: bool = True) -> dict:
     timings = {}
+    check_outputs(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     dump_opt, analyze_opt, viz_opt = cfg.stage_options(progress)
 
@@ -66,14 +80,16 @@ def run(cfg: Config, progress: bool = True) -> dict:
         check_blocks(pols, plan_store(a.store))
         spec = engine.Spec(pols, tuple(a.sparsity), gqa=a.gqa, seed=a.seed, reference=a.reference)
         with cluster.client_for(a.scheduler, a.workers) as client:
-            ds, unfinished = engine.run(a.store, spec, client, progress=progress, retrieval_heads=a.retrieval_heads)
+            ds, unfinished = engine.run(
+                a.store, spec, client, progress=progress, retrieval_heads=a.retrieval_heads
+            )
         ds.attrs["pipeline_key"] = key
         write_results(ds, a.out)
         log(f"analyze: {len(ds.policy)} policies x {len(ds.sparsity)} sparsities -> {results}")
     timings["analyze"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    from viz.report import build
+    from viz.report import build_atomic
 
     report = Path(cfg.report_dir)
     index = report / "index.html"
@@ -81,7 +97,7 @@ def run(cfg: Config, progress: bool = True) -> dict:
         log(f"viz: {index} is up to date, skipped")
     else:
         v = viz_opt
-        build(v.results, v.out, store=v.store if v.keptset else None, dpi=v.dpi, progress=log)
+        build_atomic(v.results, v.out, store=v.store if v.keptset else None, dpi=v.dpi, progress=log)
     timings["viz"] = time.perf_counter() - t
     log("done in " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; open {index}")
     return timings

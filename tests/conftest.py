@@ -102,7 +102,15 @@ class DaskCluster:
         cli = [sys.executable, "-m"]
         self.procs = [
             subprocess.Popen(
-                [*cli, "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                [
+                    *cli,
+                    "distributed.cli.dask_scheduler",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--no-dashboard",
+                ],
                 **quiet,
             )
         ]
@@ -111,8 +119,19 @@ class DaskCluster:
         for _ in range(workers):
             self.procs.append(
                 subprocess.Popen(
-                    [*cli, "distributed.cli.dask_worker", self.address, "--nworkers", "1", "--nthreads", "1",
-                     "--no-dashboard", "--host", "127.0.0.1", *extra],
+                    [
+                        *cli,
+                        "distributed.cli.dask_worker",
+                        self.address,
+                        "--nworkers",
+                        "1",
+                        "--nthreads",
+                        "1",
+                        "--no-dashboard",
+                        "--host",
+                        "127.0.0.1",
+                        *extra,
+                    ],
                     **quiet,
                 )
             )

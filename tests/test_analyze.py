@@ -167,7 +167,7 @@ def test_unfinished_documents_are_skipped_with_a_warning(tiny_store, tmp_path):
 @pytest.mark.parametrize(
     "args,words",
     [
-        (["--methods", "h3o"], "unknown method 'h3o'"),
+        (["--methods", "h3o"], "unknown policy 'h3o'"),
         (["--methods", "h2o:ratio=1"], "no parameter 'ratio'"),
         (["--sparsity", "1.0"], "outside [0, 1)"),
         (["--sparsity", "-0.1"], "outside [0, 1)"),

@@ -81,6 +81,7 @@ def test_schema_and_invariants(reference_store):
         "qblock": 10,
         "kblock": 10,
         "dim": 8,
+        "answer_token": 8,
     }
     assert list(ds.depth.values) == [0.2, 0.8]
     assert ds.done.all()

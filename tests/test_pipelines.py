@@ -55,7 +55,7 @@ def test_run_then_resume(tiny_llama_dir, tmp_path):
         ({"dump__lengths": ["4q"]}, "4q"),
         ({"dump__samples": 0}, "dump.samples"),
         ({"dump__colour": 1}, "unknown setting dump.colour"),
-        ({"analyze__methods": ["h3o"]}, "unknown method 'h3o'"),
+        ({"analyze__methods": ["h3o"]}, "unknown policy 'h3o'"),
         ({"analyze__sparsity": [1.5]}, "outside [0, 1)"),
         ({"viz__dpi": 5}, "viz.dpi"),
         ({"extra": {}}, "unknown top-level key 'extra'"),

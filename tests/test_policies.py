@@ -147,10 +147,10 @@ def test_random_is_seeded():
 def test_parse_errors():
     from analyze.errors import UsageError
 
-    with pytest.raises(UsageError, match="unknown method 'h3o'"):
+    with pytest.raises(UsageError, match="unknown policy 'h3o'"):
         policies.parse_method("h3o")
     with pytest.raises(UsageError, match="no parameter 'ratio'"):
         policies.parse_method("h2o:ratio=0.2")
-    with pytest.raises(UsageError, match="must be a float"):
+    with pytest.raises(UsageError, match="must be a number"):
         policies.parse_method("h2o:recent_ratio=abc")
     assert policies.label(policies.parse_method("h2o:recent_ratio=0.2")) == "h2o:recent_ratio=0.2"

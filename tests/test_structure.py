@@ -92,7 +92,9 @@ class EveryOther(Policy):
     def rank(self, x: DocLayer, k: int) -> Ranking:
         keys = np.arange(x.n)
         even = ((keys + self.offset) % 2 == 0).astype(np.float64)
-        return Ranking(primary=np.broadcast_to(even, (x.heads, x.n)), secondary=np.broadcast_to(keys, (x.heads, x.n)))
+        return Ranking(
+            primary=np.broadcast_to(even, (x.heads, x.n)), secondary=np.broadcast_to(keys, (x.heads, x.n))
+        )
 
 
 def test_a_policy_registered_from_outside_is_scored_without_touching_the_engine(store, client):
@@ -108,7 +110,9 @@ def test_a_policy_registered_from_outside_is_scored_without_touching_the_engine(
             for s in range(2):
                 needle = np.flatnonzero(g["needle"][d, s])
                 want = np.mean(needle % 2 == 0)
-                got = ds.needle_recall.sel(policy="every_other", sparsity=0.5, length=256).isel(depth=d, sample=s)
+                got = ds.needle_recall.sel(policy="every_other", sparsity=0.5, length=256).isel(
+                    depth=d, sample=s
+                )
                 np.testing.assert_allclose(got.values, want, rtol=0, atol=1e-7)
                 got1 = ds.needle_recall.sel(policy="every_other:offset=1", sparsity=0.5, length=256)
                 np.testing.assert_allclose(got1.isel(depth=d, sample=s).values, 1 - want, atol=1e-7)
@@ -152,7 +156,12 @@ def test_config_and_cli_parse_the_same_values_the_same_way(tmp_path):
 
     cfg = {
         "out": str(tmp_path / "s"),
-        "dump": {"lengths": [512, "1k"], "depths": "linspace:0,1,3", "devices": "cuda:0,cuda:1", "block": "auto"},
+        "dump": {
+            "lengths": [512, "1k"],
+            "depths": "linspace:0,1,3",
+            "devices": "cuda:0,cuda:1",
+            "block": "auto",
+        },
         "analyze": {"methods": ["h2o:recent_ratio=0.2", "cab"], "sparsity": [0.5]},
     }
     path = tmp_path / "c.yaml"
@@ -182,8 +191,17 @@ def _values(path):
 def test_dump_on_a_dask_cluster_equals_one_process(tiny_llama_dir, store, tmp_path, dask_cluster):
     out = tmp_path / "cluster.zarr"
     r = run_cli(
-        "dump", "--model", tiny_llama_dir, *DUMP, "--out", str(out), "--scheduler", dask_cluster.address,
-        "--device", "cpu", "--no-progress",
+        "dump",
+        "--model",
+        tiny_llama_dir,
+        *DUMP,
+        "--out",
+        str(out),
+        "--scheduler",
+        dask_cluster.address,
+        "--device",
+        "cpu",
+        "--no-progress",
     )
     assert r.returncode == 0, r.stderr
     assert "8 documents written" in r.stdout
@@ -193,7 +211,16 @@ def test_dump_on_a_dask_cluster_equals_one_process(tiny_llama_dir, store, tmp_pa
         np.testing.assert_array_equal(a[key], b[key], err_msg=str(key))
     # and a rerun on the cluster finds everything done
     r = run_cli(
-        "dump", "--model", tiny_llama_dir, *DUMP, "--out", str(out), "--scheduler", dask_cluster.address,
-        "--device", "cpu", "--no-progress",
+        "dump",
+        "--model",
+        tiny_llama_dir,
+        *DUMP,
+        "--out",
+        str(out),
+        "--scheduler",
+        dask_cluster.address,
+        "--device",
+        "cpu",
+        "--no-progress",
     )
     assert r.returncode == 0 and "0 documents written (8 already done)" in r.stdout

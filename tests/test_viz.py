@@ -151,13 +151,25 @@ def test_picture_kept_sets_are_the_scored_ones_random_and_gqa_head(study, tmp_pa
     from analyze import metrics
     from analyze.keptsets import kept_sets_scored
     from analyze.runstore import load_doclayer
-    from viz import keptset
 
     store, _ = study
     out = tmp_path / "head.results.zarr"
     r = run_cli(
-        "analyze", str(store), "--methods", "random,h2o,full", "--sparsity", "0.5,0.9", "--gqa", "head",
-        "--seed", "3", "--workers", "1", "--out", str(out), "--no-progress",
+        "analyze",
+        str(store),
+        "--methods",
+        "random,h2o,full",
+        "--sparsity",
+        "0.5,0.9",
+        "--gqa",
+        "head",
+        "--seed",
+        "3",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
     )
     assert r.returncode == 0, r.stderr
     res = xr.open_zarr(out).load()
@@ -168,7 +180,9 @@ def test_picture_kept_sets_are_the_scored_ones_random_and_gqa_head(study, tmp_pa
         for i, policy in enumerate(res.policy.values):
             for j, sp in enumerate(res.sparsity.values):
                 m = metrics.kept_metrics(sets.kept.values[i, j], needle, x.final_row.astype(np.float64))
-                scored = res.sel(policy=policy, sparsity=sp, length=320).isel(depth=1, sample=0).sel(layer=layer)
+                scored = (
+                    res.sel(policy=policy, sparsity=sp, length=320).isel(depth=1, sample=0).sel(layer=layer)
+                )
                 np.testing.assert_array_equal(m[1].astype(np.float32), scored.needle_recall.values)
                 np.testing.assert_array_equal(m[2].astype(np.float32), scored.mass_kept.values)
         # under gqa=head the two query heads of a kv group keep different random sets
@@ -206,23 +220,16 @@ def _chromium():
     return None
 
 
-@pytest.mark.skipif(
+needs_browser = pytest.mark.skipif(
     _chromium() is None or shutil.which("chromedriver") is None,
     reason="Debian chromium + chromium-driver are not installed (.ci/run installs them)",
 )
-def test_explorer_renders_and_selector_changes_heatmap(study, tmp_path):
+
+
+def _driver(tmp_path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "viz", "serve", str(study[1]), "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     opts = webdriver.ChromeOptions()
     opts.binary_location = _chromium()
     for flag in (
@@ -234,10 +241,87 @@ def test_explorer_renders_and_selector_changes_heatmap(study, tmp_path):
         "--disable-sync",
         "--no-first-run",
         "--window-size=1400,1000",
+        "--allow-file-access-from-files",
         f"--user-data-dir={tmp_path / 'chrome'}",
     ):
         opts.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+
+READ_CELLS = """
+    const out = {rects: [], texts: []};
+    for (const m of Bokeh.documents[0].all_models) {
+        if (!m.data) continue;
+        const d = m.data instanceof Map ? Object.fromEntries(m.data) : m.data;
+        if (d.zvalues) out.rects.push(Array.from(d.zvalues).map(Number));
+        else if (d.value && Object.keys(d).some(k => k.startsWith('t:'))) out.texts.push(Array.from(d.value).map(String));
+    }
+    return out;
+"""
+
+
+@needs_browser
+def test_heatmap_numbers_follow_every_widget(report, study, tmp_path):
+    """heatmaps.html in headless Chromium: after each widget change, the number written in every cell
+    is the value its colour shows, and both are the selected frame's means from RESULTS."""
+    from viz.select import cell_mean
+
+    res = xr.open_zarr(study[1]).load()
+    driver = _driver(tmp_path)
+    try:
+        driver.get((report / "heatmaps.html").as_uri())
+        deadline = time.time() + 60
+        while time.time() < deadline and not driver.execute_script(
+            "return !!(window.Bokeh && Bokeh.documents.length)"
+        ):
+            time.sleep(0.5)
+        frames = [
+            ("sparsity", "0.9"),
+            ("metric", "needle_recall"),
+            ("heads", "retrieval"),
+            ("metric", "mass_kept"),
+        ]
+        state = {"sparsity": "0.5", "metric": "needle_hit", "heads": "all"}
+        for title, value in frames:
+            driver.execute_script(
+                "for (const m of Bokeh.documents[0].all_models) { if (m.title === arguments[0] && m.options) m.value = arguments[1]; }",
+                title,
+                value,
+            )
+            state[title] = value
+            time.sleep(0.5)
+            cells = driver.execute_script(READ_CELLS)
+            assert len(cells["rects"]) == len(cells["texts"]) == res.sizes["policy"]
+            for i, policy in enumerate(res.policy.values):
+                want = cell_mean(res, state["metric"], state["heads"]).sel(
+                    policy=policy, sparsity=float(state["sparsity"])
+                )
+                shown = sorted(cells["rects"][i])
+                assert shown == sorted(round(float(v), 2) for v in want.values.ravel()), (
+                    title,
+                    value,
+                    policy,
+                )
+                assert sorted(cells["texts"][i]) == sorted(f"{v:.2f}" for v in cells["rects"][i]), (
+                    title,
+                    value,
+                )
+    finally:
+        driver.quit()
+
+
+@needs_browser
+def test_explorer_renders_and_selector_changes_heatmap(study, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "viz", "serve", str(study[1]), "--port", str(port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    driver = _driver(tmp_path)
     try:
         deadline = time.time() + 60
         while True:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dump import optionkit
-from dump.errors import OneLineParser, UsageError
+from dump import optionkit, outputs
+from dump.errors import OneLineParser, UsageError, run_main
 from viz.options import VizOptions
 
 
@@ -36,34 +36,52 @@ def main(argv=None) -> int:
         )
         optionkit.add_arguments(p, VizOptions)
         args = p.parse_args(argv)
-    try:
-        if serve_mode:
-            check_results(args.results)
-            from viz.app import serve
+    if serve_mode:
+        return run_main(p.prog, lambda: _serve(args))
+    return run_main(p.prog, lambda: _report(args))
 
-            print(f"viz: explorer on http://127.0.0.1:{args.port}")
-            serve(args.results, args.port, args.show)
-            return 0
-        opt = optionkit.from_args(VizOptions, args)
-        if not opt.results:
-            raise UsageError("give the RESULTS.zarr to draw (python -m viz RESULTS.zarr)")
-        check_results(opt.results)
-        from viz.report import build
 
-        out = opt.out or default_out(opt.results)
-        store = opt.store
-        if store is None and opt.keptset:
-            import xarray as xr
+def _serve(args) -> int:
+    check_results(args.results)
+    from viz.app import serve
 
-            src = xr.open_zarr(opt.results).attrs.get("source_store")
-            store = src if src and Path(src).exists() else None
-        build(opt.results, out, store=store if opt.keptset else None, dpi=opt.dpi,
-              progress=print if opt.progress else (lambda *_: None))
-    except UsageError as err:
-        print(f"{p.prog}: error: {err}", file=sys.stderr)
-        return 2
+    print(f"viz: explorer on http://127.0.0.1:{args.port}")
+    serve(args.results, args.port, args.show)
+    return 0
+
+
+def _report(args) -> int:
+    opt = optionkit.from_args(VizOptions, args)
+    if not opt.results:
+        raise UsageError("give the RESULTS.zarr to draw (python -m viz RESULTS.zarr)")
+    check_results(opt.results)
+    out = opt.out or default_out(opt.results)
+    store = opt.store
+    if store is None and opt.keptset:
+        import xarray as xr
+
+        src = xr.open_zarr(opt.results).attrs.get("source_store")
+        store = src if src and Path(src).exists() else None
+    if opt.store is not None:
+        from analyze.runstore import plan_store
+
+        plan_store(opt.store)  # refused now, not after the heatmaps are drawn
+    outputs.check_output(out, "report", option="--out", inputs=(opt.results, store or ""))
+    outputs.check_writable(out)
+    from viz.report import build_atomic
+
+    build_atomic(
+        opt.results,
+        out,
+        store=store if opt.keptset else None,
+        dpi=opt.dpi,
+        progress=print if opt.progress else (lambda *_: None),
+    )
     return 0
 
 
 def default_out(results: str) -> str:
-    return str(Path(results.rstrip("/").removesuffix(".zarr").removesuffix(".results")).with_suffix("")) + "_report"
+    return (
+        str(Path(results.rstrip("/").removesuffix(".zarr").removesuffix(".results")).with_suffix(""))
+        + "_report"
+    )

@@ -92,7 +92,7 @@ def interactive(results: xr.Dataset):
     keys = [(s, m, h) for s in sparsities for m in METRICS for h in offered]
     grids = {(m, h): cell_mean(results, m, h) for m in METRICS for h in offered}
     first = keys[0]
-    rects, texts, figures = [], [], []
+    rects, texts, fields, figures = [], [], [], []
     for method in results[POLICY].values:
         plot = hv.render(
             method_panel(grids[first[1:]].sel({POLICY: method, "sparsity": first[0]}), str(method))
@@ -108,7 +108,13 @@ def interactive(results: xr.Dataset):
                     src.data[frame_key(s, m, h)] = values
                 else:
                     src.data["t:" + frame_key(s, m, h)] = [f"{v:.2f}" for v in values]
-            (rects if "zvalues" in src.data else texts).append(src)
+            if "zvalues" in src.data:
+                rects.append(src)
+            else:  # the labels glyph reads its text from a column named after the value dimension
+                text = r.glyph.text
+                field = text if isinstance(text, str) else getattr(text, "field", None) or text["field"]
+                texts.append(src)
+                fields.append(field)
         figures.append(plot)
     widgets = [
         Select(title="sparsity", value=f"{sparsities[0]:g}", options=[f"{s:g}" for s in sparsities]),
@@ -116,11 +122,11 @@ def interactive(results: xr.Dataset):
         Select(title="heads", value=offered[0], options=offered),
     ]
     swap = CustomJS(
-        args=dict(rects=rects, texts=texts, s=widgets[0], m=widgets[1], h=widgets[2]),
+        args=dict(rects=rects, texts=texts, fields=fields, s=widgets[0], m=widgets[1], h=widgets[2]),
         code="""
         const key = s.value + '|' + m.value + '|' + h.value;
         for (const src of rects) { src.data['zvalues'] = src.data[key]; src.change.emit(); }
-        for (const src of texts) { src.data['text'] = src.data['t:' + key]; src.change.emit(); }
+        texts.forEach((src, i) => { src.data[fields[i]] = src.data['t:' + key]; src.change.emit(); });
     """,
     )
     for w in widgets:

@@ -77,6 +77,32 @@ def _order(results, name):
     return lambda v: v
 
 
+def build_atomic(
+    results_path: str, out: str, store: str | None = None, dpi: int = 150, progress=print
+) -> Path:
+    """`build` into a temporary sibling folder, then swap it in: a failed or interrupted run leaves
+    nothing at `out`, and an earlier report there (marked as ours) is replaced whole."""
+    import shutil
+    import tempfile
+
+    from dump.outputs import REPORT_MARKER
+
+    target = Path(out).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
+    try:
+        build(results_path, str(tmp), store=store, dpi=dpi, progress=progress)
+        (tmp / REPORT_MARKER).write_text("a report written by `python -m viz`; it may be replaced whole\n")
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    progress(f"viz: report at {target / 'index.html'}")
+    return target / "index.html"
+
+
 def build(results_path: str, out: str, store: str | None = None, dpi: int = 150, progress=print) -> Path:
     hv.extension("bokeh", "matplotlib", logo=False)
     results = schema.open_results(results_path).load()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from analyze.errors import UsageError
 from analyze.policies.base import DocLayer, Policy, Ranking, budget, keep, select, select_reference
@@ -19,10 +20,24 @@ from analyze.policies.random_keys import RandomKeys
 from analyze.policies.snapkv import SnapKV
 from analyze.policies.streaming import Streaming
 from analyze.policies.tova import TOVA
+from dump.optionkit import boolean
 
 REGISTRY: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (Full, Oracle, RandomKeys, Streaming, H2O, SnapKV, TOVA, CAB, CABHigh, CABHybrid, CAB3C, BlockMass)
+    for cls in (
+        Full,
+        Oracle,
+        RandomKeys,
+        Streaming,
+        H2O,
+        SnapKV,
+        TOVA,
+        CAB,
+        CABHigh,
+        CABHybrid,
+        CAB3C,
+        BlockMass,
+    )
 }
 ALL_METHODS = list(REGISTRY)
 
@@ -38,6 +53,7 @@ def register(cls: type[Policy]) -> type[Policy]:
 def default(name: str) -> Policy:
     """The registered policy `name` with its default parameters."""
     return REGISTRY[name]()
+
 
 __all__ = [
     "REGISTRY",
@@ -56,36 +72,45 @@ __all__ = [
 ]
 
 
-def _convert(value: str, default):
-    if isinstance(default, bool):
-        if value.lower() in ("true", "1", "yes"):
-            return True
-        if value.lower() in ("false", "0", "no"):
-            return False
-        raise ValueError
-    return type(default)(value)
+def _convert(value: str, f: dataclasses.Field):
+    """A parameter's text -> its value, by its declared parser (type and range) or its default's type."""
+    parse = f.metadata.get("parse")
+    if parse is not None:
+        return parse(value)
+    if isinstance(f.default, bool):
+        return boolean(value)
+    try:
+        return type(f.default)(value)
+    except ValueError:
+        raise ValueError(f"must be a {type(f.default).__name__}") from None
 
 
 def parse_method(spec: str) -> Policy:
-    """`h2o` or `h2o:recent_ratio=0.2:normalize=true` -> a policy instance."""
+    """`h2o` or `h2o:recent_ratio=0.2:normalize=true` -> a policy instance, every parameter checked."""
     name, *params = spec.strip().split(":")
     if name not in REGISTRY:
-        raise UsageError(f"unknown method {name!r}: choose from {', '.join(REGISTRY)}")
+        raise UsageError(f"unknown policy {name!r}: choose from {', '.join(REGISTRY)}")
     cls = REGISTRY[name]
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for p in params:
-        key, _, value = p.partition("=")
-        if key not in fields:
+        key, eq, value = p.partition("=")
+        if key not in fields or not eq:
             allowed = ", ".join(fields) or "none"
-            raise UsageError(f"method {name!r} has no parameter {key!r}: its parameters are {allowed}")
-        try:
-            kwargs[key] = _convert(value, fields[key].default)
-        except ValueError:
             raise UsageError(
-                f"parameter {key}={value!r} of method {name!r} must be a {type(fields[key].default).__name__}"
-            ) from None
-    return cls(**kwargs)
+                f"policy {name!r} has no parameter {key if eq else p!r}: its parameters are {allowed} (as {name}:key=value)"
+            )
+        if key in kwargs:
+            raise UsageError(f"parameter {key} of policy {name!r} is given twice in {spec!r}")
+        try:
+            kwargs[key] = _convert(value, fields[key])
+        except ValueError as err:
+            raise UsageError(f"parameter {key}={value!r} of policy {name!r} {err}") from None
+    policy = cls(**kwargs)
+    problem = policy.check()
+    if problem:
+        raise UsageError(f"policy {spec!r}: {problem}")
+    return policy
 
 
 def label(policy: Policy) -> str:
@@ -101,8 +126,14 @@ def label(policy: Policy) -> str:
 def describe() -> list[str]:
     lines = []
     for name, cls in REGISTRY.items():
-        params = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls)) or "no parameters"
+        params = (
+            ", ".join(
+                f"{f.name}={f.default!r}" + (f" ({f.metadata['allowed']})" if "allowed" in f.metadata else "")
+                for f in dataclasses.fields(cls)
+            )
+            or "no parameters"
+        )
         doc = " ".join((cls.__doc__ or "").split())
-        first = doc.split(". ")[0].rstrip(".") + "."
+        first = re.split(r"(?<!al)\. ", doc)[0].rstrip(".") + "."
         lines.append(f"{name:<11} {first}  [{params}]")
     return lines

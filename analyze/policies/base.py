@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-
 STATISTICS = ("colsum", "window", "blocks", "qpool", "kpool")
 
 
@@ -224,6 +223,12 @@ def keep(policy, x: DocLayer, k: int, gqa: str = "kv", reference: bool = False) 
     return pick(r.primary, k, r.forced, r.secondary)
 
 
+def param(default, parse, allowed: str):
+    """A policy parameter: its default, its parser (text -> value, ValueError saying what is allowed)
+    and a short description of the allowed values for `--list-methods`."""
+    return dataclasses.field(default=default, metadata={"parse": parse, "allowed": allowed})
+
+
 class Policy:
     """Base of all policies: subclasses are frozen dataclasses with a `rank(x, k)` method.
 
@@ -245,6 +250,11 @@ class Policy:
     block_scores = False
     keeps_lowest = False
     compare_with: tuple[str, ...] = ()
+
+    def check(self) -> str | None:
+        """What is wrong with this combination of parameters, or None (each one alone is checked by
+        its `param` declaration)."""
+        return None
 
     def budget_for(self, k: int, n: int) -> int:
         """Keys this policy keeps under budget k (every policy but `full` keeps exactly k)."""

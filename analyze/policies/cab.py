@@ -4,7 +4,8 @@ import numpy as np
 
 from analyze import curvature
 from analyze.policies._blockgraph import COMPARE_WITH, GRAPH_READS, graphs
-from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks
+from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, param
+from dump.optionkit import choice, integer
 
 
 @dataclass(frozen=True)
@@ -19,8 +20,8 @@ class CAB(Policy):
     """
 
     name = "cab"
-    graph: str = "blocks"
-    block: int = 0
+    graph: str = param("blocks", choice("blocks", "qk"), "blocks/qk")
+    block: int = param(0, integer(minimum=0), "0 = stored B, or a multiple of it")
     block_scores = True
     keeps_lowest = True
     compare_with = COMPARE_WITH

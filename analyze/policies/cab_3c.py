@@ -4,7 +4,8 @@ import numpy as np
 
 from analyze import curvature
 from analyze.policies._blockgraph import COMPARE_WITH, GRAPH_READS, graphs
-from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, recent_mask, select
+from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, param, recent_mask, select
+from dump.optionkit import choice, integer, number
 
 
 @dataclass(frozen=True)
@@ -20,11 +21,17 @@ class CAB3C(Policy):
     """
 
     name = "cab_3c"
-    local: float = 0.3
-    bridges: float = 0.2
-    bridge: str = "median"
-    graph: str = "blocks"
-    block: int = 0
+    local: float = param(0.3, number(0, 1), "0..1")
+    bridges: float = param(0.2, number(0, 1), "0..1, local + bridges <= 1")
+    bridge: str = param("median", choice("median", "node"), "median/node")
+    graph: str = param("blocks", choice("blocks", "qk"), "blocks/qk")
+    block: int = param(0, integer(minimum=0), "0 = stored B, or a multiple of it")
+
+    def check(self) -> str | None:
+        if self.local + self.bridges > 1:
+            return f"local + bridges = {self.local + self.bridges:g} leaves no budget for importance: keep it <= 1"
+        return None
+
     compare_with = COMPARE_WITH
 
     @property
@@ -42,7 +49,7 @@ class CAB3C(Policy):
             a = graphs(x, self.graph)
             node = np.stack([curvature.node_curvature(curvature.symmetric(a[h])) for h in range(x.heads)])
             bridge_score = expand_blocks(-node, x.block, x.n) + 1e-12 * importance
-        else:
+        else:  # pragma: no cover - refused by its parameter declaration
             raise ValueError(f"bridge={self.bridge!r}: use median or node")
         bridge_score = np.where(forced, -np.inf, bridge_score)
         forced = forced | select(bridge_score, n_bridge)

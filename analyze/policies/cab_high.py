@@ -3,7 +3,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from analyze.policies._blockgraph import COMPARE_WITH, GRAPH_READS, last_row_additive
-from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks
+from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, param
+from dump.optionkit import choice, integer, number
 
 
 @dataclass(frozen=True)
@@ -17,9 +18,9 @@ class CABHigh(Policy):
     """
 
     name = "cab_high"
-    lam: float = 0.5
-    graph: str = "blocks"
-    block: int = 0
+    lam: float = param(0.5, number(minimum=0), ">= 0")
+    graph: str = param("blocks", choice("blocks", "qk"), "blocks/qk")
+    block: int = param(0, integer(minimum=0), "0 = stored B, or a multiple of it")
     block_scores = True
     compare_with = COMPARE_WITH
 

@@ -3,7 +3,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from analyze.policies._blockgraph import COMPARE_WITH, GRAPH_READS, last_row_additive, last_row_mass
-from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, select
+from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, param, select
+from dump.optionkit import choice, integer, number
 
 
 @dataclass(frozen=True)
@@ -15,10 +16,10 @@ class CABHybrid(Policy):
     """
 
     name = "cab_hybrid"
-    alpha: float = 0.5
-    lam: float = 0.3
-    graph: str = "blocks"
-    block: int = 0
+    alpha: float = param(0.5, number(0, 1), "0..1")
+    lam: float = param(0.3, number(minimum=0), ">= 0")
+    graph: str = param("blocks", choice("blocks", "qk"), "blocks/qk")
+    block: int = param(0, integer(minimum=0), "0 = stored B, or a multiple of it")
     block_scores = True
     compare_with = COMPARE_WITH
 

@@ -2,7 +2,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analyze.policies.base import DocLayer, Policy, Ranking, recent_mask
+from analyze.policies.base import DocLayer, Policy, Ranking, param, recent_mask
+from dump.optionkit import boolean, number
 
 
 @dataclass(frozen=True)
@@ -18,8 +19,8 @@ class H2O(Policy):
 
     name = "h2o"
     reads = ("colsum",)
-    recent_ratio: float = 0.5
-    normalize: bool = False
+    recent_ratio: float = param(0.5, number(0, 1), "0..1")
+    normalize: bool = param(False, boolean, "true/false")
 
     def rank(self, x: DocLayer, k: int) -> Ranking:
         score = x.colsum.astype(np.float64)

@@ -2,7 +2,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analyze.policies.base import DocLayer, Policy, Ranking
+from analyze.policies.base import DocLayer, Policy, Ranking, param
+from dump.optionkit import integer
 
 
 @dataclass(frozen=True)
@@ -13,7 +14,7 @@ class RandomKeys(Policy):
     """
 
     name = "random"
-    seed: int = 0
+    seed: int = param(0, integer(minimum=0), ">= 0")
 
     def rank(self, x: DocLayer, k: int) -> Ranking:
         rng = np.random.default_rng([self.seed, x.seed])

@@ -3,7 +3,15 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from analyze.policies.base import DocLayer, Policy, Ranking, recent_mask
+from analyze.policies.base import DocLayer, Policy, Ranking, param, recent_mask
+from dump.optionkit import integer
+
+
+def odd_width(text: str) -> int:
+    value = integer(minimum=1)(text)
+    if value % 2 == 0:
+        raise ValueError("must be odd (a centred pooling window)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -17,8 +25,8 @@ class SnapKV(Policy):
 
     name = "snapkv"
     reads = ("window",)
-    kernel: int = 5
-    window: int = 0
+    kernel: int = param(5, odd_width, "odd, >= 1")
+    window: int = param(0, integer(minimum=0), ">= 0")
 
     def _rows(self, x: DocLayer) -> np.ndarray:
         w = x.window if self.window <= 0 else x.window[:, -self.window :]

@@ -2,7 +2,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analyze.policies.base import DocLayer, Policy, Ranking
+from analyze.policies.base import DocLayer, Policy, Ranking, param
+from dump.optionkit import integer
 
 
 @dataclass(frozen=True)
@@ -13,7 +14,7 @@ class Streaming(Policy):
     """
 
     name = "streaming"
-    sinks: int = 4
+    sinks: int = param(4, integer(minimum=0), ">= 0")
 
     def rank(self, x: DocLayer, k: int) -> Ranking:
         forced = np.zeros((x.heads, x.n), bool)

@@ -1,0 +1,522 @@
+"""The bad-input and fault catalogue, as subprocesses of the four CLIs.
+
+Every case asserts the exit status, that stderr is one sentence with no traceback, and what is (and
+is not) left on disk. Cases that change a store work on a copy of it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+import zarr
+
+from tests.conftest import ROOT, run_cli
+
+SMALL = ["--lengths", "256", "--depths", "0.3,0.7", "--samples", "1", "--window", "8", "--block", "32"]
+
+
+@pytest.fixture(scope="module")
+def base(tiny_llama_dir, tmp_path_factory):
+    """A small finished dump and its results: the catalogue's inputs (never modified)."""
+    d = tmp_path_factory.mktemp("catalogue")
+    store, results = d / "run.zarr", d / "run.results.zarr"
+    r = run_cli("dump", "--model", tiny_llama_dir, *SMALL, "--out", str(store), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = run_cli(
+        "analyze",
+        str(store),
+        "--methods",
+        "full,h2o",
+        "--sparsity",
+        "0.5",
+        "--workers",
+        "1",
+        "--out",
+        str(results),
+        "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr
+    return {"model": tiny_llama_dir, "store": str(store), "results": str(results)}
+
+
+def one_sentence(r, status=2, words=()):
+    """Exit status, a single stderr line naming the problem, no traceback."""
+    err = r.stderr
+    assert r.returncode == status, f"status {r.returncode}\n{r.stdout}\n{err}"
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+def fill(tmp_path, sub, tokens):
+    """`{tmp}`, `{model}`, `{store}`, `{results}` in a command line."""
+    return [t.format(tmp=tmp_path, **sub) for t in tokens]
+
+
+def tree(path: Path) -> dict:
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {str(p.relative_to(path)): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+# (case, argv, words that must appear in the sentence): refused before any work, nothing written at {tmp}/o
+REFUSED = [
+    ("dump length too short", ["dump", "--model", "{model}", "--lengths", "10", "--out", "{tmp}/o"], ["10"]),
+    ("dump length unreadable", ["dump", "--lengths", "4q", "--out", "{tmp}/o"], ["4q"]),
+    ("dump length repeated", ["dump", "--lengths", "512,512", "--out", "{tmp}/o"], ["repeat"]),
+    ("dump samples 0", ["dump", "--samples", "0", "--out", "{tmp}/o"], ["--samples", "at least 1"]),
+    ("dump window 0", ["dump", "--window", "0", "--out", "{tmp}/o"], ["--window"]),
+    ("dump block 0", ["dump", "--block", "0", "--out", "{tmp}/o"], ["--block"]),
+    ("dump block text", ["dump", "--block", "big", "--out", "{tmp}/o"], ["--block", "whole number"]),
+    ("dump store misspelt", ["dump", "--store", "fulll", "--out", "{tmp}/o"], ["fulll", "stats, full"]),
+    ("dump device tpu", ["dump", "--device", "tpu", "--out", "{tmp}/o"], ["tpu", "cuda"]),
+    ("dump dtype fp8", ["dump", "--dtype", "fp8", "--out", "{tmp}/o"], ["fp8", "bfloat16"]),
+    ("dump max-gb negative", ["dump", "--max-gb", "-1", "--out", "{tmp}/o"], ["--max-gb"]),
+    ("dump depth above 1", ["dump", "--depths", "1.5", "--out", "{tmp}/o"], ["1.5"]),
+    ("dump seed negative", ["dump", "--seed", "-1", "--out", "{tmp}/o"], ["--seed"]),
+    (
+        "dump layers unreadable",
+        ["dump", "--layers", "a-b", "--store", "full", "--out", "{tmp}/o"],
+        ["--layers"],
+    ),
+    (
+        "dump layer out of range",
+        [
+            "dump",
+            "--model",
+            "{model}",
+            "--lengths",
+            "256",
+            "--store",
+            "full",
+            "--layers",
+            "99",
+            "--out",
+            "{tmp}/o",
+        ],
+        ["99"],
+    ),
+    (
+        "dump layers without full",
+        ["dump", "--model", "{model}", "--lengths", "256", "--layers", "1", "--out", "{tmp}/o"],
+        ["--store full"],
+    ),
+    ("dump filler missing", ["dump", "--filler", "/nope.txt", "--out", "{tmp}/o"], ["/nope.txt"]),
+    ("dump model missing", ["dump", "--model", "/nope", "--out", "{tmp}/o"], ["/nope"]),
+    (
+        "dump beyond context",
+        ["dump", "--model", "{model}", "--lengths", "4k", "--out", "{tmp}/o"],
+        ["context"],
+    ),
+    (
+        "dump scheduler not a url",
+        ["dump", "--scheduler", "notaurl", "--out", "{tmp}/o"],
+        ["notaurl", "tcp://"],
+    ),
+    ("dump devices unknown", ["dump", "--devices", "cuda:0,gpu1", "--out", "{tmp}/o"], ["gpu1"]),
+    ("dump cuda absent", ["dump", "--model", "{model}", "--device", "cuda", "--out", "{tmp}/o"], ["CUDA"]),
+    (
+        "dump out is the results store",
+        ["dump", "--model", "{model}", *SMALL, "--out", "{results}"],
+        ["results store"],
+    ),
+    (
+        "dump out unwritable",
+        ["dump", "--model", "{model}", *SMALL, "--out", "/proc/nope.zarr"],
+        ["not writable"],
+    ),
+    ("analyze out is its input", ["analyze", "{store}", "--out", "{store}"], ["input"]),
+    ("analyze out is a run store", ["analyze", "{store}", "--out", "{store}", "--methods", "h2o"], ["input"]),
+    ("analyze unknown policy", ["analyze", "{store}", "--methods", "h3o", "--out", "{tmp}/o"], ["h3o"]),
+    ("analyze policy twice", ["analyze", "{store}", "--methods", "h2o,h2o", "--out", "{tmp}/o"], ["repeats"]),
+    (
+        "analyze same policy two spellings",
+        ["analyze", "{store}", "--methods", "h2o,h2o:recent_ratio=0.5", "--out", "{tmp}/o"],
+        ["repeats"],
+    ),
+    (
+        "analyze h2o ratio 2",
+        ["analyze", "{store}", "--methods", "h2o:recent_ratio=2", "--out", "{tmp}/o"],
+        ["recent_ratio", "at most 1"],
+    ),
+    (
+        "analyze h2o ratio -1",
+        ["analyze", "{store}", "--methods", "h2o:recent_ratio=-1", "--out", "{tmp}/o"],
+        ["at least 0"],
+    ),
+    (
+        "analyze sinks -5",
+        ["analyze", "{store}", "--methods", "streaming:sinks=-5", "--out", "{tmp}/o"],
+        ["sinks"],
+    ),
+    (
+        "analyze cab graph",
+        ["analyze", "{store}", "--methods", "cab:graph=xyz", "--out", "{tmp}/o"],
+        ["xyz", "blocks, qk"],
+    ),
+    (
+        "analyze snapkv kernel 0",
+        ["analyze", "{store}", "--methods", "snapkv:kernel=0", "--out", "{tmp}/o"],
+        ["kernel"],
+    ),
+    (
+        "analyze snapkv kernel even",
+        ["analyze", "{store}", "--methods", "snapkv:kernel=4", "--out", "{tmp}/o"],
+        ["odd"],
+    ),
+    (
+        "analyze cab_3c bridge",
+        ["analyze", "{store}", "--methods", "cab_3c:bridge=foo", "--out", "{tmp}/o"],
+        ["foo"],
+    ),
+    (
+        "analyze cab_3c shares",
+        ["analyze", "{store}", "--methods", "cab_3c:local=0.9:bridges=0.5", "--out", "{tmp}/o"],
+        ["<= 1"],
+    ),
+    (
+        "analyze parameter given twice",
+        ["analyze", "{store}", "--methods", "h2o:recent_ratio=0.1:recent_ratio=0.2", "--out", "{tmp}/o"],
+        ["twice"],
+    ),
+    (
+        "analyze parameter unknown",
+        ["analyze", "{store}", "--methods", "h2o:ratio=1", "--out", "{tmp}/o"],
+        ["ratio"],
+    ),
+    (
+        "analyze block not multiple",
+        ["analyze", "{store}", "--methods", "cab:block=48", "--out", "{tmp}/o"],
+        ["multiple"],
+    ),
+    (
+        "analyze retrieval heads -3",
+        ["analyze", "{store}", "--retrieval-heads", "-3", "--out", "{tmp}/o"],
+        ["--retrieval-heads"],
+    ),
+    ("analyze sparsity 1.5", ["analyze", "{store}", "--sparsity", "1.5", "--out", "{tmp}/o"], ["[0, 1)"]),
+    (
+        "analyze sparsity repeated",
+        ["analyze", "{store}", "--sparsity", "0.5,0.5", "--out", "{tmp}/o"],
+        ["repeats"],
+    ),
+    (
+        "analyze scheduler not a url",
+        ["analyze", "{store}", "--scheduler", "notaurl", "--out", "{tmp}/o"],
+        ["tcp://"],
+    ),
+    (
+        "analyze scheduler unreachable",
+        ["analyze", "{store}", "--scheduler", "tcp://127.0.0.1:9", "--out", "{tmp}/o"],
+        ["scheduler"],
+    ),
+    ("analyze workers 0", ["analyze", "{store}", "--workers", "0", "--out", "{tmp}/o"], ["--workers"]),
+    ("analyze gqa both", ["analyze", "{store}", "--gqa", "both", "--out", "{tmp}/o"], ["both"]),
+    ("analyze store missing", ["analyze", "/nope.zarr", "--out", "{tmp}/o"], ["/nope.zarr"]),
+    ("analyze no store", ["analyze"], ["RUN.zarr"]),
+    ("analyze results as store", ["analyze", "{results}", "--out", "{tmp}/o"], ["results store"]),
+    (
+        "analyze out unwritable",
+        ["analyze", "{store}", "--methods", "h2o", "--out", "/proc/nope.zarr"],
+        ["not writable"],
+    ),
+    ("viz results missing", ["viz", "/nope.zarr", "--out", "{tmp}/o"], ["python -m analyze"]),
+    ("viz run store as results", ["viz", "{store}", "--out", "{tmp}/o"], ["not a results store"]),
+    ("viz store missing", ["viz", "{results}", "--store", "/nope", "--out", "{tmp}/o"], ["/nope"]),
+    ("viz dpi 5", ["viz", "{results}", "--dpi", "5", "--out", "{tmp}/o"], ["--dpi"]),
+    ("viz out is the results", ["viz", "{results}", "--out", "{results}"], ["input"]),
+    ("viz out unwritable", ["viz", "{results}", "--out", "/proc/nope"], ["not writable"]),
+]
+
+
+@pytest.mark.parametrize("case,argv,words", REFUSED, ids=[c[0] for c in REFUSED])
+def test_refused_before_any_work(base, tmp_path, case, argv, words):
+    before = {k: tree(Path(base[k])) for k in ("store", "results")}
+    r = run_cli(*fill(tmp_path, base, argv))
+    one_sentence(r, 2, [w.format(tmp=tmp_path, **base) for w in words])
+    assert not (tmp_path / "o").exists() and not list(tmp_path.glob("o.*")), "something was written"
+    assert {k: tree(Path(base[k])) for k in ("store", "results")} == before, "an input changed"
+
+
+@pytest.mark.parametrize(
+    "stage,overwrite", [("dump", False), ("dump", True), ("analyze", False), ("viz", False)]
+)
+def test_a_foreign_directory_is_never_replaced(base, tmp_path, stage, overwrite):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("years of work")
+    argv = {
+        "dump": ["dump", "--model", base["model"], *SMALL, "--out", str(foreign)],
+        "analyze": ["analyze", base["store"], "--out", str(foreign)],
+        "viz": ["viz", base["results"], "--out", str(foreign)],
+    }[stage]
+    if overwrite:
+        argv.append("--overwrite")
+    one_sentence(run_cli(*argv), 2, ["refusing to replace"])
+    assert (foreign / "thesis.tex").read_text() == "years of work"
+    assert [p.name for p in foreign.iterdir()] == ["thesis.tex"]
+
+
+@pytest.mark.parametrize("stage", ["dump", "analyze", "viz"])
+def test_an_existing_file_as_out_is_refused(base, tmp_path, stage):
+    f = tmp_path / "file.txt"
+    f.write_text("keep")
+    argv = {
+        "dump": ["dump", "--model", base["model"], *SMALL, "--out", str(f)],
+        "analyze": ["analyze", base["store"], "--out", str(f)],
+        "viz": ["viz", base["results"], "--out", str(f)],
+    }[stage]
+    one_sentence(run_cli(*argv), 2, ["existing file"])
+    assert f.read_text() == "keep"
+
+
+def test_dump_other_settings_refused_then_a_second_writer_refused(base, tmp_path):
+    store = tmp_path / "run.zarr"
+    shutil.copytree(base["store"], store)
+    one_sentence(
+        run_cli("dump", "--model", base["model"], *SMALL, "--seed", "3", "--out", str(store)),
+        2,
+        ["other settings"],
+    )
+    lock = tmp_path / "run.zarr.lock"
+    lock.write_text(f'{{"host": "{os.uname().nodename}", "pid": {os.getpid()}}}')  # a live writer: this test
+    one_sentence(
+        run_cli("dump", "--model", base["model"], *SMALL, "--out", str(store)),
+        2,
+        ["being written", str(os.getpid())],
+    )
+    lock.write_text(f'{{"host": "{os.uname().nodename}", "pid": 999999999}}')  # a writer that died
+    r = run_cli("dump", "--model", base["model"], *SMALL, "--out", str(store), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert not lock.exists()
+
+
+def test_growing_a_store_with_a_new_length_works_first_time(base, tmp_path):
+    store = tmp_path / "run.zarr"
+    shutil.copytree(base["store"], store)
+    grow = [a if a != "256" else "256,300" for a in SMALL]
+    r = run_cli("dump", "--model", base["model"], *grow, "--out", str(store), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "2 documents written (2 already done)" in r.stdout
+    assert zarr.open_group(str(store), mode="r")["len_300"]["done"][:].all()
+
+
+def _damaged(base, tmp_path, how):
+    store = tmp_path / "run.zarr"
+    shutil.copytree(base["store"], store)
+    chunk = store / "len_256" / "colsum" / "c" / "1" / "0" / "2" / "0" / "0"
+    assert chunk.is_file()
+    if how == "missing":
+        chunk.unlink()
+    else:
+        data = bytearray(chunk.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        chunk.write_bytes(bytes(data))
+    return store
+
+
+@pytest.mark.parametrize("how", ["missing", "corrupt"])
+def test_a_damaged_chunk_is_named_and_nothing_is_written(base, tmp_path, how):
+    store = _damaged(base, tmp_path, how)
+    out = tmp_path / "res.zarr"
+    r = run_cli(
+        "analyze",
+        str(store),
+        "--methods",
+        "h2o",
+        "--sparsity",
+        "0.5",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
+    one_sentence(r, 2, ["colsum", "depth 1", "sample 0", "layer 2", "--skip-corrupt"])
+    assert not out.exists() and not list(tmp_path.glob("res.zarr.tmp*"))
+
+
+def test_skip_corrupt_scores_the_rest_and_lists_what_it_skipped(base, tmp_path):
+    store = _damaged(base, tmp_path, "missing")
+    out = tmp_path / "res.zarr"
+    r = run_cli(
+        "analyze",
+        str(store),
+        "--methods",
+        "h2o",
+        "--sparsity",
+        "0.5",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--skip-corrupt",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "skipped 1 corrupt document" in r.stderr and "depth 1" in r.stderr
+    ds = xr.open_zarr(out)
+    assert bool(ds.done.sel(length=256).isel(depth=0, sample=0)) and not bool(
+        ds.done.isel(depth=1, sample=0).squeeze()
+    )
+    assert (
+        np.isnan(ds.needle_hit.isel(depth=1).values).all()
+        and not np.isnan(ds.needle_hit.isel(depth=0).values).any()
+    )
+
+
+def _interrupt(argv, sig, wait_for, timeout=120):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not wait_for():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_dump_interrupted_ends_in_one_sentence_and_resumes(base, tmp_path, sig, status):
+    store = tmp_path / "run.zarr"
+    argv = ["dump", "--model", base["model"], *SMALL, "--samples", "3", "--out", str(store), "--no-progress"]
+    r = _interrupt(argv, sig, lambda: any(store.glob("len_*/colsum/c/*")))
+    one_sentence(r, status, ["rerun the same command to resume"])
+    assert not (tmp_path / "run.zarr.lock").exists()
+    r = run_cli(*argv)
+    assert r.returncode == 0, r.stderr
+    assert zarr.open_group(str(store), mode="r")["len_256"]["done"][:].all()
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_analyze_interrupted_leaves_nothing_at_out(base, tmp_path, sig, status):
+    out = tmp_path / "res.zarr"
+    argv = ["analyze", base["store"], "--methods", "full,h2o,cab", "--workers", "1", "--out", str(out)]
+    r = _interrupt(argv, sig, lambda: False, timeout=4)
+    assert r.returncode == status, r.stderr
+    assert "Traceback" not in r.stderr and "interrupted" in r.stderr or "terminated" in r.stderr
+    assert not out.exists() and not list(tmp_path.glob("res.zarr*"))
+
+
+def _config(tmp_path, base, **over):
+    cfg = {
+        "out": str(tmp_path / "study"),
+        "dump": {"model": base["model"], "lengths": [256], "depths": [0.5]},
+        "analyze": {"methods": ["full"], "sparsity": [0.5]},
+    }
+    for key, value in over.items():
+        section, _, name = key.partition("__")
+        cfg.setdefault(section, {})[name] = value
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+PIPELINE_BAD = [
+    ({"analyze__methods": ["cab_3c:bridge=foo"]}, "foo"),
+    ({"dump__device": "tpu"}, "tpu"),
+    ({"dump__dtype": "fp8"}, "fp8"),
+    ({"dump__store": "fulll"}, "fulll"),
+    ({"analyze__retrieval_heads": -4}, "retrieval_heads"),
+    ({"analyze__sparsity": [0.5, 0.5]}, "repeats"),
+    ({"dump__devices": ["cuda:0", "gpu1"]}, "gpu1"),
+    ({"viz__dpi": 5}, "viz.dpi"),
+    ({"dask__workers": 2}, "dask"),
+]
+
+
+@pytest.mark.parametrize("over,words", PIPELINE_BAD, ids=[str(o) for o, _ in PIPELINE_BAD])
+def test_pipelines_check_refuses_what_run_would_fail_on(base, tmp_path, over, words):
+    if "dask__workers" in over:
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump({"out": str(tmp_path / "study"), "dask": {"workers": 2}}))
+        path = str(path)
+    else:
+        path = _config(tmp_path, base, **over)
+    one_sentence(run_cli("pipelines", "check", path), 2, [words])
+    assert not (tmp_path / "study").exists()
+
+
+def test_pipelines_out_holding_foreign_results_is_refused(base, tmp_path):
+    study = tmp_path / "study"
+    (study / "results.zarr").mkdir(parents=True)
+    (study / "results.zarr" / "notes.txt").write_text("mine")
+    one_sentence(run_cli("pipelines", "check", _config(tmp_path, base)), 2, ["refusing to replace"])
+    assert (study / "results.zarr" / "notes.txt").read_text() == "mine"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs: a real full disk (ENOSPC). Skips where mounting is not permitted."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root): " + r.stderr.decode().strip())
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_dump_says_so_and_the_rerun_finishes(base, small_disk):
+    out = small_disk / "run.zarr"
+    argv = [
+        "dump",
+        "--model",
+        base["model"],
+        "--lengths",
+        "512",
+        "--depths",
+        "0.2,0.4,0.6,0.8",
+        "--samples",
+        "2",
+        "--window",
+        "64",
+        "--block",
+        "32",
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
+    one_sentence(run_cli(*argv), 1, ["disk is full", "rerun the same command to resume"])
+    subprocess.run(["mount", "-o", "remount,size=64M", str(small_disk)], check=True)
+    r = run_cli(*argv)
+    assert r.returncode == 0, r.stderr
+    assert zarr.open_group(str(out), mode="r")["len_512"]["done"][:].all()
+
+
+@pytest.mark.parametrize("stage", ["analyze", "viz"])
+def test_full_disk_leaves_no_partial_output(base, small_disk, stage):
+    (small_disk / "ballast").write_bytes(b"x" * (1024 * 1024 - 64 * 1024))  # leave 64 KiB
+    out = small_disk / "out"
+    argv = {
+        "analyze": [
+            "analyze",
+            base["store"],
+            "--methods",
+            "full,h2o,cab",
+            "--workers",
+            "1",
+            "--out",
+            str(out),
+            "--no-progress",
+        ],
+        "viz": ["viz", base["results"], "--out", str(out), "--no-progress"],
+    }[stage]
+    one_sentence(run_cli(*argv), 1, ["disk is full"])
+    assert sorted(p.name for p in small_disk.iterdir()) == ["ballast"]
