@@ -95,6 +95,7 @@ def _main(args) -> int:
         seed=opt.seed,
         reference=opt.reference,
         skip_corrupt=opt.skip_corrupt,
+        answers=opt.answers,
     )
     with cluster.client_for(opt.scheduler, opt.workers) as client:
         ds, _ = engine.run(
@@ -117,4 +118,24 @@ def _main(args) -> int:
             f"{m}={float(hit.sel({schema.POLICY: m, 'sparsity': s})):.2f}" for m in ds[schema.POLICY].values
         )
         print(f"  needle_hit (all heads) @ sparsity {s:g}: {row}")
+    if "answer" in ds:
+        print_answers(ds)
     return 0
+
+
+def print_answers(ds) -> None:
+    from analyze import calibration
+
+    acc = ds.answer.mean(["length", "depth", "sample"])
+    full = float(ds.retrieved.where(ds.done).mean())
+    print(f"  the model answers {full:.2f} of the documents with its full cache (retrieved)")
+    for s in ds.sparsity.values:
+        row = ", ".join(
+            f"{m}={float(acc.sel({schema.POLICY: m, 'sparsity': s})):.2f}" for m in ds[schema.POLICY].values
+        )
+        print(f"  answer accuracy @ sparsity {s:g}: {row}")
+    print("  calibration of the proxy against the answer (documents the full cache answers, pruned cells):")
+    attrs = dict(ds.calibration.attrs)
+    attrs["best_rule"] = ds.attrs.get("calibration_best_rule", "")
+    for line in calibration.lines(ds.calibration, attrs):
+        print("    " + line)

@@ -32,6 +32,7 @@ class Spec:
     seed: int = 0
     reference: bool = False  # numpy references instead of numba kernels (tests, benchmark)
     skip_corrupt: bool = False  # a document with a missing or corrupt chunk is left out and listed
+    answers: bool = False  # also decode the model's answer under every pruned cache (analyze/answers.py)
     labels: tuple[str, ...] = field(init=False)
 
     def __post_init__(self):
@@ -91,7 +92,11 @@ def analyze_doclayer(path: str, length: int, d: int, s: int, layer: int, kv_head
 
 # -- the whole store ---------------------------------------------------------------------------
 def assemble(
-    plan: StorePlan, spec: Spec, results: dict, retrieval_heads: int = RETRIEVAL_HEADS
+    plan: StorePlan,
+    spec: Spec,
+    results: dict,
+    retrieval_heads: int = RETRIEVAL_HEADS,
+    answers: dict | None = None,
 ) -> xr.Dataset:
     """Per-task arrays -> the RESULTS Dataset (dims and names from `dump.schema`) with its summaries."""
     L, H, S, D = plan.layers, plan.heads, plan.samples, len(plan.depths)
@@ -128,8 +133,20 @@ def assemble(
     )
     data["done"] = (("length", "depth", "sample"), np.stack([plan.done[n] for n in plan.lengths]))
     data["retrieved"] = (("length", "depth", "sample"), np.stack([plan.retrieved[n] for n in plan.lengths]))
+    if answers is not None:
+        ans = np.full((nm, nsp, nl, D, S), np.nan, dtype=np.float32)
+        dig = np.full((nm, nsp, nl, D, S), np.nan, dtype=np.float32)
+        ids = np.full((nm, nsp, nl, D, S, schema.ANSWER_TOKENS), -1, dtype=np.int32)
+        for (n, d, s), r in answers.items():
+            li = plan.lengths.index(n)
+            ans[:, :, li, d, s] = r["answer"]
+            dig[:, :, li, d, s] = r["digits"]
+            ids[:, :, li, d, s] = r["ids"]
+        data["answer"] = (dims[:5], ans)
+        data["answer_digits"] = (dims[:5], dig)
+        data["answer_ids"] = ((*dims[:5], "answer_token"), ids)
     ds = xr.Dataset(data, coords=coords)
-    for name, var in schema.RESULT_VARS.items():
+    for name, var in {**schema.RESULT_VARS, **schema.ANSWER_VARS}.items():
         if name in ds:
             ds[name].attrs["long_name"] = var.long_name
     return summarize(ds, retrieval_heads)
@@ -165,7 +182,31 @@ def summarize(ds: xr.Dataset, retrieval_heads: int = RETRIEVAL_HEADS) -> xr.Data
         ):
             ds[schema.summary_name(name, stat)] = (sdims, values.astype(np.float32))
             ds[schema.summary_name(name, stat)].attrs["long_name"] = meaning
+    if "answer" in ds:
+        summarize_answers(ds)
     return ds
+
+
+def summarize_answers(ds: xr.Dataset) -> None:
+    """answer / answer_digits means with 95% intervals across samples, accuracy among documents the
+    full cache answers, and the calibration of every proxy rule against the answer."""
+    from analyze import calibration
+
+    for name in schema.ANSWER_METRICS:
+        a = ds[name]
+        mean, lo, hi = metrics.mean_ci(a.values, axis=a.dims.index("sample"))
+        sdims = tuple(dim for dim in a.dims if dim != "sample")
+        for stat, values in (("mean", mean), ("lo", lo), ("hi", hi)):
+            ds[schema.summary_name(name, stat)] = (sdims, values.astype(np.float32))
+    answered = ds.retrieved.astype(bool)
+    ds["answer_given_full"] = ds.answer.where(answered).mean("sample").astype(np.float32)
+    ds["answer_given_full"].attrs["long_name"] = (
+        "answer accuracy among the documents the model answers with its full cache (`retrieved`)"
+    )
+    table, attrs = calibration.calibrate(ds)
+    ds["calibration"] = table
+    ds["calibration"].attrs.update({k: v for k, v in attrs.items()})
+    ds.attrs["calibration_best_rule"] = attrs.get("best_rule", "")
 
 
 def tasks_of(plan: StorePlan) -> list[tuple[int, int, int, int]]:
@@ -190,31 +231,49 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
 
     def task(t):
         try:
+            if t[0] == "answer":
+                from analyze.answers import answer_document
+
+                _, n, d, s = t
+                return answer_document(
+                    path, n, d, s, spec.policies, spec.sparsities, spec.gqa, spec.seed, plan.kv_heads
+                )
             return analyze_doclayer(path, t[0], t[1], t[2], t[3], plan.kv_heads, spec)
         except CorruptChunk as err:
             if not spec.skip_corrupt:
                 raise
             return {"corrupt": str(err)}
 
-    futures = client.map(task, tasks, pure=False)
-    index = {f.key: t for f, t in zip(futures, tasks)}
-    results, corrupt = {}, {}
-    with tqdm(total=len(tasks), desc="analyze", unit="doc-layer", disable=not progress) as bar:
+    jobs = list(tasks)
+    if spec.answers:
+        from analyze.answers import check_model
+
+        check_model(path)  # refused here, before any work, if the dump's model cannot be used
+        jobs += [("answer", n, d, s) for n in plan.lengths for d, s in zip(*np.nonzero(plan.done[n]))]
+        jobs = [(t[0], int(t[1]), int(t[2]), int(t[3])) if t[0] == "answer" else t for t in jobs]
+    futures = client.map(task, jobs, pure=False)
+    index = {f.key: t for f, t in zip(futures, jobs)}
+    results, answers, corrupt = {}, {}, {}
+    with tqdm(total=len(jobs), desc="analyze", unit="task", disable=not progress) as bar:
         for fut in as_completed(futures):
             t, r = index[fut.key], fut.result()
+            doc = t[1:] if t[0] == "answer" else t[:3]
             if "corrupt" in r:
-                corrupt.setdefault(t[:3], r["corrupt"])
+                corrupt.setdefault(doc, r["corrupt"])
+            elif t[0] == "answer":
+                answers[doc] = r
             else:
                 results[t] = r
             bar.update(1)
     for n, d, s in corrupt:  # a document is scored whole or not at all
         plan.done[n][d, s] = False
         results = {t: r for t, r in results.items() if t[:3] != (n, d, s)}
+        answers.pop((n, d, s), None)
     if corrupt and not results:
         raise UsageError(f"every finished document of {path!r} has a missing or corrupt chunk")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices for unfinished documents
-        ds = assemble(plan, spec, results, retrieval_heads)
+        ds = assemble(plan, spec, results, retrieval_heads, answers if spec.answers else None)
     ds.attrs.update(
         {
             schema.KIND_ATTR: schema.RESULTS_KIND,

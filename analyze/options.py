@@ -70,6 +70,12 @@ class AnalyzeOptions:
     workers: int | None = option(
         None, "local worker processes (default: min(4, cores))", optional(integer(minimum=1))
     )
+    answers: bool = option(
+        False,
+        "also decode the model's own answer under every pruned cache (the dump's model, on the CPU) and "
+        "calibrate the proxy metrics against it",
+        flag=True,
+    )
     skip_corrupt: bool = option(
         False,
         "score the documents that read cleanly and list those with missing or corrupt chunks",

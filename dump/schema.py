@@ -169,6 +169,24 @@ RESULT_VARS: dict[str, Var] = {
     "retrieved": Var(("length", "depth", "sample"), "bool", "the model answered under full attention", False),
     "retrieval_head": Var(("layer", "head"), "bool", "retrieval heads (rule in attrs)", False),
 }
+ANSWER_VARS: dict[str, Var] = {  # with `analyze --answers`
+    "answer": Var(
+        RESULT_DIMS[:5],
+        "float32",
+        "1 if the model's greedy answer under the pruned cache contains the passkey",
+        NAN,
+    ),
+    "answer_digits": Var(
+        RESULT_DIMS[:5], "float32", "fraction of the passkey's digits the answer reproduces in place", NAN
+    ),
+    "answer_ids": Var(
+        (*RESULT_DIMS[:5], "answer_token"),
+        "int32",
+        "greedy answer token ids under the pruned cache (-1 = none)",
+        -1,
+    ),
+}
+ANSWER_METRICS = ("answer", "answer_digits")
 SUBSET_DIM = "subset"
 RESULT_COORDS = (*RESULT_DIMS, "pair", "variant", SUBSET_DIM)
 
@@ -187,9 +205,17 @@ def summary_dims() -> tuple[str, ...]:
     return (SUBSET_DIM, *(d for d in RESULT_DIMS if d not in ("sample", "layer", "head")))
 
 
-def result_vars() -> dict[str, tuple[tuple[str, ...], str]]:
-    """Every RESULTS variable -> (dims, dtype), the summaries included."""
+def result_vars(answers: bool = False) -> dict[str, tuple[tuple[str, ...], str]]:
+    """Every RESULTS variable -> (dims, dtype), the summaries included (`answers`: with --answers)."""
     out = {name: (v.dims, v.dtype) for name, v in RESULT_VARS.items()}
+    if answers:
+        out.update({name: (v.dims, v.dtype) for name, v in ANSWER_VARS.items()})
+        answer_summary = tuple(d for d in summary_dims() if d != SUBSET_DIM)
+        for metric in ANSWER_METRICS:
+            for stat in SUMMARIES:
+                out[summary_name(metric, stat)] = (answer_summary, "float32")
+        out["answer_given_full"] = (answer_summary, "float32")
+        out["calibration"] = (("rule", "stat"), "float64")
     doc_dims = (SUBSET_DIM, *(d for d in RESULT_DIMS if d not in ("layer", "head")))
     for metric in HEAD_METRICS:
         out[heads_name(metric)] = (doc_dims, "float32")
@@ -237,7 +263,7 @@ def run_group_differences(group, full: bool) -> list[str]:
 
 def results_differences(ds) -> list[str]:
     """What in a RESULTS dataset departs from the schema (empty when it matches exactly)."""
-    expected = result_vars()
+    expected = result_vars(answers="answer" in ds.data_vars)
     out = [f"missing variable {v}" for v in expected if v not in ds.data_vars]
     out += [f"unexpected variable {v}" for v in sorted(set(ds.data_vars) - set(expected))]
     for name, (dims, dtype) in expected.items():

@@ -34,6 +34,7 @@ def analyze_key(cfg: Config) -> str:
             "gqa": a.gqa,
             "seed": a.seed,
             "retrieval_heads": a.retrieval_heads,
+            "answers": a.answers,
             "done": done,
             "settings": dict(root.attrs["settings"]),
         },
@@ -78,7 +79,15 @@ def run(cfg: Config, progress: bool = True) -> dict:
         a = analyze_opt
         pols = tuple(policies.parse_method(m) for m in a.methods)
         check_blocks(pols, plan_store(a.store))
-        spec = engine.Spec(pols, tuple(a.sparsity), gqa=a.gqa, seed=a.seed, reference=a.reference)
+        spec = engine.Spec(
+            pols,
+            tuple(a.sparsity),
+            gqa=a.gqa,
+            seed=a.seed,
+            reference=a.reference,
+            skip_corrupt=a.skip_corrupt,
+            answers=a.answers,
+        )
         with cluster.client_for(a.scheduler, a.workers) as client:
             ds, unfinished = engine.run(
                 a.store, spec, client, progress=progress, retrieval_heads=a.retrieval_heads

@@ -9,14 +9,14 @@ import xarray as xr
 from dump import schema
 from dump.schema import POLICY
 from viz import curves, heatmaps
-from viz.select import METRICS, subsets
+from viz.select import metrics_of, subsets
 
 
 def explorer(results: xr.Dataset) -> pn.viewable.Viewable:
     hv.extension("bokeh", logo=False)
     pn.extension()
     sparsity = pn.widgets.Select(name="sparsity", options=[float(s) for s in results.sparsity.values])
-    metric = pn.widgets.Select(name="metric", options=list(METRICS))
+    metric = pn.widgets.Select(name="metric", options=list(metrics_of(results)))
     subset = pn.widgets.Select(name="heads", options=subsets(results))
     methods = pn.widgets.MultiChoice(
         name="policies",

@@ -10,7 +10,7 @@ import holoviews as hv
 import xarray as xr
 
 from dump.schema import POLICY
-from viz.select import METRICS, NIAH_CMAP, cell_mean, length_label, subsets
+from viz.select import METRICS, NIAH_CMAP, cell_mean, full_cache_note, length_label, metrics_of, subsets
 
 
 def _cells(grid: xr.DataArray) -> list[tuple]:
@@ -66,7 +66,8 @@ def figure(
     methods = list(methods or results[POLICY].values)
     panels = [method_panel(cells.sel({POLICY: m}), str(m), backend, metric) for m in methods]
     cols = min(4, len(panels))
-    title = f"{metric} ({subset} heads) at sparsity {sparsity:g}"
+    heads = "" if metric in ("answer", "answer_digits") else f" ({subset} heads)"
+    title = f"{metric}{heads} at sparsity {sparsity:g}; {full_cache_note(results)}"
     layout = hv.Layout(panels).cols(cols)
     if backend == "matplotlib":
         return layout.opts(hv.opts.Layout(title=title, sublabel_format="", backend="matplotlib"))
@@ -89,8 +90,9 @@ def interactive(results: xr.Dataset):
 
     sparsities = [float(s) for s in results.sparsity.values]
     offered = subsets(results)
-    keys = [(s, m, h) for s in sparsities for m in METRICS for h in offered]
-    grids = {(m, h): cell_mean(results, m, h) for m in METRICS for h in offered}
+    offered_metrics = metrics_of(results)
+    keys = [(s, m, h) for s in sparsities for m in offered_metrics for h in offered]
+    grids = {(m, h): cell_mean(results, m, h) for m in offered_metrics for h in offered}
     first = keys[0]
     rects, texts, fields, figures = [], [], [], []
     for method in results[POLICY].values:
@@ -118,7 +120,7 @@ def interactive(results: xr.Dataset):
         figures.append(plot)
     widgets = [
         Select(title="sparsity", value=f"{sparsities[0]:g}", options=[f"{s:g}" for s in sparsities]),
-        Select(title="metric", value=METRICS[0], options=list(METRICS)),
+        Select(title="metric", value=offered_metrics[0], options=list(offered_metrics)),
         Select(title="heads", value=offered[0], options=offered),
     ]
     swap = CustomJS(

@@ -17,8 +17,8 @@ import xarray as xr
 
 from analyze import keptsets
 from dump import schema
-from viz import curves, heatmaps, keptset
-from viz.select import cell_mean
+from viz import calibration, curves, heatmaps, keptset
+from viz.select import cell_mean, default_metric
 
 _CDN_LINK = re.compile(r'<link[^>]*href="https?://[^"]*"[^>]*>\s*')
 # Panel's extension registers an ES-module shim served from its own server; a saved page needs none
@@ -54,6 +54,10 @@ def save_png(obj, path: Path, dpi: int = 150) -> Path:
 def summary_table(results: xr.Dataset) -> pd.DataFrame:
     """One row per policy × sparsity × length (means over depths and samples)."""
     cols = {}
+    if "answer" in results:
+        for metric in schema.ANSWER_METRICS:
+            cols[metric] = cell_mean(results, metric, "all").mean("depth")
+        cols["answer_given_full"] = results.answer_given_full.mean("depth")
     for metric in schema.HEAD_METRICS:
         for subset in schema.SUBSETS:
             cols[f"{metric}_{subset}"] = (
@@ -114,6 +118,14 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
     progress("viz: heatmaps")
     save_bokeh(heatmaps.interactive(results), outdir / "heatmaps.html", "NIAH heatmaps")
     pngs = []
+    if "answer" in results:  # the classic NIAH map: does the model still answer?
+        for s in sparsities:
+            p = save_png(
+                heatmaps.figure(results, s, "answer", "all", backend="matplotlib"),
+                outdir / f"heatmap_answer_s{s:g}.png",
+                dpi,
+            )
+            pngs.append((f"answer (the model's own answer under the pruned cache), sparsity {s:g}", p))
     for s in sparsities:
         for subset in schema.SUBSETS:
             p = save_png(
@@ -125,8 +137,9 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
 
     progress("viz: curves")
     methods = list(results[schema.POLICY].values)
+    metric = default_metric(results)
     curve_layout = hv.Layout(
-        [curves.vs_length(results, s) for s in sparsities] + [curves.vs_sparsity(results)]
+        [curves.vs_length(results, s, metric) for s in sparsities] + [curves.vs_sparsity(results, metric)]
     ).cols(2)
     save_html(curve_layout, outdir / "curves.html", "Accuracy curves")
     if "cab" in methods and "h2o" in methods:
@@ -138,6 +151,20 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
             dpi,
         )
         pngs.append((f"cab − h2o, needle_hit, sparsity {sparsities[0]:g}", p))
+
+    if "answer" in results:
+        progress("viz: calibration")
+        save_html(calibration.figure(results), outdir / "calibration.html", "Proxy vs answer")
+        p = save_png(calibration.figure(results, backend="matplotlib"), outdir / "calibration.png", dpi)
+        pngs.insert(len(sparsities), ("proxy vs answer (calibration)", p))
+        figures.append(
+            (
+                "Proxy vs answer",
+                outdir / "calibration.html",
+                "Per policy and sparsity: how often the best proxy rule says the needle is kept (x) against how "
+                "often the model really answers (y), over the documents the full cache answers.",
+            )
+        )
 
     if store:
         progress("viz: kept sets")
@@ -194,7 +221,6 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
     table = summary_table(results)
     table.to_csv(outdir / "summary.csv", index=False, float_format="%.4f")
     write_index(results, outdir, figures, pngs, table)
-    progress(f"viz: report at {outdir / 'index.html'}")
     return outdir / "index.html"
 
 
@@ -230,6 +256,8 @@ def write_index(results, outdir: Path, figures, pngs, table: pd.DataFrame) -> No
     )
     parts.append(rho.to_frame("spearman").to_html(float_format="%.3f"))
     parts.append("<p>Jaccard overlap of kept sets:</p>" + jac.to_html(float_format="%.3f"))
+    if "calibration" in results:
+        parts.append("<h2>How far the proxy can be trusted</h2>" + calibration.table_html(results))
     parts.append("<h2>Summary</h2><p>Also in <a href='summary.csv'>summary.csv</a>.</p>")
     parts.append(table.to_html(index=False, float_format="%.3f"))
     parts.append("</body></html>")

@@ -31,10 +31,31 @@ def subsets(results: xr.Dataset, max_layers: int = 4) -> list[str]:
     return ["all", "retrieval"] + [f"layer {layer}" for layer in sorted(layers)]
 
 
+def metrics_of(results: xr.Dataset) -> tuple[str, ...]:
+    """The metrics a figure offers, the default first: the model's real answer when the results have
+    it (`analyze --answers`), then the needle-in-kept-set proxies."""
+    if "answer" in results:
+        return (*schema.ANSWER_METRICS, *METRICS)
+    return METRICS
+
+
+def default_metric(results: xr.Dataset) -> str:
+    return metrics_of(results)[0]
+
+
+def full_cache_note(results: xr.Dataset) -> str:
+    """The model's own accuracy with its whole cache, for figure titles."""
+    done = int(results.done.sum())
+    return f"full cache answers {int((results.retrieved & results.done).sum())}/{done}"
+
+
 def per_document(results: xr.Dataset, metric: str, subset: str) -> xr.DataArray:
-    """(policy, sparsity, length, depth, sample): the metric averaged over the subset's heads."""
+    """(policy, sparsity, length, depth, sample): the metric averaged over the subset's heads (the
+    answer metrics are per document already: the subset does not apply)."""
+    if metric in schema.ANSWER_METRICS and metric in results:
+        return results[metric]
     if metric not in METRICS:
-        raise ValueError(f"metric {metric!r}: use one of {', '.join(METRICS)}")
+        raise ValueError(f"metric {metric!r}: use one of {', '.join(metrics_of(results))}")
     if subset in schema.SUBSETS:
         return results[schema.heads_name(metric)].sel({schema.SUBSET_DIM: subset})
     if subset.startswith("layer "):

@@ -1,0 +1,236 @@
+"""Ground truth: the model's own answer with every policy's pruned KV cache.
+
+For one document of a RUN.zarr (one Dask task):
+
+1. load the model the dump used (RUN.zarr provenance; offline) and check that its tokenizer rebuilds
+   the stored `input_ids` exactly;
+2. prefill the prompt without its last token once, with full attention, as the statistics were taken;
+3. for every (policy, sparsity), take the kept sets of every layer from `analyze.keptsets` (the code
+   the proxy metrics are scored with: same budget, seed and GQA rule), then decode greedily from the
+   last prompt token for as many tokens as the dump's own answer, each layer and query head attending
+   only to its kept prompt keys (the last prompt token included, iff kept) plus the tokens decoded
+   so far. Under `--gqa kv` the heads of a kv group share a set; under `--gqa head` each has its own;
+4. score `answer` (the decoded text contains the passkey's digits in order: the dump's `retrieved`
+   rule) and `answer_digits` (the fraction of the passkey's digits reproduced in place).
+
+The masked attention is eager float32 math registered with transformers as `niah_pruned`; outside
+a decode with masks it is plain sdpa. Models with attention features it does not implement
+(sliding windows, logit softcapping, sinks) are refused, never approximated.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+import threading
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+from transformers import AttentionInterface, AttentionMaskInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import sdpa_mask
+
+from analyze import keptsets
+from analyze.errors import UsageError
+from analyze.policies import Policy
+from analyze.runstore import _open, load_doclayer
+from dump import schema
+from dump.run import contains_passkey  # the dump's `retrieved` rule, shared
+
+NAME = "niah_pruned"
+_state = threading.local()
+
+
+@contextmanager
+def keeping(masks: dict[int, torch.Tensor] | None):
+    """Within: layer l's query heads attend only to prompt keys where masks[l][head, key] is True."""
+    _state.masks = masks
+    try:
+        yield
+    finally:
+        _state.masks = None
+
+
+def pruned_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    masks = getattr(_state, "masks", None)
+    if masks is None:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
+    keep = masks[int(module.layer_idx)]  # (head, N) over the prompt's keys
+    heads, qlen, total = query.shape[1], query.shape[2], key.shape[2]
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    k = repeat_kv(key, heads // key.shape[1]).float()
+    v = repeat_kv(value, heads // value.shape[1]).float()
+    scores = torch.matmul(query.float(), k.transpose(-1, -2)) * scaling  # (1, head, q, key)
+    allowed = torch.ones(heads, qlen, total, dtype=torch.bool, device=query.device)
+    n = keep.shape[1]
+    allowed[:, :, :n] = keep[:, None, :]
+    pos = torch.arange(total - qlen, total, device=query.device)
+    allowed &= torch.arange(total, device=query.device)[None, :] <= pos[:, None]  # causal
+    scores = scores.masked_fill(~allowed[None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs, v).to(query.dtype)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(NAME, pruned_attention)
+AttentionMaskInterface.register(NAME, sdpa_mask)
+
+UNSUPPORTED = {  # config attribute -> the feature the masked attention does not implement
+    "sliding_window": "sliding-window attention",
+    "attn_logit_softcapping": "attention logit softcapping",
+    "attention_chunk_size": "chunked attention",
+}
+
+
+def check_supported(config, name: str) -> None:
+    for attr, feature in UNSUPPORTED.items():
+        if getattr(config, attr, None) and (
+            attr != "sliding_window" or getattr(config, "use_sliding_window", True)
+        ):
+            raise UsageError(
+                f"model {name!r} uses {feature}, which the answer pass does not implement: it refuses rather than approximate"
+            )
+    if getattr(config, "attention_sinks", None) or "sinks" in str(getattr(config, "layer_types", "")):
+        raise UsageError(f"model {name!r} uses attention sinks, which the answer pass does not implement")
+
+
+@functools.lru_cache(maxsize=1)
+def load_model(name: str):
+    """The dump's model with the masked attention, float32 on the CPU (once per worker process)."""
+    from dump import models
+
+    lm = models.load(name, dtype=torch.float32, device="cpu", attn_implementation=NAME)
+    check_supported(lm.model.config, name)
+    return lm
+
+
+def model_name(attrs: dict, path: str) -> str:
+    model = attrs.get("model", {})
+    name = model.get("name") if isinstance(model, dict) else None
+    if not name:
+        raise UsageError(f"store {path!r} does not name the model it was dumped with: --answers cannot run")
+    return str(name)
+
+
+def check_model(path: str) -> str:
+    """The model of a RUN.zarr, loadable here, with a tokenizer that rebuilds the stored prompts."""
+    from dump import models
+
+    root = _open(path)
+    name = model_name(dict(root.attrs), path)
+    try:
+        models.resolve(name)
+    except UsageError as err:
+        raise UsageError(
+            f"--answers needs the model the dump used, {name!r}, which cannot be loaded here ({err})"
+        ) from None
+    if schema.lengths_in(root) and "answer_ids" not in root[schema.group_name(schema.lengths_in(root)[0])]:
+        raise UsageError(
+            f"store {path!r} was dumped before answers were recorded (schema 1): re-run `python -m dump` into a new --out to use --answers"
+        )
+    check_supported(models.load_config(name), name)
+    return name
+
+
+def rebuild_check(tokenizer, attrs: dict, path: str, n: int, d: int, s: int, ids: np.ndarray) -> None:
+    """The tokenizer must rebuild the stored prompt token for token (same document rule as the dump)."""
+    from dump import haystack
+
+    st = attrs["settings"]
+    rng = haystack.document_rng(int(st["seed"]), n, d, s)
+    passkey = haystack.make_passkey(rng)
+    doc = haystack.build_document(
+        tokenizer, n, float(st["depths"][d]), passkey, haystack.filler_sentences(st["filler"], rng)
+    )
+    if not np.array_equal(doc.input_ids, ids):
+        raise UsageError(
+            f"the tokenizer of {model_name(attrs, path)!r} does not reproduce the stored input_ids of {path!r} "
+            f"(length {n}, depth {d}, sample {s}): the model there is not the one the dump used"
+        )
+
+
+def digits_in_place(text: str, passkey: int) -> float:
+    """Fraction of the passkey's digits reproduced in place by the first run of digits in the text."""
+    want = str(passkey)
+    m = re.search(r"\d+", text.replace(" ", ""))
+    got = m.group(0) if m else ""
+    return sum(a == b for a, b in zip(got, want)) / len(want)
+
+
+def rollback(cache, prefix: int) -> None:
+    """Drop every cached position from `prefix` on (transformers 5: crop(-k) removes k tokens)."""
+    extra = cache.get_seq_length() - prefix
+    if extra > 0:
+        cache.crop(-extra)
+
+
+def cache_kw(model) -> str:
+    """The forward argument that takes a KV cache (`past_key_values` was renamed `cache` in transformers 5.x)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def prefill(model, prompt: torch.Tensor):
+    """The KV cache of `prompt` (1, N-1) under full attention."""
+    out = model(prompt, use_cache=True, logits_to_keep=1)
+    return getattr(out, "cache", None) or out.past_key_values
+
+
+def greedy(model, cache, prefix: int, first_token: int, steps: int, masks) -> list[int]:
+    """Decode `steps` tokens from `first_token` at position `prefix` over the cache cropped to `prefix`."""
+    rollback(cache, prefix)
+    token, out = first_token, []
+    kw = cache_kw(model)
+    with keeping(masks):
+        for _ in range(steps):
+            logits = model(torch.tensor([[token]]), use_cache=True, logits_to_keep=1, **{kw: cache}).logits
+            token = int(logits[0, -1].argmax())
+            out.append(token)
+    return out
+
+
+def answer_document(
+    path: str,
+    n: int,
+    d: int,
+    s: int,
+    pols: tuple[Policy, ...],
+    sparsities,
+    gqa: str,
+    seed: int,
+    kv_heads: int,
+) -> dict:
+    """Every (policy, sparsity) answer of one document -> {"answer", "digits", "ids"} arrays."""
+    root = _open(path)
+    attrs = dict(root.attrs)
+    lm = load_model(model_name(attrs, path))
+    g = root[schema.group_name(n)]
+    ids = np.asarray(g["input_ids"][d, s])
+    rebuild_check(lm.tokenizer, attrs, path, n, d, s, ids)
+    passkey = int(g["passkey"][d, s])
+    steps = int((np.asarray(g["answer_ids"][d, s]) >= 0).sum()) or schema.ANSWER_TOKENS
+    layers = lm.config["layers"]
+    masks = np.zeros((len(pols), len(sparsities), layers, lm.config["heads"], n), dtype=bool)
+    reads = keptsets.reads_of(pols)
+    for layer in range(layers):
+        x, _ = load_doclayer(path, n, d, s, layer, kv_heads, keptsets.doclayer_seed(seed, d, s, layer), reads)
+        for j, i, kept in keptsets.iter_kept(x, pols, sparsities, gqa):
+            masks[i, j, layer] = kept
+    with torch.no_grad():
+        prompt = torch.as_tensor(ids[:-1], dtype=torch.long)[None]
+        cache = prefill(lm.model, prompt)
+        answer = np.zeros((len(pols), len(sparsities)), dtype=bool)
+        digits = np.zeros((len(pols), len(sparsities)), dtype=np.float32)
+        out_ids = np.full((len(pols), len(sparsities), schema.ANSWER_TOKENS), -1, dtype=np.int32)
+        for i in range(len(pols)):
+            for j in range(len(sparsities)):
+                per_layer = {layer: torch.from_numpy(masks[i, j, layer]) for layer in range(layers)}
+                toks = greedy(lm.model, cache, n - 1, int(ids[-1]), steps, per_layer)
+                text = lm.tokenizer.decode(toks)
+                answer[i, j] = contains_passkey(text, passkey)
+                digits[i, j] = digits_in_place(text, passkey)
+                out_ids[i, j, : len(toks)] = toks
+    return {"answer": answer, "digits": digits, "ids": out_ids}

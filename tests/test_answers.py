@@ -1,0 +1,146 @@
+"""The answer pass on the real SmolLM2: exact against the unmasked model, equal to the dump's own answer
+with the full cache, and failing when exactly the passkey is dropped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+
+from analyze import answers, calibration, policies
+from dump import schema
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def smol_store(tmp_path_factory):
+    out = tmp_path_factory.mktemp("answers") / "run.zarr"
+    r = run_cli(
+        "dump",
+        "--lengths",
+        "512",
+        "--depths",
+        "0.3,0.7",
+        "--samples",
+        "2",
+        "--window",
+        "16",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr
+    return str(out)
+
+
+def _doc(store, d, s):
+    g = zarr.open_group(store, mode="r")[schema.group_name(512)]
+    return (
+        np.asarray(g["input_ids"][d, s]),
+        np.asarray(g["needle"][d, s]),
+        np.asarray(g["answer_ids"][d, s]),
+        bool(g["retrieved"][d, s]),
+    )
+
+
+def test_every_key_kept_gives_the_unmasked_logits(smol_store):
+    lm = answers.load_model("smollm2-135m")
+    ids, _, _, _ = _doc(smol_store, 0, 0)
+    layers, heads = lm.config["layers"], lm.config["heads"]
+    everything = {layer: torch.ones(heads, 512, dtype=torch.bool) for layer in range(layers)}
+    with torch.no_grad():
+        prompt = torch.as_tensor(ids[:-1])[None]
+        cache = answers.prefill(lm.model, prompt)
+        last = torch.tensor([[int(ids[-1])]])
+        kw = {answers.cache_kw(lm.model): cache}
+        with answers.keeping(everything):
+            masked = lm.model(last, use_cache=True, **kw).logits[0, -1].double()
+        answers.rollback(cache, 511)
+        plain = lm.model(last, use_cache=True, **kw).logits[0, -1].double()
+        whole = lm.model(torch.as_tensor(ids)[None]).logits[0, -1].double()  # one unmasked forward
+    assert float((masked - plain).abs().max() / plain.abs().max()) <= 1e-5
+    assert float((masked - whole).abs().max() / whole.abs().max()) <= 1e-5
+
+
+def test_full_cache_answer_equals_the_dumps_own_answer(smol_store):
+    root = zarr.open_group(smol_store, mode="r")
+    out = answers.answer_document(
+        smol_store, 512, 0, 0, (policies.default("full"), policies.default("h2o")), [0.5], "kv", 0, 3
+    )
+    _, _, dumped, retrieved = _doc(smol_store, 0, 0)
+    np.testing.assert_array_equal(out["ids"][0, 0], dumped)
+    assert bool(out["answer"][0, 0]) == retrieved
+    for d in range(2):
+        for s in range(2):
+            r = answers.answer_document(smol_store, 512, d, s, (policies.default("full"),), [0.9], "kv", 0, 3)
+            np.testing.assert_array_equal(r["ids"][0, 0], root["len_512"]["answer_ids"][d, s])
+
+
+def test_dropping_exactly_the_passkey_makes_the_model_fail(smol_store):
+    lm = answers.load_model("smollm2-135m")
+    answered = [(d, s) for d in range(2) for s in range(2) if _doc(smol_store, d, s)[3]]
+    assert answered, "SmolLM2 answers none of the 512-token documents: the test needs one it answers"
+    for d, s in answered:
+        ids, needle, dumped, _ = _doc(smol_store, d, s)
+        passkey = int(zarr.open_group(smol_store, mode="r")["len_512"]["passkey"][d, s])
+        # every copy of the passkey: the needle sentence says it twice ("... NNNNN. Remember it. NNNNN is
+        # the pass key."), and the model copies it from the second when the first (`needle`) is gone
+        sentence = np.asarray(zarr.open_group(smol_store, mode="r")["len_512"]["needle_sentence"][d, s])
+        digits = np.array([lm.tokenizer.decode([int(t)]).strip().isdigit() for t in ids])
+        passkey_tokens = (sentence & digits) | needle
+        assert passkey_tokens.sum() == 2 * needle.sum()
+        keep = torch.ones(lm.config["heads"], 512, dtype=torch.bool)
+        keep[:, torch.from_numpy(passkey_tokens)] = False
+        masks = {layer: keep for layer in range(lm.config["layers"])}
+        with torch.no_grad():
+            cache = answers.prefill(lm.model, torch.as_tensor(ids[:-1])[None])
+            intact = answers.greedy(lm.model, cache, 511, int(ids[-1]), len(dumped), None)
+            blind = answers.greedy(lm.model, cache, 511, int(ids[-1]), len(dumped), masks)
+        assert str(passkey) in lm.tokenizer.decode(intact).replace(" ", "")
+        assert str(passkey) not in lm.tokenizer.decode(blind).replace(" ", ""), lm.tokenizer.decode(blind)
+
+
+def test_digits_in_place():
+    assert answers.digits_in_place(" 95488. Remember", 95408) == pytest.approx(0.8)
+    assert answers.digits_in_place(" 9548.", 95408) == pytest.approx(0.6)
+    assert answers.digits_in_place("no digits", 95408) == 0.0
+    assert answers.digits_in_place("95408", 95408) == 1.0
+
+
+def test_auroc_against_brute_force():
+    rng = np.random.default_rng(0)
+    score = np.round(rng.random(200), 1)
+    label = rng.random(200) < 0.4
+    pairs = [(a > b) + 0.5 * (a == b) for a in score[label] for b in score[~label]]
+    assert calibration.auroc(score, label) == pytest.approx(np.mean(pairs))
+
+
+def test_cli_answers_end_to_end(smol_store, tmp_path):
+    out = tmp_path / "res.zarr"
+    r = run_cli(
+        "analyze",
+        smol_store,
+        "--answers",
+        "--methods",
+        "full,oracle,h2o",
+        "--sparsity",
+        "0.5,0.95",
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr
+    assert "answer accuracy" in r.stdout and "best rule" in r.stdout
+    ds = xr.open_zarr(out).load()
+    assert schema.results_differences(ds) == []
+    full = ds.answer.sel(policy="full")
+    for (
+        sp
+    ) in ds.sparsity.values:  # full's cells are the model's real full-cache answers, not 1 by construction
+        np.testing.assert_array_equal(full.sel(sparsity=sp).values, ds.retrieved.values.astype(np.float32))
+    assert ds.attrs["calibration_best_rule"] in list(ds.calibration.rule.values)
+    assert set(ds.calibration.stat.values) == set(calibration.STATS)
