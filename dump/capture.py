@@ -19,6 +19,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from dump import kernels
+from dump.errors import UsageError
 from dump.stats import LayerStats, attention_stats, attention_stats_fused
 
 NAME = "niah_capture"
@@ -75,6 +76,12 @@ def capture_attention(module, query, key, value, attention_mask, scaling=None, d
     n = query.shape[2]
     scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
     layer = int(module.layer_idx)
+    for feature, setting in (
+        ("attention logit softcapping", kwargs.get("softcap")),
+        ("attention sinks", kwargs.get("s_aux")),
+    ):
+        if setting is not None:  # never record statistics of a different attention than the model's
+            raise UsageError(f"layer {layer} uses {feature}, which the capture does not implement")
     on_rows = None
     if recorder.on_rows is not None and layer in recorder.full_layers:
 

@@ -129,7 +129,38 @@ def model_limits(config) -> dict:
             getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 0
         ),
         "model_type": str(config.model_type),
+        "layer_types": layer_types(config),
     }
+
+
+def layer_types(config) -> list[str]:
+    """Each layer's attention: "full", "sliding:W" (the last W keys) or "chunked:C"."""
+    n = int(config.num_hidden_layers)
+    window = getattr(config, "sliding_window", None)
+    types = getattr(config, "layer_types", None)
+    if types:
+        names = {
+            "full_attention": "full",
+            "sliding_attention": f"sliding:{window}",
+            "chunked_attention": f"chunked:{getattr(config, 'attention_chunk_size', None)}",
+        }
+        return [names.get(t, str(t)) for t in types]
+    if window and getattr(config, "use_sliding_window", True):
+        return [f"sliding:{window}"] * n
+    return ["full"] * n
+
+
+def unsupported_attention(config) -> str | None:
+    """An attention feature the capture does not implement, named with its first layer, or None."""
+    softcap = getattr(config, "attn_logit_softcapping", None)
+    if softcap:
+        return f"attention logit softcapping (softcap {softcap:g}) from layer 0"
+    if str(getattr(config, "model_type", "")) == "gpt_oss":
+        return "learned attention sinks from layer 0"
+    for i, t in enumerate(layer_types(config)):
+        if t.startswith("chunked"):
+            return f"chunked attention ({t}) from layer {i}"
+    return None
 
 
 def load_config(name: str):
@@ -193,6 +224,15 @@ def describe(name: str, dtype: torch.dtype) -> dict:
         "revision": revision,
         "dtype": str(dtype).replace("torch.", ""),
     }
+
+
+def check_attention(name: str, config) -> None:
+    problem = unsupported_attention(config)
+    if problem:
+        raise ModelUnavailable(
+            f"model {name!r} uses {problem}, which the capture does not implement: it refuses rather than "
+            f"record different statistics"
+        )
 
 
 def check_lengths(name: str, config, lengths: list[int]) -> None:

@@ -120,6 +120,7 @@ def validate(opt: DumpOptions) -> tuple[dict, str]:
     outputs.check_output(opt.out, schema.RUN_KIND)  # only a RUN store made by dump is resumed or replaced
     config = models.load_config(opt.model)
     cfg = models.model_limits(config)
+    models.check_attention(opt.model, config)
     models.check_lengths(opt.model, config, opt.lengths)
     if opt.store == "full":
         if opt.layers is None:

@@ -154,3 +154,53 @@ def dask_cluster():
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3_dir(tmp_path_factory, tokenizer) -> str:
+    """A random Gemma-3-shaped text model: sliding-window and full layers, GQA (4 heads / 1 kv head),
+    head dim 16 with query_pre_attn_scalar, SmolLM2's tokenizer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(2)
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=24,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        max_position_embeddings=2048,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    return _save_tiny(tmp_path_factory.mktemp("tiny_gemma3"), Gemma3ForCausalLM(cfg), tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma2_dir(tmp_path_factory, tokenizer) -> str:
+    """A random Gemma-2-shaped model: attention logit softcapping (which the capture refuses)."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(3)
+    cfg = Gemma2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        sliding_window=16,
+        attn_logit_softcapping=50.0,
+        max_position_embeddings=2048,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    return _save_tiny(tmp_path_factory.mktemp("tiny_gemma2"), Gemma2ForCausalLM(cfg), tokenizer)

@@ -68,3 +68,23 @@ def test_without_recorder_it_is_plain_sdpa(tiny_llama_dir):
         model.set_attn_implementation("sdpa")
         b = model(ids).logits
     assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_tiny_gemma3_sliding_and_full_layers_equal_eager(tiny_gemma3_dir):
+    """Sliding-window layers (24 keys) and a full layer, GQA 4/1, query_pre_attn_scalar: every
+    statistic equals eager attention, and the sliding layers put no mass outside their band."""
+    ref, out, got = eager_vs_capture(tiny_gemma3_dir, 200, window=16, block=32, tile=64)
+    check(ref, out, got, 200, 16, 32)
+    final = got[0].window[:, -1]
+    assert float(final[:, : 200 - 24].abs().max()) == 0.0  # the answer position sees only its last 24 keys
+    assert float(got[2].window[:, -1, : 200 - 24].sum()) > 0  # the full layer sees further back
+
+
+def test_attention_softcapping_is_refused_naming_the_feature_and_layer(tiny_gemma2_dir, tmp_path):
+    from tests.conftest import run_cli
+
+    out = tmp_path / "run.zarr"
+    r = run_cli("dump", "--model", tiny_gemma2_dir, "--lengths", "256", "--out", str(out), "--no-progress")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "softcapping" in r.stderr and "layer 0" in r.stderr
+    assert not out.exists()
