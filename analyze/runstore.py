@@ -36,6 +36,11 @@ class StorePlan:
     attrs: dict
 
     @property
+    def windows(self) -> list[int | None]:
+        """Per layer: its sliding window, or None for full attention."""
+        return schema.layer_windows(self.attrs["model_config"])
+
+    @property
     def unfinished(self) -> int:
         return sum(int((~self.done[n]).sum()) for n in self.lengths)
 

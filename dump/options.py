@@ -77,7 +77,7 @@ class DumpOptions:
     )
     model: str = option(
         DEFAULT_MODEL,
-        "embedded name (smollm2-135m), a .gguf file, a local HF directory, or a cached HF id; never downloads",
+        "embedded name (smollm2-135m, or gemma3-270m: 32k context, hybrid sliding-window attention), a .gguf file, a local HF directory, or a cached HF id; never downloads",
         text,
     )
     lengths: list[int] = option([1024], "prompt lengths in tokens, e.g. 4k,16K,1500 (k = 1024)", lengths)

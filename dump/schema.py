@@ -244,6 +244,23 @@ def check_version(kind: str, attrs: dict, path: str) -> str:
     )
 
 
+def layer_windows(model_config: dict) -> list[int | None]:
+    """Each layer's sliding window W (it sees only the last W keys), or None for full attention,
+    from `model_config.layer_types` ("full", "sliding:W"); stores without it are all full."""
+    out = []
+    for t in model_config.get("layer_types") or ["full"] * int(model_config["layers"]):
+        out.append(
+            int(t.split(":")[1]) if str(t).startswith("sliding:") and t.split(":")[1] != "None" else None
+        )
+    return out
+
+
+def prunable(window: int | None, length: int) -> bool:
+    """A layer whose window is shorter than the prompt cannot see the needle from the answer position
+    unless it is among the last W keys, whatever a policy keeps: it is not pruned, not scored."""
+    return window is None or window >= length
+
+
 def run_group_differences(group, full: bool) -> list[str]:
     """What in one `len_{N}` zarr group departs from RUN_VARS (empty when it matches exactly)."""
     expected = run_vars(full)

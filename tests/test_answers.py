@@ -49,7 +49,7 @@ def test_every_key_kept_gives_the_unmasked_logits(smol_store):
     lm = answers.load_model("smollm2-135m")
     ids, _, _, _ = _doc(smol_store, 0, 0)
     layers, heads = lm.config["layers"], lm.config["heads"]
-    everything = {layer: torch.ones(heads, 512, dtype=torch.bool) for layer in range(layers)}
+    everything = {layer: answers.bias_of(np.ones((heads, 512), bool)) for layer in range(layers)}
     with torch.no_grad():
         prompt = torch.as_tensor(ids[:-1])[None]
         cache = answers.prefill(lm.model, prompt)
@@ -91,13 +91,13 @@ def test_dropping_exactly_the_passkey_makes_the_model_fail(smol_store):
         digits = np.array([lm.tokenizer.decode([int(t)]).strip().isdigit() for t in ids])
         passkey_tokens = (sentence & digits) | needle
         assert passkey_tokens.sum() == 2 * needle.sum()
-        keep = torch.ones(lm.config["heads"], 512, dtype=torch.bool)
-        keep[:, torch.from_numpy(passkey_tokens)] = False
-        masks = {layer: keep for layer in range(lm.config["layers"])}
+        keep = np.ones((lm.config["heads"], 512), dtype=bool)
+        keep[:, passkey_tokens] = False
+        masks = {layer: answers.bias_of(keep) for layer in range(lm.config["layers"])}
         with torch.no_grad():
             cache = answers.prefill(lm.model, torch.as_tensor(ids[:-1])[None])
-            intact = answers.greedy(lm.model, cache, 511, int(ids[-1]), len(dumped), None)
-            blind = answers.greedy(lm.model, cache, 511, int(ids[-1]), len(dumped), masks)
+            intact = answers.greedy(lm.model, cache, int(ids[-1]), len(dumped), None)
+            blind = answers.greedy(lm.model, cache, int(ids[-1]), len(dumped), masks)
         assert str(passkey) in lm.tokenizer.decode(intact).replace(" ", "")
         assert str(passkey) not in lm.tokenizer.decode(blind).replace(" ", ""), lm.tokenizer.decode(blind)
 

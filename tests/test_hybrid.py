@@ -1,0 +1,111 @@
+"""Hybrid attention (a tiny Gemma-3-shaped model: two sliding-window layers of 24 keys and one full
+layer): the layer types are recorded, sliding layers are not pruned or scored, retrieval heads come
+from the layer that can see the needle, and the answer pass keeps their attention whole."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+import zarr
+
+from analyze import answers, policies
+from dump import schema
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def hybrid(tiny_gemma3_dir, tmp_path_factory):
+    d = tmp_path_factory.mktemp("hybrid")
+    store, results = d / "run.zarr", d / "run.results.zarr"
+    r = run_cli(
+        "dump",
+        "--model",
+        tiny_gemma3_dir,
+        "--lengths",
+        "200",
+        "--depths",
+        "0.2,0.6",
+        "--samples",
+        "1",
+        "--window",
+        "8",
+        "--block",
+        "32",
+        "--out",
+        str(store),
+        "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr
+    r = run_cli(
+        "analyze",
+        str(store),
+        "--methods",
+        "full,h2o,snapkv",
+        "--sparsity",
+        "0.5,0.9",
+        "--workers",
+        "1",
+        "--answers",
+        "--out",
+        str(results),
+        "--no-progress",
+    )
+    assert r.returncode == 0, r.stderr
+    return str(store), xr.open_zarr(results).load()
+
+
+def test_layer_types_are_recorded(hybrid):
+    root = zarr.open_group(hybrid[0], mode="r")
+    assert root.attrs["model_config"]["layer_types"] == ["sliding:24", "sliding:24", "full"]
+    assert schema.layer_windows(root.attrs["model_config"]) == [24, 24, None]
+
+
+def test_sliding_layers_are_not_scored_and_never_retrieval_heads(hybrid):
+    _, ds = hybrid
+    assert np.isnan(ds.needle_hit.sel(layer=[0, 1]).values).all()
+    assert np.isnan(ds.needle_mass.sel(layer=[0, 1]).values).all()
+    assert not np.isnan(ds.needle_hit.sel(layer=2).values).any()
+    assert not ds.retrieval_head.sel(layer=[0, 1]).any() and ds.retrieval_head.sel(layer=2).all()
+    # head means are over the prunable layer's heads only
+    want = ds.needle_recall.sel(layer=2).mean("head")
+    np.testing.assert_allclose(ds.needle_recall_heads.sel(subset="all").values, want.values, rtol=1e-6)
+    assert "prunable_rule" in ds.attrs
+
+
+def test_answer_pass_on_a_hybrid_cache_is_exact(hybrid, tiny_gemma3_dir):
+    store, ds = hybrid
+    g = zarr.open_group(store, mode="r")["len_200"]
+    full = ds.answer_ids.sel(policy="full")
+    for sp in ds.sparsity.values:
+        np.testing.assert_array_equal(full.sel(sparsity=sp, length=200).values, g["answer_ids"][:])
+    lm = answers.load_model(tiny_gemma3_dir)
+    ids = np.asarray(g["input_ids"][0, 0])
+    everything = {2: answers.bias_of(np.ones((lm.config["heads"], 200), bool))}  # the one prunable layer
+    with torch.no_grad():
+        cache = answers.prefill(lm.model, torch.as_tensor(ids[:-1])[None])
+        kw = {answers.cache_kw(lm.model): cache}
+        last = torch.tensor([[int(ids[-1])]])
+        import copy
+
+        with answers.keeping(everything):
+            masked = (
+                lm.model(last, use_cache=True, **{k: copy.deepcopy(v) for k, v in kw.items()})
+                .logits[0, -1]
+                .double()
+            )
+        whole = lm.model(torch.as_tensor(ids)[None]).logits[0, -1].double()
+    assert float((masked - whole).abs().max() / whole.abs().max()) <= 1e-5
+    # and a kept set that drops keys does change the full layer's answer logits
+    kept = np.zeros((lm.config["heads"], 200), bool)
+    kept[:, -1] = True
+    drop = {2: answers.bias_of(kept)}
+    with torch.no_grad(), answers.keeping(drop):
+        cut = (
+            lm.model(last, use_cache=True, **{k: copy.deepcopy(v) for k, v in kw.items()})
+            .logits[0, -1]
+            .double()
+        )
+    assert float((cut - whole).abs().max()) > 1e-4
+    assert policies.default("full").budget_for(10, 200) == 200
