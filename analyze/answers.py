@@ -21,12 +21,12 @@ layer whose window is shorter than the prompt is not pruned: it keeps the model'
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import re
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,45 +45,107 @@ NAME = "niah_pruned"
 _state = threading.local()
 
 
+@dataclass
+class Prompt:
+    """The prompt's cached keys and values per layer, kept aside while decoding (never copied or
+    grown): `keys[l]`, `values[l]` are (kv_head, M, dim) for the positions `start[l]` .. `end` - 1
+    (a sliding-window layer caches only its last W - 1 positions)."""
+
+    keys: dict
+    values: dict
+    start: dict
+    end: int  # positions 0 .. end-1 are in the prompt cache; decoding starts at `end`
+    windows: dict  # layer -> sliding window W, or None
+
+
 @contextmanager
-def keeping(masks: dict[int, torch.Tensor] | None):
+def keeping(masks: dict[int, torch.Tensor] | None, prompt: Prompt | None = None):
     """Within: layer l's query heads attend only to the prompt keys its bias masks[l][head, key] keeps
-    (0 kept, -inf evicted; `bias_of` makes it from a keep mask), plus every token decoded since."""
-    _state.masks = masks
+    (0 kept, -inf evicted; `bias_of` makes it from a keep mask), plus every token decoded since.
+    With `prompt`, the model's cache holds only the decoded tokens and the prompt's keys come from it;
+    layers without a mask then attend as the model does (causal, or their sliding window)."""
+    _state.masks, _state.prompt = masks, prompt
     try:
         yield
     finally:
-        _state.masks = None
+        _state.masks, _state.prompt = None, None
 
 
 def pruned_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     masks = getattr(_state, "masks", None)
-    keep = None if masks is None else masks.get(int(module.layer_idx))
-    if keep is None:  # no decode with masks, or a layer that is not pruned: the model's own attention
+    prompt: Prompt | None = getattr(_state, "prompt", None)
+    layer = int(module.layer_idx)
+    keep = None if masks is None else masks.get(layer)
+    if keep is None and prompt is None:  # no decode with masks: the model's own attention
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
-    # a pruned layer holds the whole prompt in its cache: key j is position j. `keep` is the additive
-    # bias of the kept set over the prompt, (head, N): 0 kept, -inf evicted (see `bias_of`)
     _, heads, qlen, dim = query.shape
-    kv, total = key.shape[1], key.shape[2]
+    kv, new = key.shape[1], key.shape[2]
     g = heads // kv
     scaling = dim**-0.5 if scaling is None else scaling
     q = query[0].float().reshape(kv, g * qlen, dim)  # GQA by reshaping the queries, never copying keys
-    scores = torch.matmul(q, key[0].float().transpose(-1, -2)).mul_(scaling).view(kv, g, qlen, total)
-    n = keep.shape[1]
-    scores[..., :n] += keep.view(kv, g, 1, n)
-    if qlen > 1:  # several new tokens at once: causal among them
-        future = torch.ones(qlen, qlen, dtype=torch.bool, device=query.device).triu_(1)
-        scores[..., total - qlen :].masked_fill_(future, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).view(kv, g * qlen, total)
-    out = torch.matmul(probs, value[0].float()).view(heads, qlen, -1).to(query.dtype)
+    parts_k, parts_v, biases = [], [], []
+    if prompt is not None:  # the prompt's keys (positions start..end-1) from the side store
+        pk, pv, start = prompt.keys[layer], prompt.values[layer], prompt.start[layer]
+        parts_k.append(pk)
+        parts_v.append(pv)
+        first = prompt.end + (new - qlen)  # position of the first query of this call
+        pos_q = torch.arange(first, first + qlen)
+        pos_k = torch.arange(start, prompt.end)
+        if keep is not None:  # kept prompt keys only (keep covers positions 0..N-1, N-1 = prompt.end)
+            b = keep[:, start : prompt.end].view(kv, g, 1, -1).expand(kv, g, qlen, -1)
+        else:
+            b = torch.zeros(kv, g, qlen, pk.shape[1])
+        w = prompt.windows.get(layer)
+        if w:  # the model's sliding window: key j visible from position p iff j > p - W
+            b = b.masked_fill(~(pos_k[None, :] > pos_q[:, None] - w), float("-inf"))
+        biases.append(b)
+        # decoded keys: positions end .. end+new-1; the first is the last prompt token (N-1)
+        pos_d = torch.arange(prompt.end, prompt.end + new)
+        bd = torch.zeros(kv, g, qlen, new)
+        if keep is not None:
+            bd[..., 0] = keep[:, prompt.end].view(kv, g, 1)
+        visible = pos_d[None, :] <= pos_q[:, None]
+        if w:
+            visible &= pos_d[None, :] > pos_q[:, None] - w
+        biases.append(bd.masked_fill(~visible, float("-inf")))
+    else:  # the model's cache holds the whole prompt: key j is position j
+        n = keep.shape[1]
+        bd = torch.zeros(kv, g, qlen, new)
+        bd[..., :n] = keep.view(kv, g, 1, n)
+        if qlen > 1:
+            future = torch.ones(qlen, qlen, dtype=torch.bool).triu_(1)
+            bd[..., new - qlen :] = bd[..., new - qlen :].masked_fill(future, float("-inf"))
+        biases.append(bd)
+    parts_k.append(key[0])
+    parts_v.append(value[0])
+    scores = [
+        torch.matmul(q, k.float().transpose(-1, -2)).mul_(scaling).view(kv, g, qlen, -1) + b
+        for k, b in zip(parts_k, biases)
+    ]
+    probs = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # only the scores are joined, never K/V
+    out, at = 0, 0
+    for v in parts_v:
+        m = v.shape[1]
+        out = out + torch.matmul(probs[..., at : at + m].reshape(kv, g * qlen, m), v.float())
+        at += m
+    out = out.view(heads, qlen, -1).to(query.dtype)
     return out.transpose(0, 1)[None].contiguous(), None
 
 
 def bias_of(kept: np.ndarray) -> torch.Tensor:
     """(head, N) keep mask -> the additive attention bias `pruned_attention` reads."""
     return torch.where(torch.from_numpy(kept), 0.0, float("-inf")).float()
+
+
+def prompt_store(cache, end: int, windows) -> Prompt:
+    """The prefilled cache's keys and values per layer, for decoding without copying them."""
+    keys, values, start = {}, {}, {}
+    for layer, cached in enumerate(cache.layers):
+        keys[layer], values[layer] = cached.keys[0], cached.values[0]
+        start[layer] = end - cached.keys.shape[-2]
+    return Prompt(keys, values, start, end, {i: w for i, w in enumerate(windows) if w})
 
 
 AttentionInterface.register(NAME, pruned_attention)
@@ -190,18 +252,32 @@ def prefill(model, prompt: torch.Tensor):
     return getattr(out, "cache", None) or out.past_key_values
 
 
-def greedy(model, cache, first_token: int, steps: int, masks) -> list[int]:
-    """Decode `steps` tokens from `first_token` over a copy of the prefilled cache (left untouched:
-    sliding-window cache layers cannot be rolled back once full)."""
-    cache = copy.deepcopy(cache)
-    token, out = first_token, []
+def decode(model, prompt: Prompt, first_token: int, steps: int, masks):
+    """Yield the logits of each greedy step from `first_token` (at position prompt.end), the prompt's
+    keys read from `prompt` and a fresh cache holding only the decoded tokens: no prompt copy."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    token = first_token
     kw = cache_kw(model)
-    with keeping(masks):
-        for _ in range(steps):
-            logits = model(torch.tensor([[token]]), use_cache=True, logits_to_keep=1, **{kw: cache}).logits
-            token = int(logits[0, -1].argmax())
-            out.append(token)
-    return out
+    with keeping(masks, prompt):
+        for t in range(steps):
+            pos = torch.tensor([[prompt.end + t]])
+            logits = model(
+                torch.tensor([[token]]),
+                position_ids=pos,
+                cache_position=pos[0],
+                use_cache=True,
+                logits_to_keep=1,
+                **{kw: cache},
+            ).logits[0, -1]
+            yield logits
+            token = int(logits.argmax())
+
+
+def greedy(model, prompt: Prompt, first_token: int, steps: int, masks) -> list[int]:
+    """The greedy answer's token ids (see `decode`)."""
+    return [int(logits.argmax()) for logits in decode(model, prompt, first_token, steps, masks)]
 
 
 def answer_document(
@@ -236,14 +312,14 @@ def answer_document(
             masks[i, j, layer] = kept
     with torch.no_grad():
         prompt = torch.as_tensor(ids[:-1], dtype=torch.long)[None]
-        cache = prefill(lm.model, prompt)
+        store = prompt_store(prefill(lm.model, prompt), n - 1, windows)
         answer = np.zeros((len(pols), len(sparsities)), dtype=bool)
         digits = np.zeros((len(pols), len(sparsities)), dtype=np.float32)
         out_ids = np.full((len(pols), len(sparsities), schema.ANSWER_TOKENS), -1, dtype=np.int32)
         for i in range(len(pols)):
             for j in range(len(sparsities)):
                 per_layer = {layer: bias_of(masks[i, j, layer]) for layer in pruned}
-                toks = greedy(lm.model, cache, int(ids[-1]), steps, per_layer)
+                toks = greedy(lm.model, store, int(ids[-1]), steps, per_layer)
                 text = lm.tokenizer.decode(toks)
                 answer[i, j] = contains_passkey(text, passkey)
                 digits[i, j] = digits_in_place(text, passkey)

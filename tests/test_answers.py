@@ -60,8 +60,17 @@ def test_every_key_kept_gives_the_unmasked_logits(smol_store):
         answers.rollback(cache, 511)
         plain = lm.model(last, use_cache=True, **kw).logits[0, -1].double()
         whole = lm.model(torch.as_tensor(ids)[None]).logits[0, -1].double()  # one unmasked forward
+        # the answer pass's own path: the prompt's keys aside, a fresh cache for decoded tokens
+        store = answers.prompt_store(answers.prefill(lm.model, prompt), 511, [None] * layers)
+        steps = [x.double() for x in answers.decode(lm.model, store, int(ids[-1]), 2, everything)]
+        nxt = int(whole.argmax())
+        two = lm.model(torch.as_tensor([*ids, nxt])[None]).logits[0, -1].double()
     assert float((masked - plain).abs().max() / plain.abs().max()) <= 1e-5
     assert float((masked - whole).abs().max() / whole.abs().max()) <= 1e-5
+    assert float((steps[0] - whole).abs().max() / whole.abs().max()) <= 1e-5
+    assert (
+        float((steps[1] - two).abs().max() / two.abs().max()) <= 1e-5
+    )  # a decoded token sees the prompt and itself
 
 
 def test_full_cache_answer_equals_the_dumps_own_answer(smol_store):
@@ -95,9 +104,11 @@ def test_dropping_exactly_the_passkey_makes_the_model_fail(smol_store):
         keep[:, passkey_tokens] = False
         masks = {layer: answers.bias_of(keep) for layer in range(lm.config["layers"])}
         with torch.no_grad():
-            cache = answers.prefill(lm.model, torch.as_tensor(ids[:-1])[None])
-            intact = answers.greedy(lm.model, cache, int(ids[-1]), len(dumped), None)
-            blind = answers.greedy(lm.model, cache, int(ids[-1]), len(dumped), masks)
+            store = answers.prompt_store(
+                answers.prefill(lm.model, torch.as_tensor(ids[:-1])[None]), 511, [None] * 30
+            )
+            intact = answers.greedy(lm.model, store, int(ids[-1]), len(dumped), {})
+            blind = answers.greedy(lm.model, store, int(ids[-1]), len(dumped), masks)
         assert str(passkey) in lm.tokenizer.decode(intact).replace(" ", "")
         assert str(passkey) not in lm.tokenizer.decode(blind).replace(" ", ""), lm.tokenizer.decode(blind)
 

@@ -97,6 +97,16 @@ def test_answer_pass_on_a_hybrid_cache_is_exact(hybrid, tiny_gemma3_dir):
             )
         whole = lm.model(torch.as_tensor(ids)[None]).logits[0, -1].double()
     assert float((masked - whole).abs().max() / whole.abs().max()) <= 1e-5
+    # the answer pass's path (prompt keys aside; sliding layers keep their window as positions advance)
+    windows = [24, 24, None]
+    with torch.no_grad():
+        store = answers.prompt_store(answers.prefill(lm.model, torch.as_tensor(ids[:-1])[None]), 199, windows)
+        steps = [x.double() for x in answers.decode(lm.model, store, int(ids[-1]), 3, everything)]
+        seq = list(ids)
+        for x in steps:
+            ref = lm.model(torch.as_tensor(seq)[None]).logits[0, -1].double()
+            assert float((x - ref).abs().max() / ref.abs().max()) <= 1e-5
+            seq.append(int(ref.argmax()))
     # and a kept set that drops keys does change the full layer's answer logits
     kept = np.zeros((lm.config["heads"], 200), bool)
     kept[:, -1] = True
