@@ -42,6 +42,7 @@ from dump import schema
 from dump.run import contains_passkey  # the dump's `retrieved` rule, shared
 
 NAME = "niah_pruned"
+BATCH = 16  # (policy, sparsity) pairs decoded together: one forward step serves them all
 _state = threading.local()
 
 
@@ -80,58 +81,64 @@ def pruned_attention(module, query, key, value, attention_mask, scaling=None, dr
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
-    _, heads, qlen, dim = query.shape
+    batch, heads, qlen, dim = query.shape
     kv, new = key.shape[1], key.shape[2]
     g = heads // kv
     scaling = dim**-0.5 if scaling is None else scaling
-    q = query[0].float().reshape(kv, g * qlen, dim)  # GQA by reshaping the queries, never copying keys
+    q = query.float().reshape(batch, kv, g * qlen, dim)  # GQA by reshaping the queries, never copying keys
     parts_k, parts_v, biases = [], [], []
-    if prompt is not None:  # the prompt's keys (positions start..end-1) from the side store
+    if (
+        prompt is not None
+    ):  # the prompt's keys (positions start..end-1) from the side store, shared by the batch
         pk, pv, start = prompt.keys[layer], prompt.values[layer], prompt.start[layer]
-        parts_k.append(pk)
-        parts_v.append(pv)
+        parts_k.append(pk[None])
+        parts_v.append(pv[None])
         first = prompt.end + (new - qlen)  # position of the first query of this call
         pos_q = torch.arange(first, first + qlen)
         pos_k = torch.arange(start, prompt.end)
-        if keep is not None:  # kept prompt keys only (keep covers positions 0..N-1, N-1 = prompt.end)
-            b = keep[:, start : prompt.end].view(kv, g, 1, -1).expand(kv, g, qlen, -1)
+        if keep is not None:  # one kept set per batch row (keep: (batch, head, N), N - 1 = prompt.end)
+            b = (
+                keep[..., start : prompt.end]
+                .reshape(-1, kv, g, 1, prompt.end - start)
+                .expand(-1, kv, g, qlen, -1)
+            )
         else:
-            b = torch.zeros(kv, g, qlen, pk.shape[1])
+            b = torch.zeros(1, kv, g, qlen, pk.shape[1])
         w = prompt.windows.get(layer)
         if w:  # the model's sliding window: key j visible from position p iff j > p - W
             b = b.masked_fill(~(pos_k[None, :] > pos_q[:, None] - w), float("-inf"))
         biases.append(b)
         # decoded keys: positions end .. end+new-1; the first is the last prompt token (N-1)
         pos_d = torch.arange(prompt.end, prompt.end + new)
-        bd = torch.zeros(kv, g, qlen, new)
+        bd = torch.zeros(keep.shape[0] if keep is not None else 1, kv, g, qlen, new)
         if keep is not None:
-            bd[..., 0] = keep[:, prompt.end].view(kv, g, 1)
+            bd[..., 0] = keep[..., prompt.end].reshape(-1, kv, g, 1)
         visible = pos_d[None, :] <= pos_q[:, None]
         if w:
             visible &= pos_d[None, :] > pos_q[:, None] - w
         biases.append(bd.masked_fill(~visible, float("-inf")))
-    else:  # the model's cache holds the whole prompt: key j is position j
-        n = keep.shape[1]
-        bd = torch.zeros(kv, g, qlen, new)
-        bd[..., :n] = keep.view(kv, g, 1, n)
+    else:  # the model's cache holds the whole prompt: key j is position j (one kept set)
+        n = keep.shape[-1]
+        bd = torch.zeros(1, kv, g, qlen, new)
+        bd[..., :n] = keep.reshape(1, kv, g, 1, n)
         if qlen > 1:
             future = torch.ones(qlen, qlen, dtype=torch.bool).triu_(1)
             bd[..., new - qlen :] = bd[..., new - qlen :].masked_fill(future, float("-inf"))
         biases.append(bd)
-    parts_k.append(key[0])
-    parts_v.append(value[0])
+    parts_k.append(key)
+    parts_v.append(value)
     scores = [
-        torch.matmul(q, k.float().transpose(-1, -2)).mul_(scaling).view(kv, g, qlen, -1) + b
+        torch.matmul(q, k.float().transpose(-1, -2)).mul_(scaling).view(batch, kv, g, qlen, -1) + b
         for k, b in zip(parts_k, biases)
     ]
     probs = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # only the scores are joined, never K/V
     out, at = 0, 0
     for v in parts_v:
-        m = v.shape[1]
-        out = out + torch.matmul(probs[..., at : at + m].reshape(kv, g * qlen, m), v.float())
+        m = v.shape[-2]
+        out = out + torch.matmul(probs[..., at : at + m].reshape(batch, kv, g * qlen, m), v.float())
         at += m
-    out = out.view(heads, qlen, -1).to(query.dtype)
-    return out.transpose(0, 1)[None].contiguous(), None
+    out = out.view(batch, heads, qlen, -1).to(query.dtype)
+    return out.transpose(1, 2).contiguous(), None
 
 
 def bias_of(kept: np.ndarray) -> torch.Tensor:
@@ -252,32 +259,35 @@ def prefill(model, prompt: torch.Tensor):
     return getattr(out, "cache", None) or out.past_key_values
 
 
-def decode(model, prompt: Prompt, first_token: int, steps: int, masks):
-    """Yield the logits of each greedy step from `first_token` (at position prompt.end), the prompt's
-    keys read from `prompt` and a fresh cache holding only the decoded tokens: no prompt copy."""
+def decode(model, prompt: Prompt, first_token: int, steps: int, masks, batch: int = 1):
+    """Yield the (batch, vocab) logits of each greedy step from `first_token` (at position prompt.end),
+    the prompt's keys read from `prompt` and a fresh cache holding only the decoded tokens (no prompt
+    copy). `masks[layer]` is (batch, head, N): one kept set per row, all rows decoded together."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    token = first_token
+    tokens = torch.full((batch, 1), first_token, dtype=torch.long)
     kw = cache_kw(model)
     with keeping(masks, prompt):
         for t in range(steps):
-            pos = torch.tensor([[prompt.end + t]])
+            pos = torch.full((batch, 1), prompt.end + t, dtype=torch.long)
             logits = model(
-                torch.tensor([[token]]),
+                tokens,
                 position_ids=pos,
                 cache_position=pos[0],
                 use_cache=True,
                 logits_to_keep=1,
                 **{kw: cache},
-            ).logits[0, -1]
+            ).logits[:, -1]
             yield logits
-            token = int(logits.argmax())
+            tokens = logits.argmax(-1, keepdim=True)
 
 
-def greedy(model, prompt: Prompt, first_token: int, steps: int, masks) -> list[int]:
-    """The greedy answer's token ids (see `decode`)."""
-    return [int(logits.argmax()) for logits in decode(model, prompt, first_token, steps, masks)]
+def greedy(model, prompt: Prompt, first_token: int, steps: int, masks, batch: int = 1) -> np.ndarray:
+    """The greedy answers' token ids, (batch, steps) (see `decode`)."""
+    return np.stack(
+        [lg.argmax(-1).numpy() for lg in decode(model, prompt, first_token, steps, masks, batch)], axis=1
+    )
 
 
 def answer_document(
@@ -316,12 +326,16 @@ def answer_document(
         answer = np.zeros((len(pols), len(sparsities)), dtype=bool)
         digits = np.zeros((len(pols), len(sparsities)), dtype=np.float32)
         out_ids = np.full((len(pols), len(sparsities), schema.ANSWER_TOKENS), -1, dtype=np.int32)
-        for i in range(len(pols)):
-            for j in range(len(sparsities)):
-                per_layer = {layer: bias_of(masks[i, j, layer]) for layer in pruned}
-                toks = greedy(lm.model, store, int(ids[-1]), steps, per_layer)
-                text = lm.tokenizer.decode(toks)
+        pairs = [(i, j) for i in range(len(pols)) for j in range(len(sparsities))]
+        for c0 in range(0, len(pairs), BATCH):  # every (policy, sparsity) of a chunk decoded as one batch
+            chunk = pairs[c0 : c0 + BATCH]
+            per_layer = {
+                layer: torch.stack([bias_of(masks[i, j, layer]) for i, j in chunk]) for layer in pruned
+            }
+            toks = greedy(lm.model, store, int(ids[-1]), steps, per_layer, batch=len(chunk))
+            for row, (i, j) in enumerate(chunk):
+                text = lm.tokenizer.decode(toks[row].tolist())
                 answer[i, j] = contains_passkey(text, passkey)
                 digits[i, j] = digits_in_place(text, passkey)
-                out_ids[i, j, : len(toks)] = toks
+                out_ids[i, j, :steps] = toks[row]
     return {"answer": answer, "digits": digits, "ids": out_ids}

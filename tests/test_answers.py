@@ -62,7 +62,12 @@ def test_every_key_kept_gives_the_unmasked_logits(smol_store):
         whole = lm.model(torch.as_tensor(ids)[None]).logits[0, -1].double()  # one unmasked forward
         # the answer pass's own path: the prompt's keys aside, a fresh cache for decoded tokens
         store = answers.prompt_store(answers.prefill(lm.model, prompt), 511, [None] * layers)
-        steps = [x.double() for x in answers.decode(lm.model, store, int(ids[-1]), 2, everything)]
+        steps = [
+            x[0].double()
+            for x in answers.decode(
+                lm.model, store, int(ids[-1]), 2, {k: v[None] for k, v in everything.items()}
+            )
+        ]
         nxt = int(whole.argmax())
         two = lm.model(torch.as_tensor([*ids, nxt])[None]).logits[0, -1].double()
     assert float((masked - plain).abs().max() / plain.abs().max()) <= 1e-5
@@ -107,8 +112,10 @@ def test_dropping_exactly_the_passkey_makes_the_model_fail(smol_store):
             store = answers.prompt_store(
                 answers.prefill(lm.model, torch.as_tensor(ids[:-1])[None]), 511, [None] * 30
             )
-            intact = answers.greedy(lm.model, store, int(ids[-1]), len(dumped), {})
-            blind = answers.greedy(lm.model, store, int(ids[-1]), len(dumped), masks)
+            intact = answers.greedy(lm.model, store, int(ids[-1]), len(dumped), {})[0].tolist()
+            blind = answers.greedy(
+                lm.model, store, int(ids[-1]), len(dumped), {k: v[None] for k, v in masks.items()}
+            )[0].tolist()
         assert str(passkey) in lm.tokenizer.decode(intact).replace(" ", "")
         assert str(passkey) not in lm.tokenizer.decode(blind).replace(" ", ""), lm.tokenizer.decode(blind)
 

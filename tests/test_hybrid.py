@@ -101,7 +101,12 @@ def test_answer_pass_on_a_hybrid_cache_is_exact(hybrid, tiny_gemma3_dir):
     windows = [24, 24, None]
     with torch.no_grad():
         store = answers.prompt_store(answers.prefill(lm.model, torch.as_tensor(ids[:-1])[None]), 199, windows)
-        steps = [x.double() for x in answers.decode(lm.model, store, int(ids[-1]), 3, everything)]
+        steps = [
+            x[0].double()
+            for x in answers.decode(
+                lm.model, store, int(ids[-1]), 3, {k: v[None] for k, v in everything.items()}
+            )
+        ]
         seq = list(ids)
         for x in steps:
             ref = lm.model(torch.as_tensor(seq)[None]).logits[0, -1].double()
