@@ -14,10 +14,10 @@ import os
 import time
 
 import numpy as np
-from analyze.cluster import client_for
 
-from analyze import engine, policies
+from analyze import engine, policies, runstore
 from analyze.policies import budget, keep
+from dump.cluster import client_for
 
 SPARSITIES = (0.9, 0.95, 0.99)
 
@@ -40,12 +40,12 @@ def main():
     )
     args = p.parse_args()
     store = ensure_store(args.store)
-    plan = engine.plan_store(store)
+    plan = runstore.plan_store(store)
     tasks = engine.tasks_of(plan)
     if args.layers:
         tasks = [t for t in tasks if t[3] < args.layers]
     docs = [
-        engine.load_doclayer(store, f"len_{n}", int(d), int(s), int(layer), plan.kv_heads, 0)[0]
+        runstore.load_doclayer(store, n, int(d), int(s), int(layer), plan.kv_heads, 0)[0]
         for n, d, s, layer in tasks
     ]
     print(f"{len(docs)} document-layers, N = {docs[0].n}, heads = {docs[0].heads}, sparsities {SPARSITIES}")
