@@ -74,7 +74,6 @@ def _main(args) -> int:
         return 0
     if not opt.store:
         raise UsageError("give the RUN.zarr to analyze (python -m analyze RUN.zarr), or --list-methods")
-    pols = tuple(policies.parse_method(m) for m in opt.methods)
     out = opt.out or default_out(opt.store)
     outputs.check_output(out, schema.RESULTS_KIND, inputs=(opt.store,))
     outputs.check_writable(out)
@@ -82,21 +81,13 @@ def _main(args) -> int:
     from dump import cluster
 
     plan = runstore.plan_store(opt.store)
-    check_blocks(pols, plan)
+    spec = engine.spec_from(opt)
+    check_blocks(spec.policies, plan)
     if plan.unfinished:
         print(
             f"analyze: warning: {plan.unfinished} unfinished documents in {opt.store} are skipped",
             file=sys.stderr,
         )
-    spec = engine.Spec(
-        pols,
-        tuple(opt.sparsity),
-        gqa=opt.gqa,
-        seed=opt.seed,
-        reference=opt.reference,
-        skip_corrupt=opt.skip_corrupt,
-        answers=opt.answers,
-    )
     with cluster.client_for(opt.scheduler, opt.workers) as client:
         ds, _ = engine.run(
             opt.store, spec, client, progress=opt.progress, retrieval_heads=opt.retrieval_heads

@@ -53,6 +53,19 @@ class Spec:
         return keptsets.reads_of(self.policies)
 
 
+def spec_from(opt) -> Spec:
+    """The Spec of an `analyze.options.AnalyzeOptions` (the CLI and a study config both build it here)."""
+    return Spec(
+        tuple(policies.parse_method(m) for m in opt.methods),
+        tuple(opt.sparsity),
+        gqa=opt.gqa,
+        seed=opt.seed,
+        reference=opt.reference,
+        skip_corrupt=opt.skip_corrupt,
+        answers=opt.answers,
+    )
+
+
 def skipped_doclayer(spec: Spec, heads: int) -> dict:
     """A layer that is not pruned (a sliding window shorter than the prompt): every metric NaN, so it
     is left out of head means and can never be a retrieval head."""

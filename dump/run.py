@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 from dump import capture, haystack, models, outputs, schema
 from dump.errors import UsageError
 from dump.options import DumpOptions
+from dump.outputs import is_local
 from dump.stats import tile_rows
-from dump.store import RunStore, is_local
+from dump.store import RunStore
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -116,8 +117,6 @@ def validate(opt: DumpOptions) -> tuple[dict, str]:
     """Every check that can fail on user input, before anything is loaded or written."""
     # each value was parsed and range-checked by dump.options; what is left needs the model or the disk
     device = resolve_device(opt.device)
-    outputs.check_writable(opt.out)
-    outputs.check_output(opt.out, schema.RUN_KIND)  # only a RUN store made by dump is resumed or replaced
     config = models.load_config(opt.model)
     cfg = models.model_limits(config)
     models.check_attention(opt.model, config)

@@ -11,7 +11,6 @@ import datetime as dt
 import shutil
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import zarr
@@ -19,6 +18,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from dump import schema
 from dump.errors import UsageError
+from dump.outputs import is_local, local_path
 from dump.stats import LayerStats
 
 # zstd level 1: on real attention rows level 5 is 2.8x slower for 8% smaller chunks
@@ -39,10 +39,6 @@ def _torch_dtypes():
 
 
 TORCH_DTYPES = _torch_dtypes()
-
-
-def is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file://")
 
 
 def diff_settings(old: dict, new: dict) -> list[str]:
@@ -111,7 +107,7 @@ class RunStore:
 
     def _remove(self) -> None:
         if is_local(self.path):
-            shutil.rmtree(Path(self.path.removeprefix("file://")).expanduser(), ignore_errors=True)
+            shutil.rmtree(local_path(self.path), ignore_errors=True)
         else:
             import fsspec
 
@@ -230,7 +226,7 @@ class RunStore:
     def nbytes(self) -> int:
         if not is_local(self.path):
             return 0
-        root = Path(self.path.removeprefix("file://")).expanduser()
+        root = local_path(self.path)
         return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
 
 

@@ -71,23 +71,14 @@ def run(cfg: Config, progress: bool = True) -> dict:
     if fresh:
         log(f"analyze: {results} is up to date, skipped")
     else:
-        from analyze import engine, policies
+        from analyze import engine
         from analyze.cli import check_blocks, write_results
         from analyze.runstore import plan_store
         from dump import cluster
 
         a = analyze_opt
-        pols = tuple(policies.parse_method(m) for m in a.methods)
-        check_blocks(pols, plan_store(a.store))
-        spec = engine.Spec(
-            pols,
-            tuple(a.sparsity),
-            gqa=a.gqa,
-            seed=a.seed,
-            reference=a.reference,
-            skip_corrupt=a.skip_corrupt,
-            answers=a.answers,
-        )
+        spec = engine.spec_from(a)
+        check_blocks(spec.policies, plan_store(a.store))
         with cluster.client_for(a.scheduler, a.workers) as client:
             ds, unfinished = engine.run(
                 a.store, spec, client, progress=progress, retrieval_heads=a.retrieval_heads
