@@ -12,7 +12,7 @@ from pathlib import Path
 from analyze.errors import UsageError
 from analyze.options import AnalyzeOptions
 from dump import optionkit, outputs, schema
-from dump.errors import OneLineParser, run_main
+from dump.errors import OneLineParser, check_signals, run_main
 
 
 def build_parser():
@@ -42,6 +42,7 @@ def write_results(ds, out: str) -> None:
         tmp = tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent)
         try:
             ds.to_zarr(tmp, mode="w", consolidated=True)
+            check_signals()
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)

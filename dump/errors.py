@@ -18,8 +18,23 @@ class Terminated(BaseException):
     """SIGTERM, turned into an exception so that cleanup runs as for Ctrl-C."""
 
 
-def _on_sigterm(signum, frame):
-    raise Terminated()
+_received: list[int] = []  # signals seen by this process; a library may swallow the exception itself
+
+
+def _on_signal(signum, frame):
+    import signal
+
+    _received.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def check_signals() -> None:
+    """Raise the interrupt again if one arrived and was swallowed (distributed ignores exceptions raised
+    in its gc callbacks): called before a result is committed, so an interrupted run never publishes."""
+    import signal
+
+    if _received:
+        raise Terminated() if _received[-1] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def run_main(prog: str, body, resume: str = "") -> int:
@@ -31,12 +46,15 @@ def run_main(prog: str, body, resume: str = "") -> int:
     import sys
 
     try:
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.signal(signal.SIGTERM, _on_signal)
+        signal.signal(signal.SIGINT, _on_signal)
     except ValueError:  # not the main thread (tests calling main() from a worker thread)
         pass
     hint = f"; {resume}" if resume else ""
     try:
-        return body()
+        status = body()
+        check_signals()
+        return status
     except UsageError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2

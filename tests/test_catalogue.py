@@ -378,23 +378,32 @@ def test_skip_corrupt_scores_the_rest_and_lists_what_it_skipped(base, tmp_path):
 
 
 def _interrupt(argv, sig, wait_for, timeout=120):
+    """Start a CLI, wait until `wait_for(stderr so far)` holds, then send `sig`."""
+    import threading
+
     proc = subprocess.Popen(
         [sys.executable, "-m", *argv], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    err: list[str] = []
+    reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read(1), "")), daemon=True)
+    reader.start()
     deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None and not wait_for():
-        time.sleep(0.05)
-    time.sleep(0.3)
+    while time.time() < deadline and proc.poll() is None and not wait_for("".join(err)):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the command ended before it could be interrupted: " + "".join(err)
+    time.sleep(0.1)
     proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    out = proc.stdout.read()
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, "".join(err))
 
 
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_dump_interrupted_ends_in_one_sentence_and_resumes(base, tmp_path, sig, status):
     store = tmp_path / "run.zarr"
     argv = ["dump", "--model", base["model"], *SMALL, "--samples", "3", "--out", str(store), "--no-progress"]
-    r = _interrupt(argv, sig, lambda: any(store.glob("len_*/colsum/c/*")))
+    r = _interrupt(argv, sig, lambda _: any(store.glob("len_*/colsum/c/*")))
     one_sentence(r, status, ["rerun the same command to resume"])
     assert not (tmp_path / "run.zarr.lock").exists()
     r = run_cli(*argv)
@@ -406,7 +415,8 @@ def test_dump_interrupted_ends_in_one_sentence_and_resumes(base, tmp_path, sig, 
 def test_analyze_interrupted_leaves_nothing_at_out(base, tmp_path, sig, status):
     out = tmp_path / "res.zarr"
     argv = ["analyze", base["store"], "--methods", "full,h2o,cab", "--workers", "1", "--out", str(out)]
-    r = _interrupt(argv, sig, lambda: False, timeout=4)
+    # the first task compiles the policies (seconds): interrupt once the progress bar is drawn
+    r = _interrupt(argv, sig, lambda err: "0/6" in err)
     assert r.returncode == status, r.stderr
     assert "Traceback" not in r.stderr and "interrupted" in r.stderr or "terminated" in r.stderr
     assert not out.exists() and not list(tmp_path.glob("res.zarr*"))

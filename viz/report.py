@@ -89,6 +89,7 @@ def build_atomic(
     import shutil
     import tempfile
 
+    from dump.errors import check_signals
     from dump.outputs import REPORT_MARKER
 
     target = Path(out).expanduser()
@@ -97,6 +98,7 @@ def build_atomic(
     try:
         build(results_path, str(tmp), store=store, dpi=dpi, progress=progress)
         (tmp / REPORT_MARKER).write_text("a report written by `python -m viz`; it may be replaced whole\n")
+        check_signals()
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
