@@ -89,9 +89,12 @@ def capture_attention(module, query, key, value, attention_mask, scaling=None, d
             recorder.on_rows(layer, q0, q1, probs)
 
     mask = _dense_mask(attention_mask, n)
+    # a sliding-window layer whose mask `capture_mask` left out: the statistics apply its band
+    sliding = kwargs.get("sliding_window") if mask is None else None
+    sliding = None if sliding is None or sliding >= n else int(sliding)
     if recorder.fused and kernels.fused_supported(query, recorder.block, mask, on_rows):
         out, stats = attention_stats_fused(
-            query[0], key[0], value[0], scaling, recorder.window, recorder.block
+            query[0], key[0], value[0], scaling, recorder.window, recorder.block, sliding=sliding
         )
     else:
         out, stats = attention_stats(
@@ -104,12 +107,50 @@ def capture_attention(module, query, key, value, attention_mask, scaling=None, d
             mask=mask,
             tile=recorder.tile,
             on_rows=on_rows,
+            sliding=sliding,
         )
     recorder.layers_seen.append(layer)
     recorder.on_layer(layer, stats)
     return out.unsqueeze(0).transpose(1, 2), None
 
 
+def capture_mask(
+    batch_size,
+    q_length,
+    kv_length,
+    q_offset=0,
+    kv_offset=0,
+    attention_mask=None,
+    allow_is_causal_skip=True,
+    **kwargs,
+):
+    """The mask transformers builds for each layer type. While recording a whole prompt without
+    padding, the plain causal and sliding-window masks are not built (N x N booleans: 16 GiB at
+    128k): `capture_attention` applies the causal rule and the layer's own `sliding_window` band.
+    Anything else (padding, offsets, custom patterns, decoding outside a recording) is sdpa's mask."""
+    plain = (
+        getattr(_state, "recorder", None) is not None
+        and allow_is_causal_skip
+        and isinstance(q_offset, int)
+        and q_offset == 0
+        and kv_offset == 0
+        and q_length == kv_length
+        and (attention_mask is None or bool(attention_mask.all()))
+    )
+    if plain:
+        return None
+    return sdpa_mask(
+        batch_size,
+        q_length,
+        kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        attention_mask=attention_mask,
+        allow_is_causal_skip=allow_is_causal_skip,
+        **kwargs,
+    )
+
+
 AttentionInterface.register(NAME, capture_attention)
 # Without a mask function registered under the same name the layer receives no mask at all.
-AttentionMaskInterface.register(NAME, sdpa_mask)
+AttentionMaskInterface.register(NAME, capture_mask)

@@ -76,19 +76,24 @@ def attention_stats(
     mask: torch.Tensor | None = None,
     tile: int | None = None,
     on_rows: Callable[[int, int, torch.Tensor], None] | None = None,
+    sliding: int | None = None,
 ) -> tuple[torch.Tensor, LayerStats]:
     """Attention output (head, query, dim_v) in the input dtype, and the layer's statistics.
 
     mask: optional (query, key) boolean (True = attend) or additive float mask replacing the
-    plain causal one (e.g. sliding-window models). on_rows(q0, q1, A[:, q0:q1, :q1]) receives every
-    probability tile (used to store full matrices for chosen layers).
+    plain causal one. sliding: a sliding-window layer's W (query q sees keys q-W < k <= q, as
+    transformers defines it): each tile computes only the keys of its band, so the layer costs
+    O(N·(tile + W)), never N². on_rows(q0, q1, A[:, q0:q1, :q1]) receives every probability tile
+    (used to store full matrices for chosen layers).
     """
+    if sliding is not None and mask is not None:
+        raise ValueError("give a sliding window or a mask, not both")
     heads, n, d = query.shape
     kv_heads = key.shape[0]
     group = heads // kv_heads
     w = min(window, n)
     m = num_blocks(n, block)
-    tile = tile or tile_rows(n, heads, block)
+    tile = tile or tile_rows(n if sliding is None else min(n, 2 * sliding), heads, block)
     dev = query.device
     qg = query.view(kv_heads, group, n, d)
     kt = key.transpose(-1, -2)[:, None]  # (kv, 1, dim, key): broadcast over the group, no copy
@@ -102,29 +107,39 @@ def attention_stats(
     for q0 in range(0, n, tile):
         q1 = min(n, q0 + tile)
         t = q1 - q0
-        scores = torch.matmul(qg[:, :, q0:q1].float(), kt[..., :q1].float()).mul_(scaling)  # (kv, g, t, q1)
-        if mask is None:  # only the tile's own diagonal square holds masked keys
+        # keys k0..q1-1: all earlier keys, or a sliding layer's band (from a block boundary)
+        k0 = 0 if sliding is None else max(0, q0 - sliding + 1) // block * block
+        qk = torch.matmul(qg[:, :, q0:q1].float(), kt[..., k0:q1].float())
+        scores = qk.mul_(scaling)  # (kv, g, t, q1 - k0)
+        if mask is None:  # only the tile's own diagonal square holds future keys
             future = torch.ones(t, t, dtype=torch.bool, device=dev).triu_(1)
-            scores[..., q0:q1].masked_fill_(future, float("-inf"))
+            scores[..., q0 - k0 :].masked_fill_(future, float("-inf"))
+            if sliding is not None:  # and keys at distance >= W are outside the band
+                pos_q = torch.arange(q0, q1, device=dev)[:, None]
+                pos_k = torch.arange(k0, q1, device=dev)[None, :]
+                scores.masked_fill_(pos_k <= pos_q - sliding, float("-inf"))
         elif mask.dtype == torch.bool:
             scores.masked_fill_(~mask[q0:q1, :q1], float("-inf"))
         else:
             scores.add_(mask[q0:q1, :q1].float())
         probs = torch.softmax(scores, dim=-1)
         del scores
-        out.view(kv_heads, group, n, -1)[:, :, q0:q1] = torch.matmul(probs.to(value.dtype), vg[:, :, :q1])
-        probs = probs.view(heads, t, q1)
+        out.view(kv_heads, group, n, -1)[:, :, q0:q1] = torch.matmul(probs.to(value.dtype), vg[:, :, k0:q1])
+        span = q1 - k0
+        probs = probs.view(heads, t, span)
         # one pass over the tile: sum rows within each query block, then keys within each key block
-        mq, mk = num_blocks(t, block), num_blocks(q1, block)
-        rowsum = _pad_to(probs, 1, mq * block).view(heads, mq, block, q1).sum(dim=2)  # (head, mq, q1)
-        colsum[:, :q1] += rowsum.sum(dim=1)
-        b0 = q0 // block
-        blocks[:, b0 : b0 + mq, :mk] += _pad_to(rowsum, 2, mk * block).view(heads, mq, mk, block).sum(dim=-1)
+        mq, mk = num_blocks(t, block), num_blocks(span, block)
+        rowsum = _pad_to(probs, 1, mq * block).view(heads, mq, block, span).sum(dim=2)  # (head, mq, span)
+        colsum[:, k0:q1] += rowsum.sum(dim=1)
+        b0, kb0 = q0 // block, k0 // block
+        blocks[:, b0 : b0 + mq, kb0 : kb0 + mk] += (
+            _pad_to(rowsum, 2, mk * block).view(heads, mq, mk, block).sum(dim=-1)
+        )
         lo = max(q0, n - w)
         if lo < q1:
-            rows[:, lo - (n - w) : q1 - (n - w), :q1] = probs[:, lo - q0 :]
+            rows[:, lo - (n - w) : q1 - (n - w), k0:q1] = probs[:, lo - q0 :]
         if on_rows is not None:
-            on_rows(q0, q1, probs)
+            on_rows(q0, q1, torch.nn.functional.pad(probs, (k0, 0)) if k0 else probs)
         del probs, rowsum
 
     expand = torch.arange(heads, device=dev) // group  # query head -> its kv head
@@ -132,16 +147,43 @@ def attention_stats(
     return out, stats
 
 
-def attention_stats_fused(query, key, value, scaling, window, block):
-    """CUDA path: the layer output from PyTorch's flash/efficient sdpa, the statistics from the fused
-    Triton kernels (dump/kernels/triton_stats.py). Same contract as `attention_stats`."""
+def sliding_output(query, key, value, scaling, sliding: int, chunk: int = 4096) -> torch.Tensor:
+    """A sliding-window layer's output through sdpa, chunk by chunk over the queries, each chunk with
+    the small mask of its band only (never an N x N mask)."""
+    heads, n, _ = query.shape
+    group = heads // key.shape[0]
+    out = torch.empty(heads, n, value.shape[-1], dtype=value.dtype, device=query.device)
+    for q0 in range(0, n, chunk):
+        q1 = min(n, q0 + chunk)
+        k0 = max(0, q0 - sliding + 1)
+        pos_q = torch.arange(q0, q1, device=query.device)[:, None]
+        pos_k = torch.arange(k0, q1, device=query.device)[None, :]
+        band = (pos_k <= pos_q) & (pos_k > pos_q - sliding)
+        out[:, q0:q1] = torch.nn.functional.scaled_dot_product_attention(
+            query[None, :, q0:q1],
+            key[None, :, k0:q1],
+            value[None, :, k0:q1],
+            attn_mask=band,
+            scale=scaling,
+            enable_gqa=group > 1,
+        )[0]
+    return out
+
+
+def attention_stats_fused(query, key, value, scaling, window, block, sliding: int | None = None):
+    """CUDA path: the layer output from PyTorch's sdpa (flash for full layers, banded chunks for
+    sliding-window ones), the statistics from the fused Triton kernels (dump/kernels/triton_stats.py).
+    Same contract as `attention_stats`."""
     from dump.kernels.triton_stats import fused_stats
 
     heads, kv_heads = query.shape[0], key.shape[0]
     group = heads // kv_heads
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query[None], key[None], value[None], is_causal=True, scale=scaling, enable_gqa=group > 1
-    )[0]
-    colsum, rows, blocks = fused_stats(query, key, scaling, window, block)
+    if sliding is None or sliding >= query.shape[1]:
+        out = torch.nn.functional.scaled_dot_product_attention(
+            query[None], key[None], value[None], is_causal=True, scale=scaling, enable_gqa=group > 1
+        )[0]
+    else:
+        out = sliding_output(query, key, value, scaling, sliding)
+    colsum, rows, blocks = fused_stats(query, key, scaling, window, block, sliding)
     expand = torch.arange(heads, device=query.device) // group
     return out, LayerStats(colsum, rows, blocks, pool_blocks(query, block), pool_blocks(key, block)[expand])

@@ -73,8 +73,21 @@ def test_without_recorder_it_is_plain_sdpa(tiny_llama_dir):
 def test_tiny_gemma3_sliding_and_full_layers_equal_eager(tiny_gemma3_dir):
     """Sliding-window layers (24 keys) and a full layer, GQA 4/1, query_pre_attn_scalar: every
     statistic equals eager attention, and the sliding layers put no mass outside their band."""
-    ref, out, got = eager_vs_capture(tiny_gemma3_dir, 200, window=16, block=32, tile=64)
+    seen = []
+    real = capture.attention_stats
+
+    def spy(*args, mask=None, sliding=None, **kw):
+        seen.append((mask, sliding))
+        return real(*args, mask=mask, sliding=sliding, **kw)
+
+    capture.attention_stats = spy
+    try:
+        ref, out, got = eager_vs_capture(tiny_gemma3_dir, 200, window=16, block=32, tile=64)
+    finally:
+        capture.attention_stats = real
     check(ref, out, got, 200, 16, 32)
+    # no N x N mask was built: the sliding layers ran the banded path, the full layer the causal one
+    assert [(m is None, w) for m, w in seen] == [(True, 24), (True, 24), (True, None)]
     final = got[0].window[:, -1]
     assert float(final[:, : 200 - 24].abs().max()) == 0.0  # the answer position sees only its last 24 keys
     assert float(got[2].window[:, -1, : 200 - 24].sum()) > 0  # the full layer sees further back

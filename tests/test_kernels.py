@@ -72,3 +72,74 @@ def test_capture_uses_fused_path_and_matches_torch_path():
         for var in ("colsum", "window", "blocks"):
             a, b = getattr(got[True][layer], var).double(), getattr(got[False][layer], var).double()
             assert float(torch.linalg.norm(a - b) / torch.linalg.norm(b)) < tol, (layer, var)
+
+
+@pytest.mark.parametrize(
+    "heads,kv_heads,n,block,window,sliding,dtype",
+    [
+        (4, 1, 3000, 64, 64, 512, torch.bfloat16),
+        (4, 1, 1000, 32, 16, 100, torch.float32),
+        (8, 2, 700, 64, 300, 64, torch.float16),
+    ],
+)
+def test_fused_sliding_window_equals_float64_reference(heads, kv_heads, n, block, window, sliding, dtype):
+    """The band: tiles left of it are skipped, keys outside it get exactly zero."""
+    from dump.kernels.triton_stats import fused_stats
+
+    torch.manual_seed(n)
+    q = (torch.randn(heads, n, 64) * 1.5).to(dtype).cuda()
+    k = (torch.randn(kv_heads, n, 64) * 1.5).to(dtype).cuda()
+    v = torch.randn(kv_heads, n, 64).to(dtype)
+    colsum, rows, blocks = fused_stats(q, k, 0.125, window, block, sliding)
+    _, r_col, r_win, r_blocks = reference(
+        q.cpu().double(), k.cpu().double(), v.double(), 0.125, window, block, sliding=sliding
+    )
+
+    def rel(a, b):
+        return float(torch.linalg.norm(a.cpu().double() - b) / torch.linalg.norm(b))
+
+    tol = 1e-4 if dtype == torch.float32 else 1e-3
+    assert rel(colsum, r_col) <= tol and rel(rows, r_win) <= tol and rel(blocks, r_blocks) <= tol
+    assert (rows[:, -1, : n - sliding] == 0).all()
+
+
+def test_float32_is_true_float32_not_tf32():
+    """With float32 inputs the kernels multiply in IEEE float32 (tl.dot defaults to tf32: ~1e-3)."""
+    from dump.kernels.triton_stats import fused_stats
+
+    torch.manual_seed(1)
+    q, k = torch.randn(9, 2048, 64, device="cuda") * 3, torch.randn(3, 2048, 64, device="cuda") * 3
+    colsum, rows, blocks = fused_stats(q, k, 0.125, 64, 64)
+    _, r_col, r_win, r_blocks = reference(
+        q.cpu().double(), k.cpu().double(), torch.zeros(3, 2048, 64, dtype=torch.float64), 0.125, 64, 64
+    )
+    for got, want in ((colsum, r_col), (rows, r_win), (blocks, r_blocks)):
+        assert float(torch.linalg.norm(got.cpu().double() - want) / torch.linalg.norm(want)) <= 1e-4
+
+
+def test_tiny_gemma3_on_cuda_equals_eager(tiny_gemma3_dir):
+    """Sliding + full layers, GQA 4/1, query_pre_attn_scalar, float32 on CUDA through the fused
+    kernels: every statistic within 1e-4 of eager attention."""
+    from transformers import AutoModelForCausalLM
+
+    from dump import capture
+    from tests.test_capture import check
+
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_gemma3_dir, dtype=torch.float32, attn_implementation="eager"
+    )
+    model = model.to("cuda").eval()
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (1, 700), device="cuda")
+    with torch.no_grad():
+        ref = model(ids, output_attentions=True)
+    model.set_attn_implementation(capture.NAME)
+    got = {}
+    rec = capture.Recorder(window=16, block=32, on_layer=got.__setitem__)
+    with torch.no_grad(), capture.recording(rec):
+        out = model(ids)
+    from types import SimpleNamespace as cpu
+
+    ref = cpu(logits=ref.logits.cpu(), attentions=[a.cpu() for a in ref.attentions])
+    got = {layer: cpu(**{k: t.cpu() for k, t in vars(st).items()}) for layer, st in got.items()}
+    check(ref, cpu(logits=out.logits.cpu()), got, 700, 16, 32)

@@ -8,13 +8,16 @@ import torch
 from dump.stats import attention_stats, pool_blocks
 
 
-def reference(q, k, v, scale, window, block):
-    """Obviously-correct float64: full score matrix, causal softmax, then every reduction."""
+def reference(q, k, v, scale, window, block, sliding=None):
+    """Obviously-correct float64: full score matrix, causal (or sliding-window: q-S < k <= q)
+    softmax, then every reduction."""
     h, n, _ = q.shape
     g = h // k.shape[0]
     kk, vv = k.double().repeat_interleave(g, 0), v.double().repeat_interleave(g, 0)
     s = q.double() @ kk.transpose(-1, -2) * scale
     s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    if sliding is not None:
+        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).tril(-sliding), float("-inf"))
     a = torch.softmax(s, -1)
     m = math.ceil(n / block)
     blocks = torch.zeros(h, m, m, dtype=torch.float64)
@@ -42,6 +45,29 @@ def test_stats_match_float64_reference(heads, kv_heads, n, block, tile, window):
     assert torch.allclose(st.colsum.sum(-1), torch.full((heads,), float(n)), rtol=1e-5)
     assert torch.allclose(st.blocks.sum((-1, -2)), torch.full((heads,), float(n)), rtol=1e-5)
     assert torch.allclose(st.window.sum(-1), torch.ones(heads, min(window, n)), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "heads,kv_heads,n,block,tile,window,sliding",
+    [
+        (4, 1, 300, 16, 32, 8, 24),
+        (6, 2, 257, 32, 64, 40, 100),
+        (2, 2, 64, 8, 16, 70, 1),
+        (4, 4, 90, 16, None, 5, 33),
+    ],
+)
+def test_sliding_window_stats_match_float64_reference(heads, kv_heads, n, block, tile, window, sliding):
+    torch.manual_seed(n + sliding)
+    q, k, v = torch.randn(heads, n, 16) * 2, torch.randn(kv_heads, n, 16) * 2, torch.randn(kv_heads, n, 16)
+    out, st = attention_stats(q, k, v, 0.25, window, block, tile=tile, sliding=sliding)
+    r_out, r_col, r_win, r_blocks = reference(q, k, v, 0.25, window, block, sliding=sliding)
+    rel = lambda a, b: float((a.double() - b).abs().max() / b.abs().max())  # noqa: E731
+    assert rel(out, r_out) < 1e-5
+    assert rel(st.colsum, r_col) < 1e-5
+    assert rel(st.window, r_win) < 1e-5
+    assert rel(st.blocks, r_blocks) < 1e-5
+    # nothing outside the band: the last query row's keys before n - sliding are exactly zero
+    assert (st.window[:, -1, : max(0, n - sliding)] == 0).all()
 
 
 def test_pooling_picks_largest_norm_in_each_block_and_partial_block():

@@ -4,8 +4,11 @@ Two passes over the causal tiles of one layer (grid = query blocks × query head
   1. log2-sum-exp2 of every score row (online softmax), fp32;
   2. probabilities P = exp2(S·log2e − lse) formed tile by tile in registers and reduced there:
      the B×B block sum (stored once per tile), column sums (atomic adds into colsum), and the rows
-     of the last W queries (stored). Fully masked tiles (key block > query block) are never visited.
-Q/K stay in the model's dtype (bf16/fp16), dot products accumulate in fp32. GQA: query head h reads kv
+     of the last W queries (stored). Fully masked tiles (key block > query block) are never visited,
+     nor, for a sliding-window layer (window S: query q sees keys q-S < k <= q), tiles left of its band:
+     such a layer costs O(N·S), not N².
+Q/K stay in the model's dtype (bf16/fp16), dot products accumulate in fp32; float32 inputs are
+multiplied in true float32 (`input_precision="ieee"`), not tf32. GQA: query head h reads kv
 head h // G by index; repeated keys are never materialized. Column sums are atomic fp32 adds: their
 summation order (and so the last bits) can differ from run to run.
 """
@@ -22,7 +25,22 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _lse_kernel(Q, K, LSE, sq_h, sq_n, sk_h, sk_n, N, G, scale_log2, BLOCK: tl.constexpr, D: tl.constexpr):
+def _lse_kernel(
+    Q,
+    K,
+    LSE,
+    sq_h,
+    sq_n,
+    sk_h,
+    sk_n,
+    N,
+    G,
+    SLIDE,
+    scale_log2,
+    BLOCK: tl.constexpr,
+    D: tl.constexpr,
+    IEEE: tl.constexpr,
+):
     i = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first: no tail of heavy programs
     h = tl.program_id(1)
     kvh = h // G
@@ -31,11 +49,15 @@ def _lse_kernel(Q, K, LSE, sq_h, sq_n, sk_h, sk_n, N, G, scale_log2, BLOCK: tl.c
     q = tl.load(Q + h * sq_h + rows[:, None] * sq_n + d[None, :], mask=rows[:, None] < N, other=0.0)
     m = tl.full([BLOCK], float("-inf"), tl.float32)
     acc = tl.zeros([BLOCK], tl.float32)
-    for j in range(0, i + 1):
+    for j in range(tl.maximum(0, i * BLOCK - SLIDE + 1) // BLOCK, i + 1):
         cols = j * BLOCK + tl.arange(0, BLOCK)
         k = tl.load(K + kvh * sk_h + cols[:, None] * sk_n + d[None, :], mask=cols[:, None] < N, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale_log2
-        valid = (cols[None, :] <= rows[:, None]) & (cols[None, :] < N) & (rows[:, None] < N)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2
+        else:
+            s = tl.dot(q, tl.trans(k)) * scale_log2
+        valid = (cols[None, :] <= rows[:, None]) & (cols[None, :] > rows[:, None] - SLIDE)
+        valid = valid & (cols[None, :] < N) & (rows[:, None] < N)
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -61,9 +83,11 @@ def _stats_kernel(
     G,
     W,
     M,
+    SLIDE,
     scale_log2,
     BLOCK: tl.constexpr,
     D: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     i = tl.num_programs(0) - 1 - tl.program_id(0)
     h = tl.program_id(1)
@@ -74,11 +98,15 @@ def _stats_kernel(
     lse = tl.load(LSE + h * N + rows, mask=rows < N, other=float("inf"))
     win_lo = N - W
     holds_window = (i + 1) * BLOCK > win_lo
-    for j in range(0, i + 1):
+    for j in range(tl.maximum(0, i * BLOCK - SLIDE + 1) // BLOCK, i + 1):
         cols = j * BLOCK + tl.arange(0, BLOCK)
         k = tl.load(K + kvh * sk_h + cols[:, None] * sk_n + d[None, :], mask=cols[:, None] < N, other=0.0)
-        s = tl.dot(q, tl.trans(k)) * scale_log2
-        valid = (cols[None, :] <= rows[:, None]) & (cols[None, :] < N) & (rows[:, None] < N)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2
+        else:
+            s = tl.dot(q, tl.trans(k)) * scale_log2
+        valid = (cols[None, :] <= rows[:, None]) & (cols[None, :] > rows[:, None] - SLIDE)
+        valid = valid & (cols[None, :] < N) & (rows[:, None] < N)
         p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
         tl.store(BLOCKS + (h * M + i) * M + j, tl.sum(tl.sum(p, 1), 0))
         tl.atomic_add(COLSUM + h * N + cols, tl.sum(p, 0), mask=cols < N)
@@ -91,12 +119,19 @@ def _stats_kernel(
 TILE = 64  # measured on an H200: 64x64 tiles reach 137 TFLOP/s at 64k, 128x128 tiles 93 at 128k
 
 
-def fused_stats(query: torch.Tensor, key: torch.Tensor, scaling: float, window: int, block: int):
+def fused_stats(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    scaling: float,
+    window: int,
+    block: int,
+    sliding: int | None = None,
+):
     """query (head, N, D), key (kv_head, N, D) on CUDA -> colsum (head, N), window (head, W, N),
     blocks (head, M, M), all fp32. `block` must be a power of two; blocks larger than the kernel's
-    tile are sums of whole tiles."""
+    tile are sums of whole tiles. `sliding`: the layer's window S (None = full causal attention)."""
     if block > TILE:
-        colsum, rows, tiles = fused_stats(query, key, scaling, window, TILE)
+        colsum, rows, tiles = fused_stats(query, key, scaling, window, TILE, sliding)
         f = block // TILE
         m = tiles.shape[-1]
         mc = math.ceil(m / f)
@@ -114,6 +149,8 @@ def fused_stats(query: torch.Tensor, key: torch.Tensor, scaling: float, window: 
     rows = torch.zeros(heads, w, n, dtype=torch.float32, device=q.device)
     grid = (m, heads)
     scale_log2 = float(scaling) * LOG2E
+    slide = n + 1 if sliding is None else int(sliding)  # n + 1: every earlier key is in the band
+    ieee = q.dtype == torch.float32
     warps = 4
     _lse_kernel[grid](
         q,
@@ -125,9 +162,11 @@ def fused_stats(query: torch.Tensor, key: torch.Tensor, scaling: float, window: 
         k.stride(1),
         n,
         heads // kv,
+        slide,
         scale_log2,
         BLOCK=block,
         D=d,
+        IEEE=ieee,
         num_warps=warps,
     )
     _stats_kernel[grid](
@@ -145,9 +184,11 @@ def fused_stats(query: torch.Tensor, key: torch.Tensor, scaling: float, window: 
         heads // kv,
         w,
         m,
+        slide,
         scale_log2,
         BLOCK=block,
         D=d,
+        IEEE=ieee,
         num_warps=warps,
     )
     return colsum, rows, blocks
