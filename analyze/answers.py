@@ -172,7 +172,7 @@ def check_supported(config, name: str) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def load_model(name: str):
+def load_model(name: str, rope_scaling: str | None = None):
     """The dump's model with the masked attention, float32 on the CPU (once per worker process)."""
     from dump import models
 
@@ -183,7 +183,9 @@ def load_model(name: str):
         torch.set_num_threads(1)
     except (ImportError, ValueError):
         pass
-    lm = models.load(name, dtype=torch.float32, device="cpu", attn_implementation=NAME)
+    lm = models.load(
+        name, dtype=torch.float32, device="cpu", attn_implementation=NAME, rope_scaling=rope_scaling
+    )
     check_supported(lm.model.config, name)
     return lm
 
@@ -194,6 +196,12 @@ def model_name(attrs: dict, path: str) -> str:
     if not name:
         raise UsageError(f"store {path!r} does not name the model it was dumped with: --answers cannot run")
     return str(name)
+
+
+def rope_scaling_of(attrs: dict) -> str | None:
+    """The RoPE scaling the dump ran with (provenance), applied again for the answers."""
+    model = attrs.get("model", {})
+    return model.get("rope_scaling") if isinstance(model, dict) else None
 
 
 def check_model(path: str) -> str:
@@ -212,7 +220,7 @@ def check_model(path: str) -> str:
         raise UsageError(
             f"store {path!r} was dumped before answers were recorded (schema 1): re-run `python -m dump` into a new --out to use --answers"
         )
-    check_supported(models.load_config(name), name)
+    check_supported(models.load_config(name, rope_scaling_of(dict(root.attrs))), name)
     return name
 
 
@@ -305,7 +313,7 @@ def answer_document(
     """Every (policy, sparsity) answer of one document -> {"answer", "digits", "ids"} arrays."""
     root = _open(path)
     attrs = dict(root.attrs)
-    lm = load_model(model_name(attrs, path))
+    lm = load_model(model_name(attrs, path), rope_scaling_of(attrs))
     g = root[schema.group_name(n)]
     ids = np.asarray(g["input_ids"][d, s])
     rebuild_check(lm.tokenizer, attrs, path, n, d, s, ids)

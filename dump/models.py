@@ -203,15 +203,63 @@ def unsupported_attention(config) -> str | None:
     return None
 
 
-def load_config(name: str):
+ROPE_SCALINGS = ("linear", "yarn")
+
+
+def parse_rope_scaling(text: str) -> tuple[str, float]:
+    """`yarn:4` -> ("yarn", 4.0); anything else is refused naming the allowed forms."""
+    kind, _, factor = str(text).partition(":")
+    try:
+        value = float(factor)
+    except ValueError:
+        value = 0.0
+    if kind not in ROPE_SCALINGS or not value > 1:
+        raise UsageError(
+            f"--rope-scaling {text!r} is not linear:F or yarn:F with a factor F > 1 (e.g. yarn:4)"
+        )
+    return kind, value
+
+
+def scale_rope(config, rope_scaling: str | None):
+    """Stretch the RoPE of the model's full-attention layers by F (linear interpolation or YaRN) and
+    its context to F times the trained one. Sliding-window layers keep their RoPE: they never see
+    further back than their window. The config is changed in place and returned."""
+    if not rope_scaling:
+        return config
+    kind, factor = parse_rope_scaling(rope_scaling)
+    trained = int(getattr(config, "max_position_embeddings", 0) or 0)
+    params = getattr(config, "rope_parameters", None)
+    if not trained or not isinstance(params, dict):
+        raise UsageError(f"--rope-scaling {rope_scaling}: this model has no RoPE parameters to scale")
+    per_type = "full_attention" in params  # hybrid models keep one RoPE per layer type
+    base = dict(params["full_attention"] if per_type else params)
+    if base.get("rope_type", "default") != "default":
+        raise UsageError(
+            f"--rope-scaling {rope_scaling}: the model already uses {base['rope_type']} RoPE scaling"
+        )
+    scaled = {**base, "rope_type": kind, "factor": factor}
+    if kind == "yarn":
+        scaled["original_max_position_embeddings"] = trained
+    if per_type:
+        params["full_attention"] = scaled
+    else:
+        params.clear()
+        params.update(scaled)
+    config.rope_parameters = params
+    config.max_position_embeddings = int(trained * factor)
+    return config
+
+
+def load_config(name: str, rope_scaling: str | None = None):
     """The model's config alone (cheap): lets the CLI refuse bad lengths before any work."""
     from transformers import AutoConfig
 
     target, _, _ = resolve(name)
     try:
-        return AutoConfig.from_pretrained(target, local_files_only=True)
+        config = AutoConfig.from_pretrained(target, local_files_only=True)
     except OSError:
         raise ModelUnavailable(_unavailable(name)) from None
+    return scale_rope(config, rope_scaling)
 
 
 def _unavailable(name: str) -> str:
@@ -222,9 +270,13 @@ def _unavailable(name: str) -> str:
 
 
 def load(
-    name: str, dtype: torch.dtype = torch.float32, device: str = "cpu", attn_implementation: str = "sdpa"
+    name: str,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    attn_implementation: str = "sdpa",
+    rope_scaling: str | None = None,
 ):
-    """Load model + tokenizer offline with the given attention implementation."""
+    """Load model + tokenizer offline with the given attention implementation (and RoPE scaling)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -233,13 +285,14 @@ def load(
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         tokenizer = AutoTokenizer.from_pretrained(target, local_files_only=True)
+        config = load_config(name, rope_scaling)
         model = AutoModelForCausalLM.from_pretrained(
-            target, local_files_only=True, dtype=dtype, attn_implementation=attn_implementation
+            target, config=config, local_files_only=True, dtype=dtype, attn_implementation=attn_implementation
         )
     except OSError:
         raise ModelUnavailable(_unavailable(name)) from None
     model.to(device).eval()
-    return LoadedModel(model, tokenizer, describe(name, dtype), model_limits(model.config))
+    return LoadedModel(model, tokenizer, describe(name, dtype, rope_scaling), model_limits(model.config))
 
 
 def load_tokenizer(name: str):
@@ -254,8 +307,9 @@ def load_tokenizer(name: str):
         raise ModelUnavailable(_unavailable(name)) from None
 
 
-def describe(name: str, dtype: torch.dtype) -> dict:
-    """Provenance of a model without loading its weights: name, source, path, revision or file hash, dtype."""
+def describe(name: str, dtype: torch.dtype, rope_scaling: str | None = None) -> dict:
+    """Provenance of a model without loading its weights: name, source, path, revision or file hash,
+    dtype, and the RoPE scaling it ran with (None: as trained)."""
     target, source, revision = resolve(name)
     return {
         "name": name,
@@ -263,6 +317,7 @@ def describe(name: str, dtype: torch.dtype) -> dict:
         "path": target,
         "revision": revision,
         "dtype": str(dtype).replace("torch.", ""),
+        "rope_scaling": rope_scaling,
     }
 
 
@@ -281,5 +336,6 @@ def check_lengths(name: str, config, lengths: list[int]) -> None:
     if too_long:
         raise ModelUnavailable(
             f"lengths {', '.join(map(str, too_long))} exceed the {limit}-token context of model {name!r}: "
-            f"use lengths of at most {limit}"
+            f"use lengths of at most {limit}, or stretch the context with --rope-scaling yarn:F "
+            f"(or linear:F), F = {-(-max(too_long) // limit)} or more"
         )

@@ -63,6 +63,17 @@ def devices(value: str) -> list[str]:
     return comma_list(device, unique=False)(value)  # cpu,cpu: two processes on the CPU
 
 
+def rope_scaling(value: str) -> str:
+    kind, _, factor = str(value).strip().partition(":")
+    try:
+        ok = kind in ("linear", "yarn") and float(factor) > 1
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError("is not linear:F or yarn:F with a factor F > 1 (e.g. yarn:4)")
+    return f"{kind}:{float(factor):g}"
+
+
 def scheduler(value: str) -> str:
     value = str(value).strip()
     if "://" not in value or not value.split("://", 1)[1]:
@@ -109,6 +120,12 @@ class DumpOptions:
         "a Dask scheduler (tcp://HOST:8786): one document per task on its workers; CUDA runs need workers "
         "started with --resources GPU=1",
         optional(scheduler),
+    )
+    rope_scaling: str | None = option(
+        None,
+        "linear:F or yarn:F: stretch the RoPE of the full-attention layers by F to run beyond the "
+        "trained context (recorded in provenance)",
+        optional(rope_scaling),
     )
     dtype: str = option(
         "auto", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16", choice(*DTYPE_NAMES)

@@ -95,6 +95,7 @@ def settings_of(opt: DumpOptions, model_info: dict) -> dict:
         "block": opt.block,
         "store": opt.store,
         "layers": list(opt.layers or []),
+        **({"rope_scaling": opt.rope_scaling} if opt.rope_scaling else {}),
     }
 
 
@@ -117,7 +118,7 @@ def validate(opt: DumpOptions) -> tuple[dict, str]:
     """Every check that can fail on user input, before anything is loaded or written."""
     # each value was parsed and range-checked by dump.options; what is left needs the model or the disk
     device = resolve_device(opt.device)
-    config = models.load_config(opt.model)
+    config = models.load_config(opt.model, opt.rope_scaling)
     cfg = models.model_limits(config)
     models.check_attention(opt.model, config)
     models.check_lengths(opt.model, config, opt.lengths)
@@ -217,7 +218,7 @@ def run_sharded(opt: DumpOptions, cfg: dict, devices: list[str]) -> DumpSummary:
 
     t0 = time.perf_counter()
     dtype = resolve_dtype(opt.dtype, devices[0])
-    store, plan = open_store(opt, cfg, models.describe(opt.model, dtype), ",".join(devices))
+    store, plan = open_store(opt, cfg, models.describe(opt.model, dtype, opt.rope_scaling), ",".join(devices))
     store.close()  # layout and attributes are written once, here; the shards only fill chunks
     jobs = [
         (dataclasses.replace(opt, device=dev, devices=None, overwrite=False), (i, len(devices)))
@@ -237,16 +238,18 @@ def run_sharded(opt: DumpOptions, cfg: dict, devices: list[str]) -> DumpSummary:
 
 
 @functools.lru_cache(maxsize=1)
-def _worker_model(name: str, dtype: str, device: str):
+def _worker_model(name: str, dtype: str, device: str, rope_scaling: str | None = None):
     """The model of a Dask worker process, loaded once and reused by every document it dumps."""
-    return models.load(name, dtype=DTYPES[dtype], device=device, attn_implementation=capture.NAME)
+    return models.load(
+        name, dtype=DTYPES[dtype], device=device, attn_implementation=capture.NAME, rope_scaling=rope_scaling
+    )
 
 
 def dump_task(opt: DumpOptions, item: DocPlan, device: str, dtype: str) -> tuple[bool, int]:
     """One document on a Dask worker: load (or reuse) the model, fill this document's chunks."""
     if device.startswith("cuda:"):
         torch.cuda.set_device(device)
-    lm = _worker_model(opt.model, dtype, device)
+    lm = _worker_model(opt.model, dtype, device, opt.rope_scaling)
     store = RunStore.attach(opt.out, background=device.startswith("cuda"))
     try:
         doc = build_document(lm.tokenizer, opt, item.length, item.depth, item.sample)
@@ -264,7 +267,9 @@ def run_on_cluster(opt: DumpOptions, cfg: dict, device: str) -> DumpSummary:
 
     t0 = time.perf_counter()
     dtype = resolve_dtype(opt.dtype, device)
-    store, plan = open_store(opt, cfg, models.describe(opt.model, dtype), f"dask {opt.scheduler} ({device})")
+    store, plan = open_store(
+        opt, cfg, models.describe(opt.model, dtype, opt.rope_scaling), f"dask {opt.scheduler} ({device})"
+    )
     store.close()  # the layout exists before any worker writes a chunk
     todo = [p for p in plan if not p.done]
     dtype_name = str(dtype).replace("torch.", "")
@@ -328,9 +333,15 @@ def _run_dump(opt: DumpOptions, shard: tuple[int, int] | None) -> DumpSummary:
         torch.cuda.set_device(device)  # Triton launches on the current device, not the tensors'
     dtype = resolve_dtype(opt.dtype, device)
     # the store first: a store made with other settings is refused before the weights are loaded
-    store, plan = open_store(opt, cfg, models.describe(opt.model, dtype), device)
+    store, plan = open_store(opt, cfg, models.describe(opt.model, dtype, opt.rope_scaling), device)
     try:
-        lm = models.load(opt.model, dtype=dtype, device=device, attn_implementation=capture.NAME)
+        lm = models.load(
+            opt.model,
+            dtype=dtype,
+            device=device,
+            attn_implementation=capture.NAME,
+            rope_scaling=opt.rope_scaling,
+        )
     except BaseException:
         store.close()
         raise

@@ -124,3 +124,55 @@ def test_answer_pass_on_a_hybrid_cache_is_exact(hybrid, tiny_gemma3_dir):
         )
     assert float((cut - whole).abs().max()) > 1e-4
     assert policies.default("full").budget_for(10, 200) == 200
+
+
+def test_rope_scaling_stretches_only_the_full_layers(tiny_gemma3_dir, tiny_llama_dir):
+    from dump import models
+
+    cfg = models.load_config(tiny_gemma3_dir, "yarn:4")
+    assert cfg.max_position_embeddings == 4 * 2048
+    full, sliding = cfg.rope_parameters["full_attention"], cfg.rope_parameters["sliding_attention"]
+    assert full["rope_type"] == "yarn" and full["factor"] == 4.0
+    assert full["original_max_position_embeddings"] == 2048
+    assert sliding["rope_type"] == "default"  # a sliding layer never sees further than its window
+    llama = models.load_config(tiny_llama_dir, "linear:2")
+    assert llama.rope_parameters["rope_type"] == "linear" and llama.rope_parameters["factor"] == 2.0
+    # and the model really runs with it: the full layer's logits change, provenance names it
+    ids = torch.randint(0, 400, (1, 300))
+    plain = models.load(tiny_gemma3_dir)
+    scaled = models.load(tiny_gemma3_dir, rope_scaling="yarn:4")
+    with torch.no_grad():
+        a, b = plain.model(ids).logits, scaled.model(ids).logits
+    assert float((a - b).abs().max()) > 1e-4
+    assert scaled.info["rope_scaling"] == "yarn:4" and plain.info["rope_scaling"] is None
+
+
+def test_lengths_beyond_the_context_need_rope_scaling_which_is_recorded(tiny_gemma3_dir, tmp_path):
+    store = tmp_path / "long.zarr"
+    base = ["--model", tiny_gemma3_dir, "--lengths", "2100", "--depths", "0.5", "--block", "64"]
+    r = run_cli("dump", *base, "--out", str(store), "--no-progress")
+    assert r.returncode == 2 and "--rope-scaling" in r.stderr and "2048" in r.stderr
+    assert "Traceback" not in r.stderr and not store.exists()
+    for bad in ("yarn:1", "cubic:2", "yarn:x"):
+        r = run_cli("dump", *base, "--rope-scaling", bad, "--out", str(store), "--no-progress")
+        assert r.returncode == 2 and bad in r.stderr and "linear:F or yarn:F" in r.stderr, r.stderr
+    r = run_cli("dump", *base, "--rope-scaling", "yarn:2", "--out", str(store), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    root = zarr.open_group(str(store), mode="r")
+    assert root.attrs["model"]["rope_scaling"] == "yarn:2"
+    assert root.attrs["settings"]["rope_scaling"] == "yarn:2"
+    assert root.attrs["model_config"]["max_positions"] == 4096
+    # resuming under another scaling is refused: it would mix two models in one store
+    r = run_cli("dump", *base, "--rope-scaling", "yarn:4", "--out", str(store), "--no-progress")
+    assert r.returncode == 2 and "rope_scaling" in r.stderr
+    # the answer pass runs the same stretched model: with the full cache it decodes the dump's answer
+    out = tmp_path / "long.results.zarr"
+    r = run_cli(
+        "analyze", str(store), "--methods", "full", "--sparsity", "0.5", "--answers", "--workers", "1",
+        "--out", str(out), "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    ds = xr.open_zarr(out)
+    np.testing.assert_array_equal(
+        ds.answer_ids.sel(policy="full", length=2100).values[0], root["len_2100"]["answer_ids"][:]
+    )
