@@ -84,6 +84,7 @@ def pruned_attention(module, query, key, value, attention_mask, scaling=None, dr
     batch, heads, qlen, dim = query.shape
     kv, new = key.shape[1], key.shape[2]
     g = heads // kv
+    dev = query.device
     scaling = dim**-0.5 if scaling is None else scaling
     q = query.float().reshape(batch, kv, g * qlen, dim)  # GQA by reshaping the queries, never copying keys
     parts_k, parts_v, biases = [], [], []
@@ -94,8 +95,8 @@ def pruned_attention(module, query, key, value, attention_mask, scaling=None, dr
         parts_k.append(pk[None])
         parts_v.append(pv[None])
         first = prompt.end + (new - qlen)  # position of the first query of this call
-        pos_q = torch.arange(first, first + qlen)
-        pos_k = torch.arange(start, prompt.end)
+        pos_q = torch.arange(first, first + qlen, device=dev)
+        pos_k = torch.arange(start, prompt.end, device=dev)
         if keep is not None:  # one kept set per batch row (keep: (batch, head, N), N - 1 = prompt.end)
             b = (
                 keep[..., start : prompt.end]
@@ -103,14 +104,14 @@ def pruned_attention(module, query, key, value, attention_mask, scaling=None, dr
                 .expand(-1, kv, g, qlen, -1)
             )
         else:
-            b = torch.zeros(1, kv, g, qlen, pk.shape[1])
+            b = torch.zeros(1, kv, g, qlen, pk.shape[1], device=dev)
         w = prompt.windows.get(layer)
         if w:  # the model's sliding window: key j visible from position p iff j > p - W
             b = b.masked_fill(~(pos_k[None, :] > pos_q[:, None] - w), float("-inf"))
         biases.append(b)
         # decoded keys: positions end .. end+new-1; the first is the last prompt token (N-1)
-        pos_d = torch.arange(prompt.end, prompt.end + new)
-        bd = torch.zeros(keep.shape[0] if keep is not None else 1, kv, g, qlen, new)
+        pos_d = torch.arange(prompt.end, prompt.end + new, device=dev)
+        bd = torch.zeros(keep.shape[0] if keep is not None else 1, kv, g, qlen, new, device=dev)
         if keep is not None:
             bd[..., 0] = keep[..., prompt.end].reshape(-1, kv, g, 1)
         visible = pos_d[None, :] <= pos_q[:, None]
@@ -119,10 +120,10 @@ def pruned_attention(module, query, key, value, attention_mask, scaling=None, dr
         biases.append(bd.masked_fill(~visible, float("-inf")))
     else:  # the model's cache holds the whole prompt: key j is position j (one kept set)
         n = keep.shape[-1]
-        bd = torch.zeros(1, kv, g, qlen, new)
+        bd = torch.zeros(1, kv, g, qlen, new, device=dev)
         bd[..., :n] = keep.reshape(1, kv, g, 1, n)
         if qlen > 1:
-            future = torch.ones(qlen, qlen, dtype=torch.bool).triu_(1)
+            future = torch.ones(qlen, qlen, dtype=torch.bool, device=dev).triu_(1)
             bd[..., new - qlen :] = bd[..., new - qlen :].masked_fill(future, float("-inf"))
         biases.append(bd)
     parts_k.append(key)
@@ -172,8 +173,8 @@ def check_supported(config, name: str) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def load_model(name: str, rope_scaling: str | None = None):
-    """The dump's model with the masked attention, float32 on the CPU (once per worker process)."""
+def load_model(name: str, rope_scaling: str | None = None, device: str = "cpu"):
+    """The dump's model with the masked attention, float32 on `device` (once per worker process)."""
     from dump import models
 
     try:  # a Dask worker process has one core's share: torch's own threads would oversubscribe it
@@ -184,7 +185,7 @@ def load_model(name: str, rope_scaling: str | None = None):
     except (ImportError, ValueError):
         pass
     lm = models.load(
-        name, dtype=torch.float32, device="cpu", attn_implementation=NAME, rope_scaling=rope_scaling
+        name, dtype=torch.float32, device=device, attn_implementation=NAME, rope_scaling=rope_scaling
     )
     check_supported(lm.model.config, name)
     return lm
@@ -274,11 +275,12 @@ def decode(model, prompt: Prompt, first_token: int, steps: int, masks, batch: in
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    tokens = torch.full((batch, 1), first_token, dtype=torch.long)
+    dev = model.device
+    tokens = torch.full((batch, 1), first_token, dtype=torch.long, device=dev)
     kw = cache_kw(model)
     with keeping(masks, prompt):
         for t in range(steps):
-            pos = torch.full((batch, 1), prompt.end + t, dtype=torch.long)
+            pos = torch.full((batch, 1), prompt.end + t, dtype=torch.long, device=dev)
             logits = model(
                 tokens,
                 position_ids=pos,
@@ -294,7 +296,8 @@ def decode(model, prompt: Prompt, first_token: int, steps: int, masks, batch: in
 def greedy(model, prompt: Prompt, first_token: int, steps: int, masks, batch: int = 1) -> np.ndarray:
     """The greedy answers' token ids, (batch, steps) (see `decode`)."""
     return np.stack(
-        [lg.argmax(-1).numpy() for lg in decode(model, prompt, first_token, steps, masks, batch)], axis=1
+        [lg.argmax(-1).cpu().numpy() for lg in decode(model, prompt, first_token, steps, masks, batch)],
+        axis=1,
     )
 
 
@@ -309,11 +312,13 @@ def answer_document(
     seed: int,
     kv_heads: int,
     windows=None,
+    device: str = "cpu",
 ) -> dict:
-    """Every (policy, sparsity) answer of one document -> {"answer", "digits", "ids"} arrays."""
+    """Every (policy, sparsity) answer of one document -> {"answer", "digits", "ids"} arrays, decoded
+    in float32 on `device`."""
     root = _open(path)
     attrs = dict(root.attrs)
-    lm = load_model(model_name(attrs, path), rope_scaling_of(attrs))
+    lm = load_model(model_name(attrs, path), rope_scaling_of(attrs), device)
     g = root[schema.group_name(n)]
     ids = np.asarray(g["input_ids"][d, s])
     rebuild_check(lm.tokenizer, attrs, path, n, d, s, ids)
@@ -329,7 +334,7 @@ def answer_document(
         for j, i, kept in keptsets.iter_kept(x, pols, sparsities, gqa):
             masks[i, j, layer] = kept
     with torch.no_grad():
-        prompt = torch.as_tensor(ids[:-1], dtype=torch.long)[None]
+        prompt = torch.as_tensor(ids[:-1], dtype=torch.long, device=device)[None]
         store = prompt_store(prefill(lm.model, prompt), n - 1, windows)
         answer = np.zeros((len(pols), len(sparsities)), dtype=bool)
         digits = np.zeros((len(pols), len(sparsities)), dtype=np.float32)
@@ -338,7 +343,8 @@ def answer_document(
         for c0 in range(0, len(pairs), BATCH):  # every (policy, sparsity) of a chunk decoded as one batch
             chunk = pairs[c0 : c0 + BATCH]
             per_layer = {
-                layer: torch.stack([bias_of(masks[i, j, layer]) for i, j in chunk]) for layer in pruned
+                layer: torch.stack([bias_of(masks[i, j, layer]) for i, j in chunk]).to(device)
+                for layer in pruned
             }
             toks = greedy(lm.model, store, int(ids[-1]), steps, per_layer, batch=len(chunk))
             for row, (i, j) in enumerate(chunk):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dump.optionkit import choice, comma_list, integer, number, option, optional, text
-from dump.options import scheduler
+from dump.options import device, scheduler
 
 DEFAULT_POLICIES = [
     "full",
@@ -72,9 +72,12 @@ class AnalyzeOptions:
     )
     answers: bool = option(
         False,
-        "also decode the model's own answer under every pruned cache (the dump's model, on the CPU) and "
+        "also decode the model's own answer under every pruned cache (the dump's model, float32) and "
         "calibrate the proxy metrics against it",
         flag=True,
+    )
+    answer_device: str = option(
+        "cpu", "where --answers decodes: cpu, cuda or cuda:N (float32 on either)", device, metavar="DEVICE"
     )
     skip_corrupt: bool = option(
         False,

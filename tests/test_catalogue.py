@@ -208,6 +208,16 @@ REFUSED = [
     ),
     ("analyze sparsity 1.5", ["analyze", "{store}", "--sparsity", "1.5", "--out", "{tmp}/o"], ["[0, 1)"]),
     (
+        "analyze answer device tpu",
+        ["analyze", "{store}", "--answers", "--answer-device", "tpu", "--out", "{tmp}/o"],
+        ["tpu", "cuda"],
+    ),
+    (
+        "dump rope scaling misspelt",
+        ["dump", "--rope-scaling", "yarn4", "--out", "{tmp}/o"],
+        ["yarn4", "linear:F or yarn:F"],
+    ),
+    (
         "analyze sparsity repeated",
         ["analyze", "{store}", "--sparsity", "0.5,0.5", "--out", "{tmp}/o"],
         ["repeats"],
