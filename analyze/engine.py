@@ -68,6 +68,20 @@ def spec_from(opt) -> Spec:
     )
 
 
+def check_rows(spec: Spec, plan: StorePlan) -> None:
+    """A policy that needs more attention rows stored whole than the dump kept is refused up front."""
+    for m, lab in zip(spec.policies, spec.labels):
+        for n in plan.lengths:
+            observed, stored = plan.rows[n]
+            need = m.rows_needed(observed)
+            if need > stored:
+                raise UsageError(
+                    f"{lab} needs the last {need} attention rows stored whole, but length {n} of "
+                    f"{plan.path!r} stores {stored} of its W = {observed}: use window=0 (their stored sum), "
+                    f"window={stored} or fewer, or re-dump with --window-rows {need}"
+                )
+
+
 def skipped_doclayer(spec: Spec, heads: int) -> dict:
     """A layer that is not pruned (a sliding window shorter than the prompt): every metric NaN, so it
     is left out of head means and can never be a retrieval head."""
@@ -284,6 +298,7 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
                 raise
             return {"corrupt": str(err)}
 
+    check_rows(spec, plan)
     jobs = list(tasks)
     if spec.answers:
         from analyze.answers import check_model

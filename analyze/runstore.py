@@ -5,7 +5,7 @@ statistics, checked: a missing or corrupt chunk is an error naming the document,
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import zarr
@@ -34,6 +34,7 @@ class StorePlan:
     retrieved: dict  # length -> (depth, sample) bool
     blocks: dict  # length -> stored block size B
     attrs: dict
+    rows: dict = field(default_factory=dict)  # length -> (W summed, R stored whole)
 
     @property
     def windows(self) -> list[int | None]:
@@ -59,10 +60,11 @@ def plan_store(path: str) -> StorePlan:
             f"store {path!r} holds no length groups (len_N): was the dump interrupted before its first document?"
         )
     cfg = root.attrs["model_config"]
-    done, retrieved, blocks = {}, {}, {}
+    done, retrieved, blocks, rows = {}, {}, {}, {}
     for n in lengths:
         g = root[schema.group_name(n)]
         blocks[n] = int(g.attrs["block"])
+        rows[n] = (int(g.attrs["window"]), int(g["window"].shape[-2]))
         done[n] = _read(g, "done", (), path, n).astype(bool)
         retrieved[n] = _read(g, "retrieved", (), path, n).astype(bool)
     depths = np.asarray(root[schema.group_name(lengths[0])]["depth"][:])
@@ -78,6 +80,7 @@ def plan_store(path: str) -> StorePlan:
         retrieved,
         blocks,
         dict(root.attrs),
+        rows,
     )
 
 
@@ -122,7 +125,10 @@ def load_doclayer(
     index = (d, s, layer)
     stats = {}
     for var in STATISTICS:
-        if var in reads:
+        if var == "window_sum" and var in reads and var not in g:  # schema 2.0: every W row is stored
+            rows = _checked(g, "window", index, path, length).astype(np.float32)
+            stats[var] = rows.astype(np.float64).sum(axis=1).astype(np.float32)
+        elif var in reads:
             a = _checked(g, var, index, path, length)
             stats[var] = a.astype(np.float32) if a.dtype == np.float16 else a
     if "window" in stats:
@@ -135,5 +141,12 @@ def load_doclayer(
             f"store {path!r}: the passkey mask `needle` of {_where(length, (d, s))} is empty (its chunk is "
             f"missing on disk); re-dump that document or pass --skip-corrupt"
         )
-    x = DocLayer(final_row=final, block=int(g.attrs["block"]), kv_heads=kv_heads, seed=seed, **stats)
+    x = DocLayer(
+        final_row=final,
+        block=int(g.attrs["block"]),
+        kv_heads=kv_heads,
+        seed=seed,
+        observed=int(g.attrs["window"]),
+        **stats,
+    )
     return x, needle

@@ -98,9 +98,19 @@ class DumpOptions:
     samples: int = option(1, "documents per (length, depth), each with its own passkey", integer(minimum=1))
     seed: int = option(0, "seed of passkeys and filler order", integer(minimum=0))
     filler: str = option("ruler", "haystack filler: ruler, nature, or a text file path", filler)
-    window: int = option(64, "W: full attention rows kept for the last W queries", integer(minimum=1))
+    window: int = option(
+        64, "W: the last W queries, whose attention rows are summed into window_sum", integer(minimum=1)
+    )
+    window_rows: int = option(
+        8,
+        "R: how many of the last W rows are stored whole (the final row and snapkv:window=R read them); "
+        "R = W stores them all",
+        integer(minimum=1),
+    )
     block: int | str = option(
-        64, "B: block size of block sums and pooled Q/K, or auto (at most 1024 blocks)", block
+        "auto",
+        "B: block size of block sums and pooled Q/K, or auto (64, larger only to keep at most 1024 blocks)",
+        block,
     )
     store: str = option(
         "stats", "stats, or full: also whole attention matrices of --layers", choice("stats", "full")

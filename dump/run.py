@@ -92,6 +92,7 @@ def settings_of(opt: DumpOptions, model_info: dict) -> dict:
         "seed": opt.seed,
         "filler": opt.filler,
         "window": opt.window,
+        "window_rows": min(opt.window_rows, opt.window),
         "block": opt.block,
         "store": opt.store,
         "layers": list(opt.layers or []),
@@ -157,6 +158,7 @@ def root_attributes(opt: DumpOptions, cfg: dict, info: dict, device: str) -> dic
         "haystack": {"filler": opt.filler, "templates": haystack.TEMPLATES, "seed": opt.seed},
         "capture": {
             "window": opt.window,
+            "window_rows": min(opt.window_rows, opt.window),
             "block": opt.block,
             "stored": list(schema.RUN_STATISTICS) + (["attn"] if opt.store == "full" else []),
             "pool": {"qpool": "max_l2", "kpool": "max_l2"},
@@ -197,7 +199,7 @@ def open_store(opt: DumpOptions, cfg: dict, info: dict, device: str) -> tuple[Ru
     for n in opt.lengths:
         block = block_for(n, opt.block)
         tile = tile_rows(n, cfg["heads"], block)
-        store.length_group(n, cfg, opt.window, block, tile, list(opt.layers or []))
+        store.length_group(n, cfg, opt.window, block, tile, list(opt.layers or []), opt.window_rows)
         done = store.done(n)
         plan += [
             DocPlan(n, block, tile, d, s, bool(done[d, s]))

@@ -5,8 +5,9 @@ RUN.zarr (written by `dump`, read by `analyze`, `viz` and the answer pass)
     overwritten or grown by dump), `schema_version`, `settings` (what makes two runs comparable),
     `model`, `model_config`, `haystack`, `capture`, `software`, `created`.
     One group per prompt length, named `len_{N}` (`group_name`), readable with
-    `xr.open_zarr(path, group="len_4096")`; its attributes are `length`, `window` (W), `block` (B),
-    `tile`. The variables of a group are `RUN_VARS`: their dims, dtype, fill value and meaning.
+    `xr.open_zarr(path, group="len_4096")`; its attributes are `length`, `window` (W: the queries
+    whose attention is summed into `window_sum`), `window_rows` (R <= W: the last R of those rows,
+    stored whole), `block` (B), `tile`. The variables of a group are `RUN_VARS`: their dims, dtype, fill value and meaning.
     Chunking follows from the dims (`chunks_of`): one chunk per document (`depth`, `sample`) and per
     layer, `tile` query rows for full matrices, everything else whole. A half-written document only
     ever touches its own chunks; `done[depth, sample]` is written last.
@@ -36,7 +37,7 @@ from dump.errors import UsageError
 
 KIND_ATTR = "niah_store"
 RUN_KIND, RESULTS_KIND = "run", "results"
-RUN_VERSION = "2.0"
+RUN_VERSION = "2.1"  # 2.1: window_sum, and only the last R (--window-rows) of the W rows stored whole
 RESULTS_VERSION = "2.0"
 READABLE_MAJOR = {RUN_KIND: ("1", "2"), RESULTS_KIND: ("2",)}
 
@@ -93,7 +94,10 @@ RUN_DOCUMENT: dict[str, Var] = {
 }
 RUN_STATISTICS: dict[str, Var] = {
     "colsum": Var((*LAYER, "key"), "float32", "sum over all queries of A[q, k]", NAN),
-    "window": Var((*LAYER, "wq", "key"), "float16", "attention rows of the last W queries", NAN),
+    "window_sum": Var(
+        (*LAYER, "key"), "float32", "sum of the attention rows of the last W queries (SnapKV's votes)", NAN
+    ),
+    "window": Var((*LAYER, "wq", "key"), "float16", "attention rows of the last R queries", NAN),
     "blocks": Var((*LAYER, "qblock", "kblock"), "float32", "sum of attention over BxB blocks", NAN),
     "qpool": Var((*LAYER, "kblock", "dim"), "float16", "post-RoPE query of largest L2 norm per block", NAN),
     "kpool": Var((*LAYER, "kblock", "dim"), "float16", "post-RoPE key of largest L2 norm per block", NAN),
@@ -111,9 +115,16 @@ def run_vars(full: bool) -> dict[str, Var]:
 
 
 def run_sizes(
-    length: int, depths: int, samples: int, cfg: dict, window: int, block: int, full_layers
+    length: int,
+    depths: int,
+    samples: int,
+    cfg: dict,
+    window: int,
+    block: int,
+    full_layers,
+    window_rows: int | None = None,
 ) -> dict:
-    """The size of every RUN dimension of one length group."""
+    """The size of every RUN dimension of one length group (`window_rows` None: all W rows)."""
     return {
         "depth": depths,
         "sample": samples,
@@ -121,7 +132,7 @@ def run_sizes(
         "head": cfg["heads"],
         "key": length,
         "query": length,
-        "wq": min(window, length),
+        "wq": min(window, length, window_rows or window),
         "qblock": -(-length // block),
         "kblock": -(-length // block),
         "dim": cfg["head_dim"],

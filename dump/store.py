@@ -116,17 +116,25 @@ class RunStore:
 
     # -- layout -----------------------------------------------------------------------------
     def length_group(
-        self, length: int, cfg: dict, window: int, block: int, tile: int, full_layers: list[int]
+        self,
+        length: int,
+        cfg: dict,
+        window: int,
+        block: int,
+        tile: int,
+        full_layers: list[int],
+        window_rows: int | None = None,
     ):
         """The `len_{N}` group, created with every variable of the schema on first use."""
         name = schema.group_name(length)
         if name in self.root:
             return self.root[name]
         s = self.settings
-        sizes = schema.run_sizes(length, len(s["depths"]), s["samples"], cfg, window, block, full_layers)
-        g = self.root.create_group(
-            name, attributes={"length": length, "window": sizes["wq"], "block": block, "tile": tile}
+        sizes = schema.run_sizes(
+            length, len(s["depths"]), s["samples"], cfg, window, block, full_layers, window_rows
         )
+        attrs = {"length": length, "window": min(window, length), "window_rows": sizes["wq"]}
+        g = self.root.create_group(name, attributes={**attrs, "block": block, "tile": tile})
         for var, spec in schema.run_vars(bool(full_layers)).items():
             g.create_array(
                 var,
@@ -186,10 +194,19 @@ class RunStore:
 
     def write_layer(self, length: int, d: int, s: int, layer: int, stats: LayerStats) -> None:
         g = self.root[schema.group_name(length)]
+        # the W rows at stored precision; their sum (SnapKV's votes) whole, only the last R rows kept
+        rows = stats.window.detach().to(TORCH_DTYPES["float16"])
+        tensors = {
+            "colsum": stats.colsum,
+            "window_sum": rows.double().sum(dim=1),
+            "window": rows[:, rows.shape[1] - g["window"].shape[-2] :],
+            "blocks": stats.blocks,
+            "qpool": stats.qpool,
+            "kpool": stats.kpool,
+        }
         # cast on the device: torch converts to float16 far faster than numpy does
         arrays = {
-            var: getattr(stats, var).detach().to(TORCH_DTYPES[str(g[var].dtype)]).cpu().numpy()
-            for var in PER_LAYER
+            var: tensors[var].detach().to(TORCH_DTYPES[str(g[var].dtype)]).cpu().numpy() for var in PER_LAYER
         }
         self._submit(self._write_layer, schema.group_name(length), d, s, layer, arrays)
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-STATISTICS = ("colsum", "window", "blocks", "qpool", "kpool")
+STATISTICS = ("colsum", "window_sum", "window", "blocks", "qpool", "kpool")
 
 
 @dataclass(frozen=True)
@@ -27,8 +27,10 @@ class DocLayer:
     block: int  # B
     kv_heads: int
     seed: int = 0  # per document-layer, for seeded policies
+    observed: int = 0  # W: how many final queries window_sum sums
     colsum: np.ndarray | None = None  # (head, key) Σ_q A[q, k]
-    window: np.ndarray | None = None  # (head, wq, key) last W rows of A; window[:, -1] is the final row
+    window_sum: np.ndarray | None = None  # (head, key) Σ of the last `observed` rows of A
+    window: np.ndarray | None = None  # (head, wq, key) last R rows of A; window[:, -1] is the final row
     blocks: np.ndarray | None = None  # (head, qblock, kblock) Σ of A over B×B blocks
     qpool: np.ndarray | None = None  # (head, kblock, dim) post-RoPE Q pooled per block (max L2)
     kpool: np.ndarray | None = None  # (head, kblock, dim)
@@ -255,6 +257,12 @@ class Policy:
         """What is wrong with this combination of parameters, or None (each one alone is checked by
         its `param` declaration)."""
         return None
+
+    def rows_needed(self, observed: int) -> int:
+        """How many of the last attention rows `rank` needs stored whole, when the dump summed the last
+        `observed` into `window_sum` (0: the stored statistics suffice). The engine refuses a store
+        that keeps fewer (dump --window-rows)."""
+        return 0
 
     def budget_for(self, k: int, n: int) -> int:
         """Keys this policy keeps under budget k (every policy but `full` keeps exactly k)."""

@@ -20,30 +20,38 @@ class SnapKV(Policy):
     smoothed by 1-D average pooling, top-k; the window itself is always kept (Li et al. 2024,
     "SnapKV", arXiv:2404.14469).
 
-    Parameters: kernel=5 (pooling width, odd), window=0 (rows used; 0 = all stored rows).
+    Parameters: kernel=5 (pooling width, odd), window=0 (queries voting; 0 = the dump's W, read
+    from its stored sum `window_sum`; another value needs that many rows stored whole, dump
+    --window-rows).
     """
 
     name = "snapkv"
-    reads = ("window",)
+    reads = ("window_sum", "window")
     kernel: int = param(5, odd_width, "odd, >= 1")
     window: int = param(0, integer(minimum=0), ">= 0")
 
-    def _rows(self, x: DocLayer) -> np.ndarray:
-        w = x.window if self.window <= 0 else x.window[:, -self.window :]
-        return w
+    def rows_needed(self, observed: int) -> int:
+        """Rows this policy must find stored whole when the dump summed `observed` (0: none)."""
+        return 0 if self.window <= 0 or self.window == observed else self.window
+
+    def _rows(self, x: DocLayer) -> tuple[np.ndarray, int]:
+        """(head, r, key) rows whose sum are the votes, and how many queries voted."""
+        if not self.rows_needed(x.observed):
+            return x.window_sum[:, None, :], x.observed
+        return x.window[:, -self.window :], self.window
 
     def rank(self, x: DocLayer, k: int) -> Ranking:
-        rows = self._rows(x)
+        rows, voters = self._rows(x)
         votes = _pooled_votes(np.ascontiguousarray(rows, dtype=np.float32), self.kernel)
-        return Ranking(primary=votes, forced=recent_mask(x.heads, x.n, min(rows.shape[1], k)))
+        return Ranking(primary=votes, forced=recent_mask(x.heads, x.n, min(voters, k)))
 
     def rank_reference(self, x: DocLayer, k: int) -> Ranking:
-        rows = self._rows(x)
+        rows, voters = self._rows(x)
         votes = rows.astype(np.float64).sum(axis=1)
         half = self.kernel // 2
         padded = np.pad(votes, ((0, 0), (half, half)))  # zero padding, count_include_pad like torch
         pooled = np.lib.stride_tricks.sliding_window_view(padded, self.kernel, axis=1).mean(axis=-1)
-        return Ranking(primary=pooled, forced=recent_mask(x.heads, x.n, min(rows.shape[1], k)))
+        return Ranking(primary=pooled, forced=recent_mask(x.heads, x.n, min(voters, k)))
 
 
 @numba.njit(cache=True)
