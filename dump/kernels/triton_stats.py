@@ -49,7 +49,10 @@ def _lse_kernel(
     q = tl.load(Q + h * sq_h + rows[:, None] * sq_n + d[None, :], mask=rows[:, None] < N, other=0.0)
     m = tl.full([BLOCK], float("-inf"), tl.float32)
     acc = tl.zeros([BLOCK], tl.float32)
-    for j in range(tl.maximum(0, i * BLOCK - SLIDE + 1) // BLOCK, i + 1):
+    j0 = (i * BLOCK - SLIDE + 1) // BLOCK  # the first key block of the band
+    if j0 < 0:
+        j0 = 0
+    for j in range(j0, i + 1):
         cols = j * BLOCK + tl.arange(0, BLOCK)
         k = tl.load(K + kvh * sk_h + cols[:, None] * sk_n + d[None, :], mask=cols[:, None] < N, other=0.0)
         if IEEE:
@@ -98,7 +101,10 @@ def _stats_kernel(
     lse = tl.load(LSE + h * N + rows, mask=rows < N, other=float("inf"))
     win_lo = N - W
     holds_window = (i + 1) * BLOCK > win_lo
-    for j in range(tl.maximum(0, i * BLOCK - SLIDE + 1) // BLOCK, i + 1):
+    j0 = (i * BLOCK - SLIDE + 1) // BLOCK  # the first key block of the band
+    if j0 < 0:
+        j0 = 0
+    for j in range(j0, i + 1):
         cols = j * BLOCK + tl.arange(0, BLOCK)
         k = tl.load(K + kvh * sk_h + cols[:, None] * sk_n + d[None, :], mask=cols[:, None] < N, other=0.0)
         if IEEE:
