@@ -173,8 +173,9 @@ def check_supported(config, name: str) -> None:
 
 
 @functools.lru_cache(maxsize=1)
-def load_model(name: str, rope_scaling: str | None = None, device: str = "cpu"):
-    """The dump's model with the masked attention, float32 on `device` (once per worker process)."""
+def load_model(name: str, rope_scaling: str | None = None, device: str = "cpu", dtype: str = "float32"):
+    """The dump's model with the masked attention, in the dump's dtype on `device` (once per worker
+    process); the kept-set attention itself is float32 math."""
     from dump import models
 
     try:  # a Dask worker process has one core's share: torch's own threads would oversubscribe it
@@ -185,7 +186,7 @@ def load_model(name: str, rope_scaling: str | None = None, device: str = "cpu"):
     except (ImportError, ValueError):
         pass
     lm = models.load(
-        name, dtype=torch.float32, device=device, attn_implementation=NAME, rope_scaling=rope_scaling
+        name, dtype=getattr(torch, dtype), device=device, attn_implementation=NAME, rope_scaling=rope_scaling
     )
     check_supported(lm.model.config, name)
     return lm
@@ -197,6 +198,14 @@ def model_name(attrs: dict, path: str) -> str:
     if not name:
         raise UsageError(f"store {path!r} does not name the model it was dumped with: --answers cannot run")
     return str(name)
+
+
+def dtype_of(attrs: dict) -> str:
+    """The dtype the dump ran the model in (provenance): the answers are decoded in it too, so that
+    the full cache reproduces the dump's own answer."""
+    model = attrs.get("model", {})
+    dtype = model.get("dtype", "float32") if isinstance(model, dict) else "float32"
+    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
 
 
 def rope_scaling_of(attrs: dict) -> str | None:
@@ -315,10 +324,10 @@ def answer_document(
     device: str = "cpu",
 ) -> dict:
     """Every (policy, sparsity) answer of one document -> {"answer", "digits", "ids"} arrays, decoded
-    in float32 on `device`."""
+    on `device` in the dump's dtype."""
     root = _open(path)
     attrs = dict(root.attrs)
-    lm = load_model(model_name(attrs, path), rope_scaling_of(attrs), device)
+    lm = load_model(model_name(attrs, path), rope_scaling_of(attrs), device, dtype_of(attrs))
     g = root[schema.group_name(n)]
     ids = np.asarray(g["input_ids"][d, s])
     rebuild_check(lm.tokenizer, attrs, path, n, d, s, ids)

@@ -245,6 +245,11 @@ def summarize_answers(ds: xr.Dataset) -> None:
     ds["answer_given_full"].attrs["long_name"] = (
         "answer accuracy among the documents the model answers with its full cache (`retrieved`)"
     )
+    if "full" in ds[schema.POLICY].values:  # the answer pass's own full cache against the dump's answer
+        full = ds.answer.sel({schema.POLICY: "full"}).isel(sparsity=0)
+        done = ds.done.astype(bool)
+        same = (full.astype(bool) == ds.retrieved.astype(bool)).where(done)
+        ds.attrs["full_answer_agrees_with_dump"] = float(same.mean())
     table, attrs = calibration.calibrate(ds)
     ds["calibration"] = table
     ds["calibration"].attrs.update({k: v for k, v in attrs.items()})

@@ -72,12 +72,12 @@ class AnalyzeOptions:
     )
     answers: bool = option(
         False,
-        "also decode the model's own answer under every pruned cache (the dump's model, float32) and "
+        "also decode the model's own answer under every pruned cache (the dump's model and dtype) and "
         "calibrate the proxy metrics against it",
         flag=True,
     )
     answer_device: str = option(
-        "cpu", "where --answers decodes: cpu, cuda or cuda:N (float32 on either)", device, metavar="DEVICE"
+        "cpu", "where --answers decodes (in the dump's dtype): cpu, cuda or cuda:N", device, metavar="DEVICE"
     )
     skip_corrupt: bool = option(
         False,

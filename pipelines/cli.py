@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dump.errors import OneLineParser, run_main
 
+STAGES = ("dump", "analyze", "viz")
+
 
 def main(argv=None) -> int:
     p = OneLineParser(
@@ -14,6 +16,12 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the study of a config file")
     r.add_argument("config")
+    r.add_argument(
+        "--until",
+        choices=STAGES,
+        default="viz",
+        help="last stage to run (e.g. analyze on a GPU host without plotting libraries; viz later elsewhere)",
+    )
     r.add_argument("--no-progress", action="store_true")
     c = sub.add_parser("check", help="validate a config file and exit")
     c.add_argument("config")
@@ -29,7 +37,7 @@ def main(argv=None) -> int:
         if args.command == "check":
             print(f"pipelines: {args.config} is valid (output folder {cfg.out})")
             return 0
-        run(cfg, progress=not args.no_progress)
+        run(cfg, progress=not args.no_progress, until=args.until)
         return 0
 
     return run_main("python -m pipelines", body, resume="rerun the same command to resume")

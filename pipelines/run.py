@@ -52,7 +52,8 @@ def check_outputs(cfg: Config) -> None:
     outputs.check_output(cfg.report_dir, "report", option="out: (its report)")
 
 
-def run(cfg: Config, progress: bool = True) -> dict:
+def run(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
+    """The study's stages in order, up to and including `until` (dump, analyze or viz)."""
     timings = {}
     check_outputs(cfg)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
@@ -63,6 +64,8 @@ def run(cfg: Config, progress: bool = True) -> dict:
 
     log(run_dump(dump_opt).line())
     timings["dump"] = time.perf_counter() - t
+    if until == "dump":
+        return _done(timings, cfg.run_store)
 
     t = time.perf_counter()
     key = analyze_key(cfg)
@@ -87,6 +90,8 @@ def run(cfg: Config, progress: bool = True) -> dict:
         write_results(ds, a.out)
         log(f"analyze: {len(ds.policy)} policies x {len(ds.sparsity)} sparsities -> {results}")
     timings["analyze"] = time.perf_counter() - t
+    if until == "analyze":
+        return _done(timings, str(results))
 
     t = time.perf_counter()
     from viz.report import build_atomic
@@ -99,5 +104,9 @@ def run(cfg: Config, progress: bool = True) -> dict:
         v = viz_opt
         build_atomic(v.results, v.out, store=v.store if v.keptset else None, dpi=v.dpi, progress=log)
     timings["viz"] = time.perf_counter() - t
-    log("done in " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; open {index}")
+    return _done(timings, f"open {index}")
+
+
+def _done(timings: dict, what: str) -> dict:
+    log("done in " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; {what}")
     return timings

@@ -1,0 +1,150 @@
+"""Long-context dump targets on one GPU, each against a baseline measured in the same run.
+
+    python bench/gemma_bench_cuda.py [--json bench/results/gemma_h200.json] [--smollm2-128k]
+
+Prints, last:
+  sliding_speedup_32k R      one Gemma-3-270M-shaped sliding-window layer (4 heads / 1 kv head, dim 256,
+                             window 512) at 32k: statistics by the tiled torch path with a dense N x N band
+                             mask (the fallback before banding) / by the fused banded kernels (target >= 10)
+  gemma_doc_32k_s S          a whole 32k document of the real Gemma 3 270M through the dump's own code:
+                             forward with statistics, 8-token greedy answer, compressed write (target <= 1.5)
+  gemma_doc_32k_vs_sdpa R    that / the plain sdpa forward and the same 8-token answer of the same model
+  smollm2_doc_128k_s S       (--smollm2-128k) SmolLM2 135M stretched to 128k (--rope-scaling yarn:16),
+  smollm2_doc_128k_gb G      --window 64, default block and rows: time and store size per document
+                             (targets <= 10 s, <= 1 GB)
+Document times are medians of the documents after the first (warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dump import capture, models, run
+from dump.options import DumpOptions
+from dump.stats import attention_stats, attention_stats_fused
+
+
+def timed(fn, repeats=3):
+    fn()  # warm-up: compilation, allocator
+    out = []
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        out.append(time.perf_counter() - t)
+    return min(out)
+
+
+def sliding_layer(n=32768, heads=4, kv_heads=1, dim=256, sliding=512, window=64, block=64):
+    torch.manual_seed(0)
+    dev, dt = "cuda", torch.bfloat16
+    q = torch.randn(heads, n, dim, device=dev, dtype=dt)
+    k = torch.randn(kv_heads, n, dim, device=dev, dtype=dt)
+    v = torch.randn(kv_heads, n, dim, device=dev, dtype=dt)
+    scale = 256**-0.5
+    pos = torch.arange(n, device=dev)
+    band = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - sliding)  # what sdpa_mask built
+    before = timed(lambda m=band: attention_stats(q, k, v, scale, window, block, mask=m), 1)
+    del band
+    torch.cuda.empty_cache()
+    banded_torch = timed(lambda: attention_stats(q, k, v, scale, window, block, sliding=sliding))
+    fused = timed(lambda: attention_stats_fused(q, k, v, scale, window, block, sliding=sliding))
+    return dict(tokens=n, dense_mask_tiled_s=before, banded_tiled_s=banded_torch, fused_banded_s=fused)
+
+
+def documents(model: str, n: int, docs: int, out: Path, rope_scaling=None, baseline=True):
+    """Dump `docs` documents of length n through the dump's own per-document code; per-document
+    seconds, store bytes, and (baseline) the plain sdpa forward + 8-token answer of the same prompts."""
+    opt = DumpOptions(
+        out=str(out),
+        model=model,
+        lengths=[n],
+        depths=[0.5],
+        samples=docs,
+        device="cuda",
+        rope_scaling=rope_scaling,
+        progress=False,
+    )
+    cfg, device = run.validate(opt)
+    dtype = run.resolve_dtype(opt.dtype, device)
+    store, plan = run.open_store(opt, cfg, models.describe(model, dtype, rope_scaling), device)
+    lm = models.load(
+        model, dtype=dtype, device=device, attn_implementation=capture.NAME, rope_scaling=rope_scaling
+    )
+    times, plain, hits = [], [], 0
+    for item in plan:
+        doc = run.build_document(lm.tokenizer, opt, item.length, item.depth, item.sample)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        hits += run.dump_document(store, lm, opt, doc, item)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+        if baseline:
+            lm.model.set_attn_implementation("sdpa")
+            ids = torch.as_tensor(doc.input_ids, dtype=torch.long, device=device)[None]
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            with torch.no_grad():
+                o = lm.model(ids, use_cache=True, logits_to_keep=1)
+                run.greedy_answer(lm.model, o, 8)
+            torch.cuda.synchronize()
+            plain.append(time.perf_counter() - t)
+            lm.model.set_attn_implementation(capture.NAME)
+    store.close()
+    size = store.nbytes()
+    del lm
+    torch.cuda.empty_cache()
+    return dict(
+        model=model,
+        tokens=n,
+        rope_scaling=rope_scaling,
+        documents=docs,
+        retrieved=hits,
+        doc_s=statistics.median(times[1:]),
+        doc_s_all=times,
+        plain_s=statistics.median(plain[1:]) if baseline else None,
+        store_gb_per_doc=size / docs / 1e9,
+        peak_gpu_gb=torch.cuda.max_memory_allocated() / 1e9,
+    )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--json", default=None)
+    p.add_argument("--docs", type=int, default=4)
+    p.add_argument("--smollm2-128k", action="store_true")
+    args = p.parse_args()
+    out = dict(card=torch.cuda.get_device_name(), torch=torch.__version__)
+    out["sliding"] = sliding_layer()
+    print(json.dumps(out["sliding"]), flush=True)
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        out["gemma_32k"] = documents("gemma3-270m", 32768, args.docs, Path(tmp) / "g.zarr")
+        print(json.dumps(out["gemma_32k"]), flush=True)
+        if args.smollm2_128k:
+            out["smollm2_128k"] = documents(
+                "smollm2-135m", 131072, 3, Path(tmp) / "s.zarr", rope_scaling="yarn:16", baseline=False
+            )
+            print(json.dumps(out["smollm2_128k"]), flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    s = out["sliding"]
+    print(f"sliding_speedup_32k {s['dense_mask_tiled_s'] / s['fused_banded_s']:.1f}")
+    g = out["gemma_32k"]
+    print(f"gemma_doc_32k_s {g['doc_s']:.3f}")
+    print(f"gemma_doc_32k_vs_sdpa {g['doc_s'] / g['plain_s']:.2f}")
+    if "smollm2_128k" in out:
+        print(f"smollm2_doc_128k_s {out['smollm2_128k']['doc_s']:.2f}")
+        print(f"smollm2_doc_128k_gb {out['smollm2_128k']['store_gb_per_doc']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
