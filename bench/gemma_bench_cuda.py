@@ -1,6 +1,6 @@
 """Long-context dump targets on one GPU, each against a baseline measured in the same run.
 
-    python bench/gemma_bench_cuda.py [--json bench/results/gemma_h200.json] [--smollm2-128k]
+    python bench/gemma_bench_cuda.py [--parts sliding,gemma,smollm2] [--json bench/results/gemma_h200.json]
 
 Prints, last:
   sliding_speedup_32k R      one Gemma-3-270M-shaped sliding-window layer (4 heads / 1 kv head, dim 256,
@@ -9,7 +9,7 @@ Prints, last:
   gemma_doc_32k_s S          a whole 32k document of the real Gemma 3 270M through the dump's own code:
                              forward with statistics, 8-token greedy answer, compressed write (target <= 1.5)
   gemma_doc_32k_vs_sdpa R    that / the plain sdpa forward and the same 8-token answer of the same model
-  smollm2_doc_128k_s S       (--smollm2-128k) SmolLM2 135M stretched to 128k (--rope-scaling yarn:16),
+  smollm2_doc_128k_s S       (part smollm2) SmolLM2 135M stretched to 128k (--rope-scaling yarn:16),
   smollm2_doc_128k_gb G      --window 64, default block and rows: time and store size per document
                              (targets <= 10 s, <= 1 GB)
 Document times are medians of the documents after the first (warm-up).
@@ -60,7 +60,7 @@ def sliding_layer(n=32768, heads=4, kv_heads=1, dim=256, sliding=512, window=64,
     return dict(tokens=n, dense_mask_tiled_s=before, banded_tiled_s=banded_torch, fused_banded_s=fused)
 
 
-def documents(model: str, n: int, docs: int, out: Path, rope_scaling=None, baseline=True):
+def documents(model: str, n: int, docs: int, out: Path, rope_scaling=None, baseline=True, device="cuda"):
     """Dump `docs` documents of length n through the dump's own per-document code; per-document
     seconds, store bytes, and (baseline) the plain sdpa forward + 8-token answer of the same prompts."""
     opt = DumpOptions(
@@ -69,7 +69,7 @@ def documents(model: str, n: int, docs: int, out: Path, rope_scaling=None, basel
         lengths=[n],
         depths=[0.5],
         samples=docs,
-        device="cuda",
+        device=device,
         rope_scaling=rope_scaling,
         progress=False,
     )
@@ -120,15 +120,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", default=None)
     p.add_argument("--docs", type=int, default=4)
-    p.add_argument("--smollm2-128k", action="store_true")
+    p.add_argument("--parts", default="sliding,gemma", help="sliding, gemma, smollm2 (comma-separated)")
     args = p.parse_args()
+    parts = args.parts.split(",")
     out = dict(card=torch.cuda.get_device_name(), torch=torch.__version__)
-    out["sliding"] = sliding_layer()
-    print(json.dumps(out["sliding"]), flush=True)
+    if "sliding" in parts:
+        out["sliding"] = sliding_layer()
+        print(json.dumps(out["sliding"]), flush=True)
     with tempfile.TemporaryDirectory(dir=".") as tmp:
-        out["gemma_32k"] = documents("gemma3-270m", 32768, args.docs, Path(tmp) / "g.zarr")
-        print(json.dumps(out["gemma_32k"]), flush=True)
-        if args.smollm2_128k:
+        if "gemma" in parts:
+            out["gemma_32k"] = documents("gemma3-270m", 32768, args.docs, Path(tmp) / "g.zarr")
+            print(json.dumps(out["gemma_32k"]), flush=True)
+        if "smollm2" in parts:
             out["smollm2_128k"] = documents(
                 "smollm2-135m", 131072, 3, Path(tmp) / "s.zarr", rope_scaling="yarn:16", baseline=False
             )
@@ -136,11 +139,13 @@ def main():
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=1))
-    s = out["sliding"]
-    print(f"sliding_speedup_32k {s['dense_mask_tiled_s'] / s['fused_banded_s']:.1f}")
-    g = out["gemma_32k"]
-    print(f"gemma_doc_32k_s {g['doc_s']:.3f}")
-    print(f"gemma_doc_32k_vs_sdpa {g['doc_s'] / g['plain_s']:.2f}")
+    if "sliding" in out:
+        s = out["sliding"]
+        print(f"sliding_speedup_32k {s['dense_mask_tiled_s'] / s['fused_banded_s']:.1f}")
+    if "gemma_32k" in out:
+        g = out["gemma_32k"]
+        print(f"gemma_doc_32k_s {g['doc_s']:.3f}")
+        print(f"gemma_doc_32k_vs_sdpa {g['doc_s'] / g['plain_s']:.2f}")
     if "smollm2_128k" in out:
         print(f"smollm2_doc_128k_s {out['smollm2_128k']['doc_s']:.2f}")
         print(f"smollm2_doc_128k_gb {out['smollm2_128k']['store_gb_per_doc']:.3f}")

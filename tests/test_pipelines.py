@@ -49,6 +49,20 @@ def test_run_then_resume(tiny_llama_dir, tmp_path):
     assert (out / "results.zarr" / "zarr.json").stat().st_mtime == stamp
 
 
+def test_until_stops_after_the_named_stage(tiny_llama_dir, tmp_path):
+    """--until analyze: a GPU host without plotting libraries runs dump and analyze; viz later."""
+    cfg = write(tmp_path, model=tiny_llama_dir)
+    out = tmp_path / "study"
+    r = run_cli("pipelines", "run", str(cfg), "--until", "dump", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert (out / "run.zarr").exists() and not (out / "results.zarr").exists()
+    r = run_cli("pipelines", "run", str(cfg), "--until", "analyze", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert (out / "results.zarr").exists() and not (out / "report").exists()
+    r = run_cli("pipelines", "run", str(cfg), "--until", "report", "--no-progress")
+    assert r.returncode == 2 and "report" in r.stderr and "Traceback" not in r.stderr
+
+
 @pytest.mark.parametrize(
     "over,words",
     [

