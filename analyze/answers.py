@@ -39,7 +39,9 @@ from analyze.errors import UsageError
 from analyze.policies import Policy
 from analyze.runstore import _open, load_doclayer
 from dump import schema
+from dump.capture import whole_prompt
 from dump.run import contains_passkey  # the dump's `retrieved` rule, shared
+from dump.stats import sliding_output
 
 NAME = "niah_pruned"
 BATCH = 16  # (policy, sparsity) pairs decoded together: one forward step serves them all
@@ -77,6 +79,14 @@ def pruned_attention(module, query, key, value, attention_mask, scaling=None, dr
     prompt: Prompt | None = getattr(_state, "prompt", None)
     layer = int(module.layer_idx)
     keep = None if masks is None else masks.get(layer)
+    sliding = kwargs.get("sliding_window")
+    if keep is None and prompt is None and attention_mask is None and sliding and query.shape[2] > sliding:
+        # the prefill of a sliding-window layer whose mask `pruned_mask` left out: banded, never N x N
+        if query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+            raise ValueError("the banded prefill takes one whole prompt")
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        out = sliding_output(query[0], key[0], value[0], scale, int(sliding))
+        return out.unsqueeze(0).transpose(1, 2), None
     if keep is None and prompt is None:  # no decode with masks: the model's own attention
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
@@ -156,8 +166,34 @@ def prompt_store(cache, end: int, windows) -> Prompt:
     return Prompt(keys, values, start, end, {i: w for i, w in enumerate(windows) if w})
 
 
+def pruned_mask(
+    batch_size,
+    q_length,
+    kv_length,
+    q_offset=0,
+    kv_offset=0,
+    attention_mask=None,
+    allow_is_causal_skip=True,
+    **kwargs,
+):
+    """The prefill of a whole prompt builds no mask (N x N booleans, 16 GiB at 128k): full layers run
+    sdpa's causal kernel, sliding layers the banded prefill. Decoding steps get sdpa's (small) mask."""
+    if whole_prompt(q_length, kv_length, q_offset, kv_offset, attention_mask, allow_is_causal_skip):
+        return None
+    return sdpa_mask(
+        batch_size,
+        q_length,
+        kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        attention_mask=attention_mask,
+        allow_is_causal_skip=allow_is_causal_skip,
+        **kwargs,
+    )
+
+
 AttentionInterface.register(NAME, pruned_attention)
-AttentionMaskInterface.register(NAME, sdpa_mask)
+AttentionMaskInterface.register(NAME, pruned_mask)
 
 
 def check_supported(config, name: str) -> None:

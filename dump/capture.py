@@ -114,6 +114,19 @@ def capture_attention(module, query, key, value, attention_mask, scaling=None, d
     return out.unsqueeze(0).transpose(1, 2), None
 
 
+def whole_prompt(q_length, kv_length, q_offset, kv_offset, attention_mask, allow_is_causal_skip) -> bool:
+    """A forward over a whole unpadded prompt with the plain causal / sliding-window pattern: the
+    attention can apply the pattern itself, and no N x N mask needs to exist."""
+    return (
+        allow_is_causal_skip
+        and isinstance(q_offset, int)
+        and q_offset == 0
+        and kv_offset == 0
+        and q_length == kv_length
+        and (attention_mask is None or bool(attention_mask.all()))
+    )
+
+
 def capture_mask(
     batch_size,
     q_length,
@@ -128,16 +141,9 @@ def capture_mask(
     padding, the plain causal and sliding-window masks are not built (N x N booleans: 16 GiB at
     128k): `capture_attention` applies the causal rule and the layer's own `sliding_window` band.
     Anything else (padding, offsets, custom patterns, decoding outside a recording) is sdpa's mask."""
-    plain = (
-        getattr(_state, "recorder", None) is not None
-        and allow_is_causal_skip
-        and isinstance(q_offset, int)
-        and q_offset == 0
-        and kv_offset == 0
-        and q_length == kv_length
-        and (attention_mask is None or bool(attention_mask.all()))
-    )
-    if plain:
+    if getattr(_state, "recorder", None) is not None and whole_prompt(
+        q_length, kv_length, q_offset, kv_offset, attention_mask, allow_is_causal_skip
+    ):
         return None
     return sdpa_mask(
         batch_size,

@@ -97,6 +97,15 @@ def test_answer_pass_on_a_hybrid_cache_is_exact(hybrid, tiny_gemma3_dir):
             )
         whole = lm.model(torch.as_tensor(ids)[None]).logits[0, -1].double()
     assert float((masked - whole).abs().max() / whole.abs().max()) <= 1e-5
+    # and the answer pass's model (banded prefill, no N x N mask) is the eager model
+    from transformers import AutoModelForCausalLM
+
+    eager = AutoModelForCausalLM.from_pretrained(
+        tiny_gemma3_dir, dtype=torch.float32, attn_implementation="eager"
+    )
+    with torch.no_grad():
+        ref = eager.eval()(torch.as_tensor(ids)[None]).logits[0, -1].double()
+    assert float((whole - ref).abs().max() / ref.abs().max()) <= 1e-5
     # the answer pass's path (prompt keys aside; sliding layers keep their window as positions advance)
     windows = [24, 24, None]
     with torch.no_grad():

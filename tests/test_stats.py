@@ -92,3 +92,14 @@ def test_full_rows_callback_sees_every_row_once():
     attention_stats(q, k, v, 0.3, 4, 8, tile=16, on_rows=on_rows)
     assert torch.allclose(full.sum(-1), torch.ones(2, 50), atol=1e-6)
     assert torch.allclose(full.sum(1), attention_stats(q, k, v, 0.3, 4, 8)[1].colsum, atol=1e-5)
+
+
+@pytest.mark.parametrize("n,sliding,chunk", [(300, 24, 64), (100, 200, 32), (257, 1, 50)])
+def test_banded_sliding_output_matches_float64_reference(n, sliding, chunk):
+    from dump.stats import sliding_output
+
+    torch.manual_seed(n)
+    q, k, v = torch.randn(4, n, 16), torch.randn(2, n, 16), torch.randn(2, n, 16)
+    out = sliding_output(q, k, v, 0.25, sliding, chunk=chunk)
+    ref = reference(q, k, v, 0.25, 8, 16, sliding=sliding)[0]
+    assert float((out.double() - ref).abs().max() / ref.abs().max()) < 1e-5
