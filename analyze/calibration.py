@@ -80,7 +80,8 @@ THRESHOLD_RULES = ("needle_recall >= t (retrieval heads)", "mass_kept >= t (retr
 def calibrate(ds: xr.Dataset) -> tuple[xr.DataArray, dict]:
     """(calibration[rule, stat], attrs: best rule and fitted thresholds)."""
     answered = ds.retrieved.astype(bool) & ds.done.astype(bool)
-    pruned = ds.kept.isel(layer=0, head=0) < ds.length
+    # a pruned cell: some prunable layer keeps fewer than N keys (unprunable sliding layers are NaN)
+    pruned = ds.kept.max(["layer", "head"], skipna=True) < ds.length
     cell = answered & pruned & ds.answer.notnull()
     docs = [
         (n, d, s)

@@ -12,6 +12,7 @@ Prints, last:
   smollm2_doc_128k_s S       (part smollm2) SmolLM2 135M stretched to 128k (--rope-scaling yarn:16),
   smollm2_doc_128k_gb G      --window 64, default block and rows: time and store size per document
                              (targets <= 10 s, <= 1 GB)
+  (part lengths)             time and store size per document at every length of the real-weight studies
 Document times are medians of the documents after the first (warm-up).
 """
 
@@ -120,7 +121,9 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", default=None)
     p.add_argument("--docs", type=int, default=4)
-    p.add_argument("--parts", default="sliding,gemma", help="sliding, gemma, smollm2 (comma-separated)")
+    p.add_argument(
+        "--parts", default="sliding,gemma", help="sliding, gemma, smollm2, lengths (comma-separated)"
+    )
     args = p.parse_args()
     parts = args.parts.split(",")
     out = dict(card=torch.cuda.get_device_name(), torch=torch.__version__)
@@ -131,6 +134,16 @@ def main():
         if "gemma" in parts:
             out["gemma_32k"] = documents("gemma3-270m", 32768, args.docs, Path(tmp) / "g.zarr")
             print(json.dumps(out["gemma_32k"]), flush=True)
+        if "lengths" in parts:  # time and store size per document at every length of the studies
+            out["per_length"] = []
+            for model, n, rope in [
+                *(("gemma3-270m", n, None) for n in (4096, 8192, 16384, 32768)),
+                *(("gemma3-270m", n, "yarn:4") for n in (65536, 131072)),
+                *(("smollm2-135m", n, None) for n in (2048, 4096, 8192)),
+            ]:
+                row = documents(model, n, 3, Path(tmp) / f"{model}-{n}.zarr", rope_scaling=rope)
+                out["per_length"].append(row)
+                print(json.dumps(row), flush=True)
         if "smollm2" in parts:
             out["smollm2_128k"] = documents(
                 "smollm2-135m", 131072, 3, Path(tmp) / "s.zarr", rope_scaling="yarn:16", baseline=False
@@ -146,6 +159,11 @@ def main():
         g = out["gemma_32k"]
         print(f"gemma_doc_32k_s {g['doc_s']:.3f}")
         print(f"gemma_doc_32k_vs_sdpa {g['doc_s'] / g['plain_s']:.2f}")
+    for r in out.get("per_length", []):
+        print(
+            f"{r['model']:<14}{r['tokens']:>8}  {r['doc_s']:6.2f} s/doc (sdpa {r['plain_s']:5.2f})  "
+            f"{r['store_gb_per_doc'] * 1000:7.1f} MB/doc"
+        )
     if "smollm2_128k" in out:
         print(f"smollm2_doc_128k_s {out['smollm2_128k']['doc_s']:.2f}")
         print(f"smollm2_doc_128k_gb {out['smollm2_128k']['store_gb_per_doc']:.3f}")

@@ -81,6 +81,10 @@ bench() {
   python3 bench/gemma_bench_cuda.py --parts gemma,smollm2 --json "$OUT/gemma_bench.json" 2>&1 | grep -v Warning | tail -8
 }
 
+lengths() {
+  python3 bench/gemma_bench_cuda.py --parts lengths --json "$OUT/per_length.json" 2>&1 | grep -v Warning | tail -12
+}
+
 study() {  # a config through dump and analyze; the results come back as a tarball
   local name=$1
   python3 -m pipelines run "configs/$name.yaml" --until analyze --no-progress 2>&1 | grep -v -i warning | tail -40 | tee "$OUT/$name.log"

@@ -74,6 +74,18 @@ def test_sliding_layers_are_not_scored_and_never_retrieval_heads(hybrid):
     assert "prunable_rule" in ds.attrs
 
 
+def test_calibration_counts_cells_when_layer_0_is_a_sliding_layer(hybrid):
+    """Layer 0 is not prunable (NaN): a pruned cell is recognised on the layers that are."""
+    from analyze import calibration
+
+    _, ds = hybrid
+    ds = ds.copy()
+    ds["retrieved"] = ds.retrieved | True  # as if the full cache answered every document
+    table, _ = calibration.calibrate(ds)
+    # held out: one of the two documents; pruned there: h2o and snapkv at two sparsities each
+    assert (table.sel(stat="cells").values == 4).all()
+
+
 def test_answer_pass_on_a_hybrid_cache_is_exact(hybrid, tiny_gemma3_dir):
     store, ds = hybrid
     g = zarr.open_group(store, mode="r")["len_200"]
