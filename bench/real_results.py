@@ -62,6 +62,17 @@ def summarize(path: str) -> dict:
     return json.loads(json.dumps(out, default=str).replace("NaN", "null"))
 
 
+def rewrite_calibration(path: str) -> None:
+    from analyze.cli import write_results
+
+    ds = xr.open_zarr(path).load()
+    table, attrs = calibration.calibrate(ds)
+    ds["calibration"] = table
+    ds["calibration"].attrs.update(attrs)
+    ds.attrs["calibration_best_rule"] = attrs["best_rule"]
+    write_results(ds, path)
+
+
 def markdown(summary: dict, sparsity: str) -> str:
     n = summary["lengths"]
     head = "| policy | " + " | ".join(f"{x // 1024}k" for x in n) + " |"
@@ -83,8 +94,15 @@ def main():
     p.add_argument("results")
     p.add_argument("--json", default=None)
     p.add_argument("--sparsity", default="0.9", help="sparsity of the printed table")
+    p.add_argument(
+        "--rewrite",
+        action="store_true",
+        help="also store the recomputed calibration in the RESULTS (results made before a rule fix)",
+    )
     args = p.parse_args()
     summary = summarize(args.results)
+    if args.rewrite:
+        rewrite_calibration(args.results)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=1))
