@@ -4,6 +4,7 @@ reads) plus only the last R rows whole (--window-rows); SnapKV scores exactly as
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import xarray as xr
 import zarr
 
@@ -12,10 +13,20 @@ from tests.conftest import run_cli
 
 def _dump(model, out, *extra):
     r = run_cli(
-        "dump", "--model", model, "--lengths", "1024", "--depths", "0.3,0.7", "--samples", "1",
+        "dump", "--model", model, "--lengths", "4k", "--depths", "0.5", "--samples", "1",
         "--window", "32", "--block", "64", "--out", str(out), "--no-progress", *extra,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
+
+
+@pytest.fixture(scope="module")
+def stores(smollm2_dir, tmp_path_factory):
+    """The real SmolLM2 at 4k, dumped with all 32 rows whole and with the default 8."""
+    d = tmp_path_factory.mktemp("storage")
+    every, few = d / "every.zarr", d / "few.zarr"
+    _dump(smollm2_dir, every, "--window-rows", "32")
+    _dump(smollm2_dir, few)
+    return every, few
 
 
 def _analyze(store, out, methods):
@@ -27,11 +38,9 @@ def _analyze(store, out, methods):
     return xr.open_zarr(out).load()
 
 
-def test_snapkv_scores_the_same_from_the_stored_sum_as_from_every_row(smollm2_dir, tmp_path):
-    every, few = tmp_path / "every.zarr", tmp_path / "few.zarr"
-    _dump(smollm2_dir, every, "--window-rows", "32")
-    _dump(smollm2_dir, few)  # default: 8 of the 32 rows whole
-    g_every, g_few = (zarr.open_group(str(p), mode="r")["len_1024"] for p in (every, few))
+def test_snapkv_scores_the_same_from_the_stored_sum_as_from_every_row(stores, tmp_path):
+    every, few = stores
+    g_every, g_few = (zarr.open_group(str(p), mode="r")["len_4096"] for p in (every, few))
     assert g_every["window"].shape[-2] == 32 and g_few["window"].shape[-2] == 8
     assert g_few.attrs["window"] == 32 and g_few.attrs["window_rows"] == 8
     # the sum is of the rows as stored (float16), so the votes do not depend on how many are kept
@@ -54,9 +63,8 @@ def test_snapkv_scores_the_same_from_the_stored_sum_as_from_every_row(smollm2_di
     assert size[few] < size[every]
 
 
-def test_a_policy_needing_rows_the_store_lacks_is_refused(smollm2_dir, tmp_path):
-    store = tmp_path / "few.zarr"
-    _dump(smollm2_dir, store)
+def test_a_policy_needing_rows_the_store_lacks_is_refused(stores, tmp_path):
+    store = stores[1]
     r = run_cli(
         "analyze", str(store), "--methods", "snapkv:window=16", "--out", str(tmp_path / "o"), "--no-progress"
     )
