@@ -32,14 +32,13 @@ import numpy as np
 import torch
 from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import sdpa_mask
 
 from analyze import keptsets
 from analyze.errors import UsageError
 from analyze.policies import Policy
 from analyze.runstore import _open, load_doclayer
 from dump import schema
-from dump.capture import whole_prompt
+from dump.capture import skipping_whole_prompts
 from dump.run import contains_passkey  # the dump's `retrieved` rule, shared
 from dump.stats import sliding_output
 
@@ -166,30 +165,9 @@ def prompt_store(cache, end: int, windows) -> Prompt:
     return Prompt(keys, values, start, end, {i: w for i, w in enumerate(windows) if w})
 
 
-def pruned_mask(
-    batch_size,
-    q_length,
-    kv_length,
-    q_offset=0,
-    kv_offset=0,
-    attention_mask=None,
-    allow_is_causal_skip=True,
-    **kwargs,
-):
-    """The prefill of a whole prompt builds no mask (N x N booleans, 16 GiB at 128k): full layers run
-    sdpa's causal kernel, sliding layers the banded prefill. Decoding steps get sdpa's (small) mask."""
-    if whole_prompt(q_length, kv_length, q_offset, kv_offset, attention_mask, allow_is_causal_skip):
-        return None
-    return sdpa_mask(
-        batch_size,
-        q_length,
-        kv_length,
-        q_offset=q_offset,
-        kv_offset=kv_offset,
-        attention_mask=attention_mask,
-        allow_is_causal_skip=allow_is_causal_skip,
-        **kwargs,
-    )
+# the prefill of a whole prompt builds no mask: full layers run sdpa's causal kernel, sliding layers
+# the banded prefill above; decoding steps get sdpa's (small) mask
+pruned_mask = skipping_whole_prompts(lambda: True)
 
 
 AttentionInterface.register(NAME, pruned_attention)

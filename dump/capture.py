@@ -114,48 +114,48 @@ def capture_attention(module, query, key, value, attention_mask, scaling=None, d
     return out.unsqueeze(0).transpose(1, 2), None
 
 
-def whole_prompt(q_length, kv_length, q_offset, kv_offset, attention_mask, allow_is_causal_skip) -> bool:
-    """A forward over a whole unpadded prompt with the plain causal / sliding-window pattern: the
-    attention can apply the pattern itself, and no N x N mask needs to exist."""
-    return (
-        allow_is_causal_skip
-        and isinstance(q_offset, int)
-        and q_offset == 0
-        and kv_offset == 0
-        and q_length == kv_length
-        and (attention_mask is None or bool(attention_mask.all()))
-    )
+def skipping_whole_prompts(active: Callable[[], bool]):
+    """A mask function for transformers' AttentionMaskInterface: while `active()`, a forward over a
+    whole unpadded prompt with the plain causal or sliding-window pattern gets no mask (N x N
+    booleans: 16 GiB at 128k), and the attention function applies the causal rule and the layer's
+    own `sliding_window` band itself. Anything else (padding, offsets, custom patterns, decoding
+    steps) gets sdpa's mask."""
 
-
-def capture_mask(
-    batch_size,
-    q_length,
-    kv_length,
-    q_offset=0,
-    kv_offset=0,
-    attention_mask=None,
-    allow_is_causal_skip=True,
-    **kwargs,
-):
-    """The mask transformers builds for each layer type. While recording a whole prompt without
-    padding, the plain causal and sliding-window masks are not built (N x N booleans: 16 GiB at
-    128k): `capture_attention` applies the causal rule and the layer's own `sliding_window` band.
-    Anything else (padding, offsets, custom patterns, decoding outside a recording) is sdpa's mask."""
-    if getattr(_state, "recorder", None) is not None and whole_prompt(
-        q_length, kv_length, q_offset, kv_offset, attention_mask, allow_is_causal_skip
-    ):
-        return None
-    return sdpa_mask(
+    def mask(
         batch_size,
         q_length,
         kv_length,
-        q_offset=q_offset,
-        kv_offset=kv_offset,
-        attention_mask=attention_mask,
-        allow_is_causal_skip=allow_is_causal_skip,
+        q_offset=0,
+        kv_offset=0,
+        attention_mask=None,
+        allow_is_causal_skip=True,
         **kwargs,
-    )
+    ):
+        whole = (
+            allow_is_causal_skip
+            and isinstance(q_offset, int)
+            and q_offset == 0
+            and kv_offset == 0
+            and q_length == kv_length
+            and (attention_mask is None or bool(attention_mask.all()))
+        )
+        if whole and active():
+            return None
+        return sdpa_mask(
+            batch_size,
+            q_length,
+            kv_length,
+            q_offset=q_offset,
+            kv_offset=kv_offset,
+            attention_mask=attention_mask,
+            allow_is_causal_skip=allow_is_causal_skip,
+            **kwargs,
+        )
 
+    return mask
+
+
+capture_mask = skipping_whole_prompts(lambda: getattr(_state, "recorder", None) is not None)
 
 AttentionInterface.register(NAME, capture_attention)
 # Without a mask function registered under the same name the layer receives no mask at all.
