@@ -21,6 +21,7 @@ import torch
 
 from dump.errors import UsageError
 from dump.options import DEFAULT_MODEL
+from dump.options import rope_scaling as rope_scaling_option
 
 # embedded name -> (package, GGUF file inside it or None when the package assembles it, what to install)
 EMBEDDED = {
@@ -203,21 +204,13 @@ def unsupported_attention(config) -> str | None:
     return None
 
 
-ROPE_SCALINGS = ("linear", "yarn")
-
-
 def parse_rope_scaling(text: str) -> tuple[str, float]:
-    """`yarn:4` -> ("yarn", 4.0); anything else is refused naming the allowed forms."""
-    kind, _, factor = str(text).partition(":")
+    """`yarn:4` -> ("yarn", 4.0), checked by the option's own parser (`dump.options.rope_scaling`)."""
     try:
-        value = float(factor)
-    except ValueError:
-        value = 0.0
-    if kind not in ROPE_SCALINGS or not value > 1:
-        raise UsageError(
-            f"--rope-scaling {text!r} is not linear:F or yarn:F with a factor F > 1 (e.g. yarn:4)"
-        )
-    return kind, value
+        kind, _, factor = rope_scaling_option(text).partition(":")
+    except ValueError as err:
+        raise UsageError(f"--rope-scaling {text!r} {err}") from None
+    return kind, float(factor)
 
 
 def scale_rope(config, rope_scaling: str | None):
