@@ -25,6 +25,29 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
+def _band_start(i, SLIDE, BLOCK: tl.constexpr):
+    """The first key block query block i sees: 0, or the start of a sliding window's band."""
+    j0 = (i * BLOCK - SLIDE + 1) // BLOCK
+    if j0 < 0:
+        j0 = 0
+    return j0
+
+
+@triton.jit
+def _scores(q, K, kvh, sk_h, sk_n, rows, cols, d, N, SLIDE, scale_log2, IEEE: tl.constexpr):
+    """Scores (log2 units) of the query rows against key block `cols`, and which of them are
+    visible: causal, inside the band (k > q - SLIDE), inside the prompt."""
+    k = tl.load(K + kvh * sk_h + cols[:, None] * sk_n + d[None, :], mask=cols[:, None] < N, other=0.0)
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2
+    else:
+        s = tl.dot(q, tl.trans(k)) * scale_log2
+    valid = (cols[None, :] <= rows[:, None]) & (cols[None, :] > rows[:, None] - SLIDE)
+    valid = valid & (cols[None, :] < N) & (rows[:, None] < N)
+    return s, valid
+
+
+@triton.jit
 def _lse_kernel(
     Q,
     K,
@@ -49,18 +72,9 @@ def _lse_kernel(
     q = tl.load(Q + h * sq_h + rows[:, None] * sq_n + d[None, :], mask=rows[:, None] < N, other=0.0)
     m = tl.full([BLOCK], float("-inf"), tl.float32)
     acc = tl.zeros([BLOCK], tl.float32)
-    j0 = (i * BLOCK - SLIDE + 1) // BLOCK  # the first key block of the band
-    if j0 < 0:
-        j0 = 0
-    for j in range(j0, i + 1):
+    for j in range(_band_start(i, SLIDE, BLOCK), i + 1):
         cols = j * BLOCK + tl.arange(0, BLOCK)
-        k = tl.load(K + kvh * sk_h + cols[:, None] * sk_n + d[None, :], mask=cols[:, None] < N, other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2
-        else:
-            s = tl.dot(q, tl.trans(k)) * scale_log2
-        valid = (cols[None, :] <= rows[:, None]) & (cols[None, :] > rows[:, None] - SLIDE)
-        valid = valid & (cols[None, :] < N) & (rows[:, None] < N)
+        s, valid = _scores(q, K, kvh, sk_h, sk_n, rows, cols, d, N, SLIDE, scale_log2, IEEE)
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -101,18 +115,9 @@ def _stats_kernel(
     lse = tl.load(LSE + h * N + rows, mask=rows < N, other=float("inf"))
     win_lo = N - W
     holds_window = (i + 1) * BLOCK > win_lo
-    j0 = (i * BLOCK - SLIDE + 1) // BLOCK  # the first key block of the band
-    if j0 < 0:
-        j0 = 0
-    for j in range(j0, i + 1):
+    for j in range(_band_start(i, SLIDE, BLOCK), i + 1):
         cols = j * BLOCK + tl.arange(0, BLOCK)
-        k = tl.load(K + kvh * sk_h + cols[:, None] * sk_n + d[None, :], mask=cols[:, None] < N, other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2
-        else:
-            s = tl.dot(q, tl.trans(k)) * scale_log2
-        valid = (cols[None, :] <= rows[:, None]) & (cols[None, :] > rows[:, None] - SLIDE)
-        valid = valid & (cols[None, :] < N) & (rows[:, None] < N)
+        s, valid = _scores(q, K, kvh, sk_h, sk_n, rows, cols, d, N, SLIDE, scale_log2, IEEE)
         p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
         tl.store(BLOCKS + (h * M + i) * M + j, tl.sum(tl.sum(p, 1), 0))
         tl.atomic_add(COLSUM + h * N + cols, tl.sum(p, 0), mask=cols < N)
