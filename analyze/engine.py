@@ -33,7 +33,7 @@ class Spec:
     reference: bool = False  # numpy references instead of numba kernels (tests, benchmark)
     skip_corrupt: bool = False  # a document with a missing or corrupt chunk is left out and listed
     answers: bool = False  # also decode the model's answer under every pruned cache (analyze/answers.py)
-    answer_device: str = "cpu"  # where the answer pass runs (float32)
+    answer_device: str = "cpu"  # where the answer pass runs (in the dump's dtype)
     labels: tuple[str, ...] = field(init=False)
 
     def __post_init__(self):
@@ -306,13 +306,16 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
     check_rows(spec, plan)
     jobs = list(tasks)
     if spec.answers:
+        import torch
+
         from analyze.answers import check_model
 
         check_model(path)  # refused here, before any work, if the dump's model cannot be used
-        if spec.answer_device != "cpu" and not __import__("torch").cuda.is_available():
+        if spec.answer_device != "cpu" and not torch.cuda.is_available():
             raise UsageError(f"--answer-device {spec.answer_device}: no CUDA device is visible here; use cpu")
-        jobs += [("answer", n, d, s) for n in plan.lengths for d, s in zip(*np.nonzero(plan.done[n]))]
-        jobs = [(t[0], int(t[1]), int(t[2]), int(t[3])) if t[0] == "answer" else t for t in jobs]
+        jobs += [
+            ("answer", n, int(d), int(s)) for n in plan.lengths for d, s in zip(*np.nonzero(plan.done[n]))
+        ]
     futures = client.map(task, jobs, pure=False)
     index = {f.key: t for f, t in zip(futures, jobs)}
     results, answers, corrupt = {}, {}, {}
