@@ -28,10 +28,25 @@ def tokenizer(smollm2_dir):
     return AutoTokenizer.from_pretrained(smollm2_dir)
 
 
-def _save_tiny(path: Path, model, tokenizer) -> str:
-    model.save_pretrained(path)
+def _tiny(tmp_path_factory, tokenizer, name: str, seed: int, config_cls, model_cls, **config) -> str:
+    """A random model saved with SmolLM2's tokenizer; the weights are fixed by `seed`."""
+    torch.manual_seed(seed)
+    path = tmp_path_factory.mktemp(name)
+    model_cls(
+        config_cls(vocab_size=len(tokenizer), bos_token_id=None, eos_token_id=None, **config)
+    ).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
+
+
+# the small decoder every Llama-like tiny model shares
+SMALL_DECODER = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_attention_heads=4,
+    max_position_embeddings=2048,
+    pad_token_id=None,
+)
 
 
 @pytest.fixture(scope="session")
@@ -39,21 +54,18 @@ def tiny_llama_dir(tmp_path_factory, tokenizer) -> str:
     """A random Llama with GQA (4 query heads, 2 kv heads) and SmolLM2's tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+    return _tiny(
+        tmp_path_factory,
+        tokenizer,
+        "tiny_llama",
+        0,
+        LlamaConfig,
+        LlamaForCausalLM,
+        **SMALL_DECODER,
         num_hidden_layers=3,
-        num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
         tie_word_embeddings=True,
     )
-    return _save_tiny(tmp_path_factory.mktemp("tiny_llama"), LlamaForCausalLM(cfg), tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -61,17 +73,18 @@ def tiny_gpt2_dir(tmp_path_factory, tokenizer) -> str:
     """A random GPT-2 (1024 positions) with SmolLM2's tokenizer."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(1)
-    cfg = GPT2Config(
-        vocab_size=len(tokenizer),
+    return _tiny(
+        tmp_path_factory,
+        tokenizer,
+        "tiny_gpt2",
+        1,
+        GPT2Config,
+        GPT2LMHeadModel,
         n_positions=1024,
         n_embd=32,
         n_layer=2,
         n_head=4,
-        bos_token_id=None,
-        eos_token_id=None,
     )
-    return _save_tiny(tmp_path_factory.mktemp("tiny_gpt2"), GPT2LMHeadModel(cfg), tokenizer)
 
 
 def run_cli(*args, timeout=600, env=None):
@@ -162,24 +175,21 @@ def tiny_gemma3_dir(tmp_path_factory, tokenizer) -> str:
     head dim 16 with query_pre_attn_scalar, SmolLM2's tokenizer."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    torch.manual_seed(2)
-    cfg = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+    return _tiny(
+        tmp_path_factory,
+        tokenizer,
+        "tiny_gemma3",
+        2,
+        Gemma3TextConfig,
+        Gemma3ForCausalLM,
+        **SMALL_DECODER,
         num_hidden_layers=3,
-        num_attention_heads=4,
         num_key_value_heads=1,
         head_dim=16,
         query_pre_attn_scalar=16,
         sliding_window=24,
         layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-        max_position_embeddings=2048,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
     )
-    return _save_tiny(tmp_path_factory.mktemp("tiny_gemma3"), Gemma3ForCausalLM(cfg), tokenizer)
 
 
 @pytest.fixture(scope="session")
@@ -187,20 +197,17 @@ def tiny_gemma2_dir(tmp_path_factory, tokenizer) -> str:
     """A random Gemma-2-shaped model: attention logit softcapping (which the capture refuses)."""
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
-    torch.manual_seed(3)
-    cfg = Gemma2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+    return _tiny(
+        tmp_path_factory,
+        tokenizer,
+        "tiny_gemma2",
+        3,
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        **SMALL_DECODER,
         num_hidden_layers=2,
-        num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=8,
         sliding_window=16,
         attn_logit_softcapping=50.0,
-        max_position_embeddings=2048,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
     )
-    return _save_tiny(tmp_path_factory.mktemp("tiny_gemma2"), Gemma2ForCausalLM(cfg), tokenizer)
