@@ -39,7 +39,7 @@ from analyze.policies import Policy
 from analyze.runstore import _open, load_doclayer
 from dump import schema
 from dump.capture import skipping_whole_prompts
-from dump.run import contains_passkey  # the dump's `retrieved` rule, shared
+from dump.run import DTYPES, contains_passkey  # the dump's dtypes and `retrieved` rule, shared
 from dump.stats import sliding_output
 
 NAME = "niah_pruned"
@@ -206,26 +206,15 @@ def load_model(name: str, rope_scaling: str | None = None, device: str = "cpu", 
     return lm
 
 
-def model_name(attrs: dict, path: str) -> str:
-    model = attrs.get("model", {})
-    name = model.get("name") if isinstance(model, dict) else None
-    if not name:
+def dumped_model(attrs: dict, path: str) -> tuple[str, str | None, str]:
+    """The model the dump ran, from RUN.zarr provenance: (name, RoPE scaling, dtype). The answers load
+    it the same way, so that the full cache reproduces the dump's own answer."""
+    model = attrs.get("model")
+    model = model if isinstance(model, dict) else {}
+    if not model.get("name"):
         raise UsageError(f"store {path!r} does not name the model it was dumped with: --answers cannot run")
-    return str(name)
-
-
-def dtype_of(attrs: dict) -> str:
-    """The dtype the dump ran the model in (provenance): the answers are decoded in it too, so that
-    the full cache reproduces the dump's own answer."""
-    model = attrs.get("model", {})
-    dtype = model.get("dtype", "float32") if isinstance(model, dict) else "float32"
-    return dtype if dtype in ("float32", "bfloat16", "float16") else "float32"
-
-
-def rope_scaling_of(attrs: dict) -> str | None:
-    """The RoPE scaling the dump ran with (provenance), applied again for the answers."""
-    model = attrs.get("model", {})
-    return model.get("rope_scaling") if isinstance(model, dict) else None
+    dtype = model.get("dtype", "float32")
+    return str(model["name"]), model.get("rope_scaling"), dtype if dtype in DTYPES else "float32"
 
 
 def check_model(path: str) -> str:
@@ -233,7 +222,7 @@ def check_model(path: str) -> str:
     from dump import models
 
     root = _open(path)
-    name = model_name(dict(root.attrs), path)
+    name, rope_scaling, _ = dumped_model(dict(root.attrs), path)
     try:
         models.resolve(name)
     except UsageError as err:
@@ -244,7 +233,7 @@ def check_model(path: str) -> str:
         raise UsageError(
             f"store {path!r} was dumped before answers were recorded (schema 1): re-run `python -m dump` into a new --out to use --answers"
         )
-    check_supported(models.load_config(name, rope_scaling_of(dict(root.attrs))), name)
+    check_supported(models.load_config(name, rope_scaling), name)
     return name
 
 
@@ -260,7 +249,7 @@ def rebuild_check(tokenizer, attrs: dict, path: str, n: int, d: int, s: int, ids
     )
     if not np.array_equal(doc.input_ids, ids):
         raise UsageError(
-            f"the tokenizer of {model_name(attrs, path)!r} does not reproduce the stored input_ids of {path!r} "
+            f"the tokenizer of {dumped_model(attrs, path)[0]!r} does not reproduce the stored input_ids of {path!r} "
             f"(length {n}, depth {d}, sample {s}): the model there is not the one the dump used"
         )
 
@@ -341,7 +330,8 @@ def answer_document(
     on `device` in the dump's dtype."""
     root = _open(path)
     attrs = dict(root.attrs)
-    lm = load_model(model_name(attrs, path), rope_scaling_of(attrs), device, dtype_of(attrs))
+    name, rope_scaling, dtype = dumped_model(attrs, path)
+    lm = load_model(name, rope_scaling, device, dtype)
     g = root[schema.group_name(n)]
     ids = np.asarray(g["input_ids"][d, s])
     rebuild_check(lm.tokenizer, attrs, path, n, d, s, ids)
