@@ -16,20 +16,12 @@ STATS = ("agreement", "precision", "recall", "auroc", "cells", "positives")
 
 def auroc(score: np.ndarray, label: np.ndarray) -> float:
     """Area under the ROC curve (ties count one half); NaN without both classes."""
+    from scipy.stats import rankdata
+
     pos, neg = score[label], score[~label]
     if pos.size == 0 or neg.size == 0:
         return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="stable")
-    ranks = np.empty(order.size)
-    values = np.concatenate([pos, neg])[order]
-    # average ranks over ties
-    i = 0
-    while i < values.size:
-        j = i
-        while j + 1 < values.size and values[j + 1] == values[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    ranks = rankdata(np.concatenate([pos, neg]), method="average")  # ties share their mean rank
     return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
 
 
@@ -94,7 +86,8 @@ def calibrate(ds: xr.Dataset) -> tuple[xr.DataArray, dict]:
         half[n, d, s] = k % 2 == 1  # test half
     label = ds.answer >= 0.5
     out, attrs = [], {}
-    for name, score in rules(ds).items():
+    scores = rules(ds)
+    for name, score in scores.items():
         sc, lab = xr.broadcast(score, label)
         m = (cell & xr.broadcast(half, cell)[0]).transpose(*sc.dims).values
         train = (cell & ~xr.broadcast(half, cell)[0]).transpose(*sc.dims).values
@@ -108,7 +101,7 @@ def calibrate(ds: xr.Dataset) -> tuple[xr.DataArray, dict]:
     table = xr.DataArray(
         np.array(out, dtype=np.float64),
         dims=("rule", "stat"),
-        coords={"rule": list(rules(ds)), "stat": list(STATS)},
+        coords={"rule": list(scores), "stat": list(STATS)},
     )
     agree = table.sel(stat="agreement").values
     attrs["best_rule"] = str(table.rule.values[int(np.nanargmax(agree))]) if np.isfinite(agree).any() else ""

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from dump import capture, models, run
+from dump import capture, models, run, schema
 from dump.options import DumpOptions
 from dump.stats import attention_stats, attention_stats_fused
 
@@ -95,7 +95,7 @@ def documents(model: str, n: int, docs: int, out: Path, rope_scaling=None, basel
             t = time.perf_counter()
             with torch.no_grad():
                 o = lm.model(ids, use_cache=True, logits_to_keep=1)
-                run.greedy_answer(lm.model, o, 8)
+                run.greedy_answer(lm.model, o, schema.ANSWER_TOKENS)
             torch.cuda.synchronize()
             plain.append(time.perf_counter() - t)
             lm.model.set_attn_implementation(capture.NAME)
