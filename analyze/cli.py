@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
-import tempfile
-import warnings
-from pathlib import Path
 
-from analyze.errors import UsageError
 from analyze.options import AnalyzeOptions
-from dump import optionkit, outputs, schema
-from dump.errors import OneLineParser, check_signals, run_main
+from core import optionkit, outputs, schema
+from core.errors import OneLineParser, UsageError, run_main
 
 
 def build_parser():
@@ -28,37 +22,6 @@ def build_parser():
 def default_out(store: str) -> str:
     base = store.rstrip("/")
     return (base[: -len(".zarr")] if base.endswith(".zarr") else base) + ".results.zarr"
-
-
-def write_results(ds, out: str) -> None:
-    """Write to a temporary sibling, then rename: a failed run leaves nothing at --out."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if "://" in out and not out.startswith("file://"):
-            ds.to_zarr(out, mode="w", consolidated=True)
-            return
-        target = Path(out.removeprefix("file://")).expanduser()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent)
-        try:
-            ds.to_zarr(tmp, mode="w", consolidated=True)
-            check_signals()
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-
-def check_blocks(pols, plan) -> None:
-    """A block policy's block must be a multiple of every stored block size."""
-    for m in pols:
-        for stored in sorted(set(plan.blocks.values())):
-            if m.block and m.block % stored:
-                raise UsageError(
-                    f"{m.name}:block={m.block} must be a multiple of the stored block size {stored}"
-                )
 
 
 def main(argv=None) -> int:
@@ -78,12 +41,12 @@ def _main(args) -> int:
     out = opt.out or default_out(opt.store)
     outputs.check_output(out, schema.RESULTS_KIND, inputs=(opt.store,))
     outputs.check_writable(out)
-    from analyze import engine, runstore
-    from dump import cluster
+    from analyze import engine
+    from core import cluster, runstore
 
     plan = runstore.plan_store(opt.store)
     spec = engine.spec_from(opt)
-    check_blocks(spec.policies, plan)
+    engine.preflight(opt.store, spec, plan)  # engine.run checks again; here before the cluster starts
     if plan.unfinished:
         print(
             f"analyze: warning: {plan.unfinished} unfinished documents in {opt.store} are skipped",
@@ -99,7 +62,7 @@ def _main(args) -> int:
             f"analyze: warning: skipped {len(skipped)} corrupt document(s): " + "; ".join(skipped),
             file=sys.stderr,
         )
-    write_results(ds, out)
+    outputs.write_dataset(ds, out)
     hit = ds.needle_hit_mean.sel(subset="all").mean(["length", "depth"])
     print(
         f"analyze: {ds.sizes[schema.POLICY]} policies x {len(ds.sparsity)} sparsities over "

@@ -6,20 +6,48 @@ process ever holds a whole store), keeps masks only in memory, and returns small
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import xarray as xr
 
 from analyze import curvature, keptsets, metrics, policies
-from analyze.errors import UsageError
 from analyze.keptsets import doclayer_seed, iter_kept, policy_view
+from analyze.options import AnalyzeOptions
 from analyze.policies import Policy, budget, label
-from analyze.runstore import CorruptChunk, StorePlan, load_doclayer, plan_store
-from dump import schema
+from core import schema, settings
+from core.errors import UsageError
+from core.runstore import CorruptChunk, StorePlan, load_doclayer, plan_store
 
-RETRIEVAL_HEADS = 10
+RETRIEVAL_HEADS = AnalyzeOptions.retrieval_heads  # the option's default
+
+
+class LayerJob(NamedTuple):
+    """Score every policy and sparsity on one document-layer."""
+
+    length: int
+    depth: int
+    sample: int
+    layer: int
+
+    @property
+    def document(self) -> tuple[int, int, int]:
+        return self[:3]
+
+
+class AnswerJob(NamedTuple):
+    """Decode the model's answer under every pruned cache of one document."""
+
+    length: int
+    depth: int
+    sample: int
+
+    @property
+    def document(self) -> tuple[int, int, int]:
+        return tuple(self)
 
 
 @dataclass(frozen=True)
@@ -33,7 +61,8 @@ class Spec:
     reference: bool = False  # numpy references instead of numba kernels (tests, benchmark)
     skip_corrupt: bool = False  # a document with a missing or corrupt chunk is left out and listed
     answers: bool = False  # also decode the model's answer under every pruned cache (analyze/answers.py)
-    answer_device: str = "cpu"  # where the answer pass runs (in the dump's dtype)
+    answer_device: str = "cpu"  # where the answer pass runs (in the dump's dtype): cpu, cuda, cuda:N or auto
+    setting: str = "aware"  # which query rows a policy may see (core.settings)
     labels: tuple[str, ...] = field(init=False)
 
     def __post_init__(self):
@@ -65,6 +94,7 @@ def spec_from(opt) -> Spec:
         skip_corrupt=opt.skip_corrupt,
         answers=opt.answers,
         answer_device=opt.answer_device,
+        setting=opt.setting,
     )
 
 
@@ -94,24 +124,29 @@ def skipped_doclayer(spec: Spec, heads: int) -> dict:
     }
 
 
-def analyze_doclayer(path: str, length: int, d: int, s: int, layer: int, kv_heads: int, spec: Spec) -> dict:
+def analyze_doclayer(path: str, plan: StorePlan, job: LayerJob, spec: Spec) -> dict:
     """All policies × sparsities on one document-layer -> small arrays (see `assemble`)."""
-    seed = doclayer_seed(spec.seed, d, s, layer)
-    x, needle = load_doclayer(path, length, d, s, layer, kv_heads, seed, spec.reads)
+    length, d, s, layer = job
+    kv_heads = plan.kv_heads
+    x, needle = load_doclayer(path, length, d, s, layer, kv_heads, doclayer_seed(spec.seed, d, s, layer), spec.reads)
+    doc = keptsets.document_of(plan, length, keptsets.loader(path, length, d, s, kv_heads, spec.seed, spec.reads))
     final = x.final_row.astype(np.float64)
     nsp = len(spec.sparsities)
     out = np.zeros((len(schema.METRICS), len(spec.policies), nsp, x.heads))
     pairs = spec.pairs
     jac = np.zeros((len(pairs), nsp, x.heads))
     kept_by: dict[str, np.ndarray] = {}
-    for j, i, kept in iter_kept(x, spec.policies, spec.sparsities, spec.gqa, spec.reference):
+    shown = settings.get(spec.setting)
+    for j, i, kept in iter_kept(x, spec.policies, spec.sparsities, spec.gqa, spec.reference, doc, layer, spec.setting):
         out[:, i, j] = metrics.kept_metrics(kept, needle, final)
         kept_by[spec.labels[i]] = kept
         if pairs and i == len(spec.policies) - 1:  # every policy of this sparsity is done
             k = budget(spec.sparsities[j], x.n)
             for p, (a, ref) in enumerate(pairs):
                 if ref not in kept_by:
-                    kept_by[ref] = keptsets.kept(policies.default(ref), x, k, spec.gqa, spec.reference)
+                    kept_by[ref] = keptsets.kept(
+                        policies.default(ref), x, k, spec.gqa, spec.reference, setting=shown
+                    )
                 jac[p, j] = metrics.jaccard(kept_by[a], kept_by[ref])
             kept_by = {}
     corr = np.full((len(spec.curvature_variants), x.heads), np.nan)
@@ -139,7 +174,7 @@ def assemble(
     retrieval_heads: int = RETRIEVAL_HEADS,
     answers: dict | None = None,
 ) -> xr.Dataset:
-    """Per-task arrays -> the RESULTS Dataset (dims and names from `dump.schema`) with its summaries."""
+    """Per-task arrays -> the RESULTS Dataset (dims and names from `core.schema`) with its summaries."""
     L, H, S, D = plan.layers, plan.heads, plan.samples, len(plan.depths)
     nm, nsp, nl = len(spec.policies), len(spec.sparsities), len(plan.lengths)
     m = np.full((len(schema.METRICS), nm, nsp, nl, D, S, L, H), np.nan, dtype=np.float32)
@@ -256,13 +291,71 @@ def summarize_answers(ds: xr.Dataset) -> None:
     ds.attrs["calibration_best_rule"] = attrs.get("best_rule", "")
 
 
-def tasks_of(plan: StorePlan) -> list[tuple[int, int, int, int]]:
-    return [
-        (n, int(d), int(s), layer)
-        for n in plan.lengths
-        for d, s in zip(*np.nonzero(plan.done[n]))
-        for layer in range(plan.layers)
-    ]
+def documents_of(plan: StorePlan) -> list[tuple[int, int, int]]:
+    return [(n, int(d), int(s)) for n in plan.lengths for d, s in zip(*np.nonzero(plan.done[n]))]
+
+
+def jobs_of(plan: StorePlan, spec: Spec) -> list[LayerJob | AnswerJob]:
+    """One LayerJob per finished document-layer, then one AnswerJob per finished document (--answers)."""
+    docs = documents_of(plan)
+    jobs: list = [LayerJob(*doc, layer) for doc in docs for layer in range(plan.layers)]
+    if spec.answers:
+        jobs += [AnswerJob(*doc) for doc in docs]
+    return jobs
+
+
+def check_blocks(spec: Spec, plan: StorePlan) -> None:
+    """A block policy's block must be a multiple of every stored block size."""
+    for m in spec.policies:
+        for stored in sorted(set(plan.blocks.values())):
+            if m.block and m.block % stored:
+                raise UsageError(f"{m.name}:block={m.block} must be a multiple of the stored block size {stored}")
+
+
+def check_setting(spec: Spec) -> None:
+    """A policy that reads what its setting hides is refused up front (reading it raises anyway)."""
+    hidden = set(settings.get(spec.setting).hides)
+    for m, lab in zip(spec.policies, spec.labels):
+        seen = hidden & set(m.reads)
+        if seen:
+            raise UsageError(
+                f"{lab} reads {', '.join(sorted(seen))}, which the {spec.setting} setting hides: "
+                f"choose policies that do not read it, or another --setting"
+            )
+
+
+def preflight(path: str, spec: Spec, plan: StorePlan) -> Spec:
+    """Every check of a run before any work, for every caller of `run` (the CLI, a study, a script):
+    blocks, stored rows, the setting, and for --answers the model and the device. Returns the spec
+    with its answer device resolved."""
+    check_blocks(spec, plan)
+    check_rows(spec, plan)
+    check_setting(spec)
+    if not documents_of(plan):
+        raise UsageError(f"store {path!r} has no finished documents to analyze")
+    if spec.answers:
+        from analyze.answers import check_model
+        from core.lm.models import resolve_device
+
+        check_model(path)  # refused here, before any work, if the dump's model cannot be used
+        spec = dataclasses.replace(spec, answer_device=resolve_device(spec.answer_device, "--answer-device"))
+    return spec
+
+
+def run_job(path: str, plan: StorePlan, spec: Spec, job: LayerJob | AnswerJob) -> dict:
+    """One job on a worker: the arrays `assemble` takes, or {"corrupt": why} under --skip-corrupt."""
+    try:
+        if isinstance(job, AnswerJob):
+            from analyze.answers import answer_document
+
+            return answer_document(path, plan, job, spec)
+        if not schema.prunable(plan.windows[job.layer], job.length):
+            return skipped_doclayer(spec, plan.heads)
+        return analyze_doclayer(path, plan, job, spec)
+    except CorruptChunk as err:
+        if not spec.skip_corrupt:
+            raise
+        return {"corrupt": str(err)}
 
 
 def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: int = RETRIEVAL_HEADS):
@@ -271,69 +364,27 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
     from tqdm.auto import tqdm
 
     plan = plan_store(path)
+    spec = preflight(path, spec, plan)
     unfinished = plan.unfinished
-    tasks = tasks_of(plan)
-    if not tasks:
-        raise UsageError(f"store {path!r} has no finished documents to analyze")
-
-    def task(t):
-        try:
-            if t[0] == "answer":
-                from analyze.answers import answer_document
-
-                _, n, d, s = t
-                return answer_document(
-                    path,
-                    n,
-                    d,
-                    s,
-                    spec.policies,
-                    spec.sparsities,
-                    spec.gqa,
-                    spec.seed,
-                    plan.kv_heads,
-                    plan.windows,
-                    spec.answer_device,
-                )
-            if not schema.prunable(plan.windows[t[3]], t[0]):
-                return skipped_doclayer(spec, plan.heads)
-            return analyze_doclayer(path, t[0], t[1], t[2], t[3], plan.kv_heads, spec)
-        except CorruptChunk as err:
-            if not spec.skip_corrupt:
-                raise
-            return {"corrupt": str(err)}
-
-    check_rows(spec, plan)
-    jobs = list(tasks)
-    if spec.answers:
-        import torch
-
-        from analyze.answers import check_model
-
-        check_model(path)  # refused here, before any work, if the dump's model cannot be used
-        if spec.answer_device != "cpu" and not torch.cuda.is_available():
-            raise UsageError(f"--answer-device {spec.answer_device}: no CUDA device is visible here; use cpu")
-        jobs += [
-            ("answer", n, int(d), int(s)) for n in plan.lengths for d, s in zip(*np.nonzero(plan.done[n]))
-        ]
-    futures = client.map(task, jobs, pure=False)
-    index = {f.key: t for f, t in zip(futures, jobs)}
+    jobs = jobs_of(plan, spec)
+    futures = client.map(run_job, [path] * len(jobs), [plan] * len(jobs), [spec] * len(jobs), jobs, pure=False)
+    index = {f.key: job for f, job in zip(futures, jobs)}
     results, answers, corrupt = {}, {}, {}
     with tqdm(total=len(jobs), desc="analyze", unit="task", disable=not progress) as bar:
         for fut in as_completed(futures):
-            t, r = index[fut.key], fut.result()
-            doc = t[1:] if t[0] == "answer" else t[:3]
+            job, r = index[fut.key], fut.result()
             if "corrupt" in r:
-                corrupt.setdefault(doc, r["corrupt"])
-            elif t[0] == "answer":
-                answers[doc] = r
+                corrupt.setdefault(job.document, r["corrupt"])
+            elif isinstance(job, AnswerJob):
+                answers[job.document] = r
             else:
-                results[t] = r
+                results[tuple(job)] = r
             bar.update(1)
-    for n, d, s in corrupt:  # a document is scored whole or not at all
+    for doc in corrupt:  # a document is scored whole or not at all
+        n, d, s = doc
         plan.done[n][d, s] = False
-        results = {t: r for t, r in results.items() if t[:3] != (n, d, s)}
-        answers.pop((n, d, s), None)
+        results = {t: r for t, r in results.items() if t[:3] != doc}
+        answers.pop(doc, None)
     if corrupt and not results:
         raise UsageError(f"every finished document of {path!r} has a missing or corrupt chunk")
     with warnings.catch_warnings():
@@ -347,6 +398,7 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
             "model": str(plan.attrs.get("model", {}).get("name", "")),
             "gqa": spec.gqa,
             "seed": spec.seed,
+            "setting": spec.setting,
             "budget_rule": "k = round((1 - sparsity) * N) keys per head of every prunable layer",
             "prunable_rule": "a sliding-window layer whose window W is shorter than the prompt is not pruned "
             "(its cache stays whole, its metrics are NaN, it is left out of head means and retrieval heads)",

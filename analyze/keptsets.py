@@ -1,8 +1,10 @@
 """The kept sets of (policy, sparsity) on one document-layer, exactly as analyze scores them.
 
-This is the one place where a policy meets a budget: the engine's metrics, viz's kept-set pictures
-and the answer pass all take their masks from here, with the same seed rule, GQA granularity and
-budget rule, so a picture or an answer is never of a different set than the one that was scored.
+This is the one place where a policy meets a budget: rank -> allocate (`analyze.budgets`, over every
+prunable layer of the document) -> select. The engine's metrics, viz's kept-set pictures and the
+answer pass all take their masks from here, with the same seed rule, GQA granularity, budget rule
+and setting (`core.settings`), so a picture or an answer is never of a different set than the one
+that was scored.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import xarray as xr
 
-from analyze import policies, runstore
+from analyze import budgets, policies
+from core import runstore, settings
 from analyze.policies import DocLayer, Policy, budget, keep
 from analyze.policies.base import STATISTICS
-from dump import schema
+from core import schema
 
 
 def doclayer_seed(seed: int, depth: int, sample: int, layer: int) -> int:
@@ -30,19 +33,59 @@ def policy_view(policy: Policy, x: DocLayer) -> DocLayer:
     return x.coarsen(policy.block)
 
 
-def kept(policy: Policy, x: DocLayer, k: int, gqa: str = "kv", reference: bool = False) -> np.ndarray:
-    """(head, key) bool: the keys `policy` keeps under budget k."""
-    return keep(policy, policy_view(policy, x), k, gqa, reference)
+def kept(
+    policy: Policy, x: DocLayer, k: int, gqa: str = "kv", reference: bool = False, heads_budget=None, setting=None
+) -> np.ndarray:
+    """(head, key) bool: the keys `policy` keeps under the fixed budget k (`heads_budget`: the
+    allocated budget of each head of this layer; None: k each)."""
+    return keep(policy, policy_view(policy, x), k, gqa, reference, heads_budget, setting)
+
+
+def document_of(plan, n: int, load=None) -> budgets.Document:
+    """The document an allocation sees: its prunable layers, and `load(layer)` for their statistics."""
+    windows = plan.windows
+    return budgets.Document(
+        n,
+        plan.layers,
+        plan.heads,
+        plan.kv_heads,
+        tuple(layer for layer in range(plan.layers) if schema.prunable(windows[layer], n)),
+        load,
+    )
+
+
+def loader(path: str, n: int, d: int, s: int, kv_heads: int, seed: int, reads):
+    """layer -> that layer's statistics of one document (what `document_of` hands an allocation)."""
+
+    def load(layer: int) -> DocLayer:
+        return runstore.load_doclayer(path, n, d, s, layer, kv_heads, doclayer_seed(seed, d, s, layer), reads)[0]
+
+    return load
 
 
 def iter_kept(
-    x: DocLayer, pols: Sequence[Policy], sparsities: Sequence[float], gqa: str = "kv", reference: bool = False
+    x: DocLayer,
+    pols: Sequence[Policy],
+    sparsities: Sequence[float],
+    gqa: str = "kv",
+    reference: bool = False,
+    doc: budgets.Document | None = None,
+    layer: int | None = None,
+    setting: str = "aware",
 ) -> Iterator[tuple[int, int, np.ndarray]]:
-    """(sparsity index, policy index, (head, key) mask) for every pair, sparsity-major."""
+    """(sparsity index, policy index, (head, key) mask) for every pair, sparsity-major, on `layer`
+    of `doc` (a document-layer given alone is one layer with every head at the fixed budget)."""
+    if doc is None:
+        doc, layer = budgets.Document(x.n, 1, x.heads, x.kv_heads, (0,), lambda _: x), 0
+        doc._cache[0] = x
+    shown = settings.get(setting)
     for j, sp in enumerate(sparsities):
         k = budget(sp, x.n)
         for i, p in enumerate(pols):
-            yield j, i, kept(p, x, k, gqa, reference)
+            key = ("budgets", policies.label(p), k)
+            if key not in doc._cache:
+                doc._cache[key] = budgets.allocate(p, doc, k)
+            yield j, i, kept(p, x, k, gqa, reference, doc._cache[key][layer], shown)
 
 
 def reads_of(pols: Sequence[Policy]) -> tuple[str, ...]:
@@ -69,6 +112,7 @@ def kept_sets(
     sparsities: Sequence[float],
     gqa: str = "kv",
     seed: int = 0,
+    setting: str = "aware",
 ) -> xr.Dataset:
     """`kept` (policy, sparsity, head, key) of one document-layer of a RUN.zarr, with `needle` and
     `question` (key,). `depth` and `sample` are indices; `pols` are policies or their labels."""
@@ -85,7 +129,8 @@ def kept_sets(
         reads_of(pols),
     )
     masks = np.zeros((len(pols), len(sparsities), x.heads, x.n), dtype=bool)
-    for j, i, m in iter_kept(x, pols, sparsities, gqa):
+    doc = document_of(plan, length, loader(store, length, depth, sample, plan.kv_heads, seed, reads_of(pols)))
+    for j, i, m in iter_kept(x, pols, sparsities, gqa, doc=doc, layer=layer, setting=setting):
         masks[i, j] = m
     g = runstore._open(store)[schema.group_name(length)]
     return xr.Dataset(
@@ -107,6 +152,7 @@ def kept_sets(
             "layer": layer,
             "gqa": gqa,
             "seed": seed,
+            "setting": setting,
             "budgets": [budget(sp, x.n) for sp in sparsities],
         },
     )
@@ -135,4 +181,5 @@ def kept_sets_scored(
         sparsities,
         gqa=str(results.attrs.get("gqa", "kv")),
         seed=int(results.attrs.get("seed", 0)),
+        setting=str(results.attrs.get("setting", "aware")),
     )

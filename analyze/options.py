@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dump.optionkit import choice, comma_list, integer, number, option, optional, text
-from dump.options import device, scheduler
+from core.settings import parse_setting
+from core.optionkit import choice, comma_list, device, integer, number, option, optional, scheduler, text
+
 
 DEFAULT_POLICIES = [
     "full",
@@ -63,6 +64,12 @@ class AnalyzeOptions:
         "kv", "kv: one kept set per kv head (a real cache); head: per query head", choice("kv", "head")
     )
     seed: int = option(0, "seed of the random policy", integer(minimum=0))
+    setting: str = option(
+        "aware",
+        "which query rows a policy may see: aware (the question's rows are in every statistic; the cache "
+        "is pruned after the question was read)",
+        parse_setting,
+    )
     retrieval_heads: int = option(10, "how many heads count as retrieval heads", integer(minimum=1))
     scheduler: str | None = option(
         None, "address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786", optional(scheduler)
@@ -77,7 +84,10 @@ class AnalyzeOptions:
         flag=True,
     )
     answer_device: str = option(
-        "cpu", "where --answers decodes (in the dump's dtype): cpu, cuda or cuda:N", device, metavar="DEVICE"
+        "cpu",
+        "where --answers decodes (in the dump's dtype): cpu, cuda, cuda:N, or auto (cuda when one is visible)",
+        device,
+        metavar="DEVICE",
     )
     skip_corrupt: bool = option(
         False,

@@ -14,8 +14,9 @@ import time
 
 import torch
 
-from dump import capture, haystack, models
-from dump.stats import tile_rows
+from core.lm import capture, models
+from dump import haystack
+from core.lm.stats import tile_rows
 
 
 def best(fn, repeats):

@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from dump import capture
+from core.lm import capture
 from dump.haystack import parse_lengths
 
 SHAPES = {

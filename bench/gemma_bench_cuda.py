@@ -27,9 +27,11 @@ from pathlib import Path
 
 import torch
 
-from dump import capture, models, run, schema
+from core.lm import capture, models
+from dump import run
+from core import schema
 from dump.options import DumpOptions
-from dump.stats import attention_stats, attention_stats_fused
+from core.lm.stats import attention_stats, attention_stats_fused
 
 
 def timed(fn, repeats=3):

@@ -6,8 +6,8 @@ import sys
 import torch
 
 sys.path.insert(0, ".")
-from dump import capture  # noqa: E402
-from dump.kernels.triton_stats import fused_stats  # noqa: E402
+from core.lm import capture  # noqa: E402
+from core.lm.kernels.triton_stats import fused_stats  # noqa: E402
 from tests.test_stats import reference  # noqa: E402
 
 

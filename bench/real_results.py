@@ -18,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from analyze import calibration
-from dump import schema
+from core import schema
 
 
 def summarize(path: str) -> dict:

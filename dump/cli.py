@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from dump import optionkit
-from dump.errors import OneLineParser, run_main
+from core import optionkit
+from core.errors import OneLineParser, run_main
 from dump.options import DumpOptions
 
 

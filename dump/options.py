@@ -5,10 +5,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dump import haystack
-from dump.optionkit import choice, comma_list, integer, number, option, optional, text
+from core import tasks
+from core.tasks import haystack
+from core.lm import DEFAULT_MODEL
+from core.optionkit import (
+    choice,
+    comma_list,
+    device,
+    devices,
+    integer,
+    number,
+    option,
+    optional,
+    rope_scaling,
+    scheduler,
+    text,
+)
 
-DEFAULT_MODEL = "smollm2-135m"
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -50,35 +63,12 @@ def block(value: str) -> int | str:
     return integer(minimum=1)(value)
 
 
-def device(value: str) -> str:
-    value = str(value).strip()
-    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
-        return value
-    raise ValueError("is not a device: use auto, cpu, cuda or cuda:N")
 
 
-def devices(value: str) -> list[str]:
-    if str(value).strip() == "all":
-        return ["all"]
-    return comma_list(device, unique=False)(value)  # cpu,cpu: two processes on the CPU
 
 
-def rope_scaling(value: str) -> str:
-    kind, _, factor = str(value).strip().partition(":")
-    try:
-        ok = kind in ("linear", "yarn") and float(factor) > 1
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ValueError("is not linear:F or yarn:F with a factor F > 1 (e.g. yarn:4)")
-    return f"{kind}:{float(factor):g}"
 
 
-def scheduler(value: str) -> str:
-    value = str(value).strip()
-    if "://" not in value or not value.split("://", 1)[1]:
-        raise ValueError("is not a scheduler address: use tcp://HOST:PORT")
-    return value
 
 
 @dataclass
@@ -90,6 +80,9 @@ class DumpOptions:
         DEFAULT_MODEL,
         "embedded name (smollm2-135m, or gemma3-270m: 32k context, hybrid sliding-window attention), a .gguf file, a local HF directory, or a cached HF id; never downloads",
         text,
+    )
+    task: str = option(
+        "passkey", "what each document asks (a registered task: passkey is the built-in one)", tasks.parse_task
     )
     lengths: list[int] = option([1024], "prompt lengths in tokens, e.g. 4k,16K,1500 (k = 1024)", lengths)
     depths: list[float] = option(

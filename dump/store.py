@@ -1,4 +1,4 @@
-"""The dump store RUN.zarr, laid out by `dump.schema` (the contract between dump and analyze).
+"""The dump store RUN.zarr, laid out by `core.schema` (the contract between dump and analyze).
 
 Zarr v3. One group per length `len_{N}`, readable with `xr.open_zarr(path, group="len_4096")`.
 Per-layer variables are chunked one chunk per (document, layer), so a half-written document only
@@ -16,10 +16,10 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
-from dump import schema
-from dump.errors import UsageError
-from dump.outputs import is_local, local_path
-from dump.stats import LayerStats
+from core import schema
+from core.errors import UsageError
+from core.outputs import is_local, local_path
+from core.lm.stats import LayerStats
 
 # zstd level 1: on real attention rows level 5 is 2.8x slower for 8% smaller chunks
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), Crc32cCodec())

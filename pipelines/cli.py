@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dump.errors import OneLineParser, run_main
+from core.errors import OneLineParser, run_main
 
 STAGES = ("dump", "analyze", "viz")
 

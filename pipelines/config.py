@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 from analyze.options import AnalyzeOptions
-from dump import optionkit
-from dump.errors import UsageError
+from core import optionkit
+from core.errors import UsageError
 from dump.options import DumpOptions
 from viz.options import VizOptions
 

@@ -19,7 +19,7 @@ def analyze_key(cfg: Config) -> str:
     """What the results depend on: the analyze settings and the dump's finished documents."""
     import zarr
 
-    from dump import schema
+    from core import schema
 
     root = zarr.open_group(cfg.run_store, mode="r")
     done = {
@@ -44,7 +44,7 @@ def analyze_key(cfg: Config) -> str:
 
 def check_outputs(cfg: Config) -> None:
     """The study's three outputs are free or ours, before any work."""
-    from dump import outputs, schema
+    from core import outputs, schema
 
     outputs.check_writable(cfg.out, option="out:")
     outputs.check_output(cfg.run_store, schema.RUN_KIND, option="out: (its run.zarr)")
@@ -75,19 +75,16 @@ def run(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
         log(f"analyze: {results} is up to date, skipped")
     else:
         from analyze import engine
-        from analyze.cli import check_blocks, write_results
-        from analyze.runstore import plan_store
-        from dump import cluster
+        from core import cluster, outputs
 
         a = analyze_opt
         spec = engine.spec_from(a)
-        check_blocks(spec.policies, plan_store(a.store))
         with cluster.client_for(a.scheduler, a.workers) as client:
             ds, unfinished = engine.run(
                 a.store, spec, client, progress=progress, retrieval_heads=a.retrieval_heads
             )
         ds.attrs["pipeline_key"] = key
-        write_results(ds, a.out)
+        outputs.write_dataset(ds, a.out)
         log(f"analyze: {len(ds.policy)} policies x {len(ds.sparsity)} sparsities -> {results}")
     timings["analyze"] = time.perf_counter() - t
     if until == "analyze":

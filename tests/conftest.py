@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
-    from dump import models
+    from core.lm import models
 
     directory, _, _ = models.resolve("smollm2-135m")
     return directory

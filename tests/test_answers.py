@@ -10,7 +10,7 @@ import xarray as xr
 import zarr
 
 from analyze import answers, calibration, policies
-from dump import schema
+from core import schema
 from tests.conftest import run_cli
 
 

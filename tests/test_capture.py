@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from dump import capture
+from core.lm import capture
 
 
 def eager_vs_capture(model_dir, n, window=16, block=32, tile=None, seed=0):

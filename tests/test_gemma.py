@@ -8,14 +8,14 @@ import pytest
 import torch
 import zarr
 
-from dump import schema
+from core import schema
 from tests.conftest import run_cli
 from tests.test_capture import check
 
 
 @pytest.fixture(scope="module")
 def gemma_dir() -> str:
-    from dump import models
+    from core.lm import models
 
     directory, _, _ = models.resolve("gemma3-270m")  # assembled and converted once into the cache
     return directory
@@ -25,7 +25,8 @@ def test_real_gemma_capture_equals_eager_on_both_layer_types(gemma_dir):
     """600 tokens: longer than the 512-key window, so the sliding layers run their band."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from dump import capture, haystack
+    from core.lm import capture
+    from dump import haystack
 
     tok = AutoTokenizer.from_pretrained(gemma_dir)
     rng = haystack.document_rng(0, 600, 0, 0)

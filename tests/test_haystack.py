@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dump import haystack
-from dump.errors import UsageError
+from core.errors import UsageError
 
 
 @pytest.mark.parametrize("length", [200, 513, 1024, 4096])

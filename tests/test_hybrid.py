@@ -11,7 +11,7 @@ import xarray as xr
 import zarr
 
 from analyze import answers, policies
-from dump import schema
+from core import schema
 from tests.conftest import run_cli
 
 
@@ -148,7 +148,7 @@ def test_answer_pass_on_a_hybrid_cache_is_exact(hybrid, tiny_gemma3_dir):
 
 
 def test_rope_scaling_stretches_only_the_full_layers(tiny_gemma3_dir, tiny_llama_dir):
-    from dump import models
+    from core.lm import models
 
     cfg = models.load_config(tiny_gemma3_dir, "yarn:4")
     assert cfg.max_position_embeddings == 4 * 2048

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from dump import kernels
+from core.lm import kernels
 from tests.test_stats import reference
 
 pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="needs CUDA and Triton (GPU machine)")
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="needs CU
     ],
 )
 def test_fused_equals_float64_reference(heads, kv_heads, n, block, window, dtype):
-    from dump.kernels.triton_stats import fused_stats
+    from core.lm.kernels.triton_stats import fused_stats
 
     torch.manual_seed(n)
     q = (torch.randn(heads, n, 64) * 1.5).to(dtype).cuda()
@@ -44,7 +44,7 @@ def test_fused_equals_float64_reference(heads, kv_heads, n, block, window, dtype
 def test_capture_uses_fused_path_and_matches_torch_path():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from dump import capture
+    from core.lm import capture
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
@@ -84,7 +84,7 @@ def test_capture_uses_fused_path_and_matches_torch_path():
 )
 def test_fused_sliding_window_equals_float64_reference(heads, kv_heads, n, block, window, sliding, dtype):
     """The band: tiles left of it are skipped, keys outside it get exactly zero."""
-    from dump.kernels.triton_stats import fused_stats
+    from core.lm.kernels.triton_stats import fused_stats
 
     torch.manual_seed(n)
     q = (torch.randn(heads, n, 64) * 1.5).to(dtype).cuda()
@@ -105,7 +105,7 @@ def test_fused_sliding_window_equals_float64_reference(heads, kv_heads, n, block
 
 def test_float32_is_true_float32_not_tf32():
     """With float32 inputs the kernels multiply in IEEE float32 (tl.dot defaults to tf32: ~1e-3)."""
-    from dump.kernels.triton_stats import fused_stats
+    from core.lm.kernels.triton_stats import fused_stats
 
     torch.manual_seed(1)
     q, k = torch.randn(9, 2048, 64, device="cuda") * 3, torch.randn(3, 2048, 64, device="cuda") * 3
@@ -122,7 +122,7 @@ def test_tiny_gemma3_on_cuda_equals_eager(tiny_gemma3_dir):
     kernels: every statistic within 1e-4 of eager attention."""
     from transformers import AutoModelForCausalLM
 
-    from dump import capture
+    from core.lm import capture
     from tests.test_capture import check
 
     model = AutoModelForCausalLM.from_pretrained(

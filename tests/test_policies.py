@@ -85,8 +85,10 @@ def test_numba_equals_reference_and_budget_is_exact(spec, gqa, sparsity):
     ref = keep(p, x, k, gqa, reference=True)
     np.testing.assert_array_equal(fast, ref)
     assert fast.shape == (6, 300) and (fast.sum(1) == k).all()
-    if gqa == "kv" and not p.per_head:  # one set per kv head
+    if gqa == "kv" and p.sets == "kv":  # one set per kv head
         assert (fast[0] == fast[1]).all() and (fast[0] == fast[2]).all()
+    if p.sets == "layer":  # one set for every head of the layer (TOVA), as it declares
+        assert (fast == fast[0]).all()
 
 
 def test_full_keeps_everything():
@@ -147,7 +149,7 @@ def test_random_is_seeded():
 
 
 def test_parse_errors():
-    from analyze.errors import UsageError
+    from core.errors import UsageError
 
     with pytest.raises(UsageError, match="unknown policy 'h3o'"):
         policies.parse_method("h3o")

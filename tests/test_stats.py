@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dump.stats import attention_stats, pool_blocks
+from core.lm.stats import attention_stats, pool_blocks
 
 
 def reference(q, k, v, scale, window, block, sliding=None):
@@ -96,7 +96,7 @@ def test_full_rows_callback_sees_every_row_once():
 
 @pytest.mark.parametrize("n,sliding,chunk", [(300, 24, 64), (100, 200, 32), (257, 1, 50)])
 def test_banded_sliding_output_matches_float64_reference(n, sliding, chunk):
-    from dump.stats import sliding_output
+    from core.lm.stats import sliding_output
 
     torch.manual_seed(n)
     q, k, v = torch.randn(4, n, 16), torch.randn(2, n, 16), torch.randn(2, n, 16)

@@ -1,4 +1,4 @@
-"""One schema, one seam per stage: stores match `dump.schema` exactly, a policy is added without
+"""One schema, one seam per stage: stores match `core.schema` exactly, a policy is added without
 touching the engine, options are declared once (CLI flags == config keys), and the dump runs on a
 real Dask cluster into the same store a single process writes."""
 
@@ -14,7 +14,7 @@ import zarr
 
 from analyze import engine, policies
 from analyze.policies import DocLayer, Policy, Ranking
-from dump import optionkit, schema
+from core import optionkit, schema
 from tests.conftest import run_cli
 
 DUMP = ["--lengths", "200,256", "--depths", "0.3,0.7", "--samples", "2", "--window", "8", "--block", "32"]

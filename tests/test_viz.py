@@ -150,7 +150,7 @@ def test_picture_kept_sets_are_the_scored_ones_random_and_gqa_head(study, tmp_pa
     image rows are those masks, first policy at the top under its own label."""
     from analyze import metrics
     from analyze.keptsets import kept_sets_scored
-    from analyze.runstore import load_doclayer
+    from core.runstore import load_doclayer
 
     store, _ = study
     out = tmp_path / "head.results.zarr"

@@ -6,8 +6,8 @@ import holoviews as hv
 import panel as pn
 import xarray as xr
 
-from dump import schema
-from dump.schema import POLICY
+from core import schema
+from core.schema import POLICY
 from viz import curves, heatmaps
 from viz.select import metrics_of, subsets
 

@@ -12,7 +12,7 @@ import numpy as np
 import xarray as xr
 
 from analyze import calibration
-from dump.schema import POLICY
+from core.schema import POLICY
 
 XLABEL = "proxy says the needle is kept (share of documents)"
 YLABEL = "the model answers (share of documents)"

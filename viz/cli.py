@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from dump import optionkit, outputs
-from dump.errors import OneLineParser, UsageError, run_main
+from core import optionkit, outputs
+from core.errors import OneLineParser, UsageError, run_main
 from viz.options import VizOptions
 
 
 def check_results(path: str) -> None:
-    from dump import schema
+    from core import schema
 
     schema.open_results(path)
 
@@ -63,7 +63,7 @@ def _report(args) -> int:
         src = xr.open_zarr(opt.results).attrs.get("source_store")
         store = src if src and Path(src).exists() else None
     if opt.store is not None:
-        from analyze.runstore import plan_store
+        from core.runstore import plan_store
 
         plan_store(opt.store)  # refused now, not after the heatmaps are drawn
     outputs.check_output(out, "report", option="--out", inputs=(opt.results, store or ""))

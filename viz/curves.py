@@ -6,7 +6,7 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
-from dump.schema import POLICY
+from core.schema import POLICY
 from viz.select import DIVERGING_CMAP, length_label, per_document
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import holoviews as hv
 import xarray as xr
 
-from dump.schema import POLICY
+from core.schema import POLICY
 from viz.select import METRICS, NIAH_CMAP, cell_mean, full_cache_note, length_label, metrics_of, subsets
 
 

@@ -11,7 +11,7 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
-from dump import schema
+from core import schema
 
 
 def binned(mask: np.ndarray, max_columns: int) -> tuple[np.ndarray, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dump.optionkit import integer, option, optional, text
+from core.optionkit import integer, option, optional, text
 
 
 @dataclass

@@ -16,7 +16,7 @@ import pandas as pd
 import xarray as xr
 
 from analyze import keptsets
-from dump import schema
+from core import schema
 from viz import calibration, curves, heatmaps, keptset
 from viz.select import cell_mean, default_metric
 
@@ -89,8 +89,8 @@ def build_atomic(
     import shutil
     import tempfile
 
-    from dump.errors import check_signals
-    from dump.outputs import REPORT_MARKER
+    from core.errors import check_signals
+    from core.outputs import REPORT_MARKER
 
     target = Path(out).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)

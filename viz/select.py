@@ -6,7 +6,7 @@ import numpy as np
 import xarray as xr
 from matplotlib.colors import LinearSegmentedColormap, to_hex
 
-from dump import schema
+from core import schema
 
 METRICS = schema.HEAD_METRICS
 # the classic NIAH map, red -> amber -> green, as 256 colours so both backends interpolate alike

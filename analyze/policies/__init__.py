@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from analyze.errors import UsageError
+from core.errors import UsageError
 from analyze.policies.base import DocLayer, Policy, Ranking, budget, keep, select, select_reference
 from analyze.policies.block_mass import BlockMass
 from analyze.policies.cab import CAB
@@ -20,7 +20,7 @@ from analyze.policies.random_keys import RandomKeys
 from analyze.policies.snapkv import SnapKV
 from analyze.policies.streaming import Streaming
 from analyze.policies.tova import TOVA
-from dump.optionkit import boolean
+from core.optionkit import boolean
 
 REGISTRY: dict[str, type[Policy]] = {
     cls.name: cls

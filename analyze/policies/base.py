@@ -13,74 +13,9 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-STATISTICS = ("colsum", "window_sum", "window", "blocks", "qpool", "kpool")
+from analyze.budgets import UNIFORM
+from core.runstore import STATISTICS, DocLayer
 
-
-@dataclass(frozen=True)
-class DocLayer:
-    """Stored statistics of one document and one layer (dims as in RUN.zarr, all query heads).
-
-    Only the statistics some policy `reads` are loaded; the others are None. The final query row
-    is always there (every metric needs it)."""
-
-    final_row: np.ndarray  # (head, key) A[N-1, :], the answer position's attention
-    block: int  # B
-    kv_heads: int
-    seed: int = 0  # per document-layer, for seeded policies
-    observed: int = 0  # W: how many final queries window_sum sums
-    colsum: np.ndarray | None = None  # (head, key) Σ_q A[q, k]
-    window_sum: np.ndarray | None = None  # (head, key) Σ of the last `observed` rows of A
-    window: np.ndarray | None = None  # (head, wq, key) last R rows of A; window[:, -1] is the final row
-    blocks: np.ndarray | None = None  # (head, qblock, kblock) Σ of A over B×B blocks
-    qpool: np.ndarray | None = None  # (head, kblock, dim) post-RoPE Q pooled per block (max L2)
-    kpool: np.ndarray | None = None  # (head, kblock, dim)
-
-    @property
-    def heads(self) -> int:
-        return self.final_row.shape[0]
-
-    @property
-    def n(self) -> int:
-        return self.final_row.shape[1]
-
-    def group_mean(self) -> DocLayer:
-        """Statistics of each kv head's group: means over its query heads (computed once per object:
-        every policy and budget of a document-layer reuses it)."""
-        cached = self.__dict__.get("_group_mean")
-        if cached is not None:
-            return cached
-        g = self.heads // self.kv_heads
-
-        def mean(a):
-            return a.reshape(self.kv_heads, g, *a.shape[1:]).mean(axis=1)
-
-        grouped = dataclasses.replace(
-            self,
-            final_row=mean(self.final_row),
-            **{s: mean(getattr(self, s)) for s in STATISTICS if getattr(self, s) is not None},
-        )
-        object.__setattr__(self, "_group_mean", grouped)
-        return grouped
-
-    def coarsen(self, block: int) -> DocLayer:
-        """Blocks of a multiple of the stored size, by summing (pooled Q/K: mean of pooled vectors)."""
-        if block == self.block or self.blocks is None:
-            return dataclasses.replace(self, block=block) if block != self.block else self
-        f = block // self.block
-        h, m, _ = self.blocks.shape
-        mc = -(-m // f)
-        b = np.zeros((h, mc * f, mc * f), dtype=self.blocks.dtype)
-        b[:, :m, :m] = self.blocks
-        pooled = {}
-        for name in ("qpool", "kpool"):
-            v = getattr(self, name)
-            if v is not None:
-                p = np.zeros((h, mc * f, v.shape[-1]), dtype=np.float32)
-                p[:, :m] = v
-                pooled[name] = p.reshape(h, mc, f, -1).mean(axis=2)
-        return dataclasses.replace(
-            self, blocks=b.reshape(h, mc, f, mc, f).sum(axis=(2, 4)), block=block, **pooled
-        )
 
 
 def budget(sparsity: float, n: int) -> int:
@@ -114,12 +49,21 @@ def expand_blocks(block_scores: np.ndarray, block: int, n: int) -> np.ndarray:
 
 
 # -- exactly k per row -------------------------------------------------------------------------
+def row_budgets(k, rows: int) -> np.ndarray:
+    """A budget for every row: k alone (every row keeps k) or one per row."""
+    ks = np.broadcast_to(np.asarray(k, dtype=np.int64), (rows,))
+    return np.ascontiguousarray(ks)
+
+
 def select_reference(primary, k, forced=None, secondary=None) -> np.ndarray:
-    """Obviously-correct numpy: per row, forced keys first (earliest first if they alone exceed k),
-    then the others by (primary, secondary) descending, earlier key first on ties, until exactly k."""
+    """Obviously-correct numpy: per row r, forced keys first (earliest first if they alone exceed
+    k[r]), then the others by (primary, secondary) descending, earlier key first on ties, until
+    exactly k[r] (`k`: one budget for all rows, or one per row)."""
     rows, n = primary.shape
+    ks = row_budgets(k, rows)
     keep = np.zeros((rows, n), dtype=bool)
     for r in range(rows):
+        k = ks[r]
         f = np.zeros(n, bool) if forced is None else forced[r]
         sec = np.zeros(n) if secondary is None else secondary[r]
         rest = np.flatnonzero(~f)
@@ -129,7 +73,7 @@ def select_reference(primary, k, forced=None, secondary=None) -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def _select_kernel(primary, secondary, forced, k, has_secondary, has_forced):
+def _select_kernel(primary, secondary, forced, ks, has_secondary, has_forced):
     """Same contract as select_reference, in O(N) per row: thresholds by partition instead of a sort."""
     rows, n = primary.shape
     keep = np.zeros((rows, n), dtype=np.bool_)
@@ -137,6 +81,7 @@ def _select_kernel(primary, secondary, forced, k, has_secondary, has_forced):
     ties = np.empty(n, dtype=np.int64)
     values = np.empty(n, dtype=np.float64)
     for r in range(rows):
+        k = ks[r]
         taken = 0
         c = 0
         for j in range(n):
@@ -203,26 +148,53 @@ def select(primary, k, forced=None, secondary=None) -> np.ndarray:
     primary = np.ascontiguousarray(primary, dtype=np.float64)
     sec = _NONE_F if secondary is None else np.ascontiguousarray(secondary, dtype=np.float64)
     f = _NONE_B if forced is None else np.ascontiguousarray(forced, dtype=np.bool_)
-    return _select_kernel(primary, sec, f, int(k), secondary is not None, forced is not None)
+    ks = row_budgets(k, primary.shape[0])
+    return _select_kernel(primary, sec, f, ks, secondary is not None, forced is not None)
 
 
-def keep(policy, x: DocLayer, k: int, gqa: str = "kv", reference: bool = False) -> np.ndarray:
-    """(head, key) bool with exactly k True per head.
+def keep(
+    policy, x: DocLayer, k: int, gqa: str = "kv", reference: bool = False, budgets=None, setting=None
+) -> np.ndarray:
+    """(head, key) bool: rank -> (allocated budgets) -> select. Head h keeps exactly budgets[h] keys
+    (default: `policy.budget_for(k, N)` every head; `analyze.budgets` allocates them per layer and
+    head). The policy ranks with the layer's fixed budget k and sees `x` as `setting` shows it.
 
-    gqa="kv" (default): a real cache stores one key per kv head, so the policy ranks the group's
-    statistics averaged over its query heads (attention of the group), keeps one set per kv head and
-    broadcasts it back. gqa="head": one set per query head (idealized). Policies with
-    `per_head = True` (the oracle, a ceiling) always keep per query head.
+    The sets are shared as `policy.sets` says: "kv" (default) follows --gqa: under gqa="kv" a real
+    cache stores one key per kv head, so the policy ranks the group's statistics averaged over its
+    query heads and keeps one set per kv head, broadcast back (a group's heads must share a budget);
+    gqa="head": one set per query head (idealized). "head": always one set per query head (the oracle,
+    a ceiling). "layer": one set for every head of the layer (TOVA); its heads must share a budget.
     """
     k = policy.budget_for(k, x.n)
+    budgets = row_budgets(k if budgets is None else budgets, x.heads)
     pick = select_reference if reference else select
     rank = policy.rank_reference if reference else policy.rank
     g = x.heads // x.kv_heads
-    if gqa == "kv" and g > 1 and not policy.per_head:
-        r = rank(x.group_mean(), k)
-        return np.repeat(pick(r.primary, k, r.forced, r.secondary), g, axis=0)
-    r = rank(x, k)
-    return pick(r.primary, k, r.forced, r.secondary)
+
+    def seen(v: DocLayer) -> DocLayer:
+        return v if setting is None else v.visible(setting)
+
+    if policy.sets == "layer":
+        _shared(budgets, x.heads, policy)
+        r = rank(seen(x), k)
+        one = pick(r.primary[:1], budgets[:1], _first(r.forced), _first(r.secondary))
+        return np.repeat(one, x.heads, axis=0)
+    if gqa == "kv" and g > 1 and policy.sets == "kv":
+        _shared(budgets, g, policy)
+        r = rank(seen(x.group_mean()), k)
+        return np.repeat(pick(r.primary, budgets[::g], r.forced, r.secondary), g, axis=0)
+    r = rank(seen(x), k)
+    return pick(r.primary, budgets, r.forced, r.secondary)
+
+
+def _first(a):
+    return None if a is None else a[:1]
+
+
+def _shared(budgets: np.ndarray, size: int, policy) -> None:
+    """Heads that share one kept set must share one budget."""
+    if (budgets.reshape(-1, size) != budgets.reshape(-1, size)[:, :1]).any():
+        raise ValueError(f"{policy.name} keeps one set per {size} heads, but its budgets differ among them")
 
 
 def param(default, parse, allowed: str):
@@ -236,7 +208,10 @@ class Policy:
 
     What the engine needs to know about a policy is declared here, never looked up by name:
     - `reads`: the RUN.zarr statistics `rank` uses (the final query row is always loaded);
-    - `per_head`: True keeps one set per query head even under `--gqa kv` (ceilings, shared sets);
+    - `sets`: who shares a kept set: "kv" (follows --gqa), "head" (one set per query head even
+      under `--gqa kv`: ceilings) or "layer" (one set for every head of the layer);
+    - `allocation`: how the document's budget is spread over layers and heads (`analyze.budgets`;
+      default: the same k for every head of every prunable layer);
     - `block`: block size it ranks whole blocks of (0 = the stored B, else a multiple of it; 0 for
       key-level policies) — the engine shows it the stored blocks coarsened to that size;
     - `block_scores`: it has `scores(x) -> (head, kblock)`, and RESULTS report their rank correlation
@@ -247,7 +222,8 @@ class Policy:
 
     name = "policy"
     reads: tuple[str, ...] = ()
-    per_head = False
+    sets = "kv"
+    allocation = UNIFORM
     block = 0
     block_scores = False
     keeps_lowest = False

@@ -1,7 +1,7 @@
 from dataclasses import dataclass
 
 from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, param
-from dump.optionkit import integer
+from core.optionkit import integer
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,7 @@ class BlockMass(Policy):
 
     name = "block_mass"
     reads = ("blocks", "colsum")
-    per_head = True
+    sets = "head"
     block: int = param(0, integer(minimum=0), "0 = stored B, or a multiple of it")
 
     def rank(self, x: DocLayer, k: int) -> Ranking:

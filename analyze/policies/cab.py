@@ -5,7 +5,7 @@ import numpy as np
 from analyze import curvature
 from analyze.policies._blockgraph import COMPARE_WITH, GRAPH_READS, graphs
 from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, param
-from dump.optionkit import choice, integer
+from core.optionkit import choice, integer
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import numpy as np
 from analyze import curvature
 from analyze.policies._blockgraph import COMPARE_WITH, GRAPH_READS, graphs
 from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, param, recent_mask, select
-from dump.optionkit import choice, integer, number
+from core.optionkit import choice, integer, number
 
 
 @dataclass(frozen=True)

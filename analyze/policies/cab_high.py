@@ -4,7 +4,7 @@ import numpy as np
 
 from analyze.policies._blockgraph import COMPARE_WITH, GRAPH_READS, last_row_additive
 from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, param
-from dump.optionkit import choice, integer, number
+from core.optionkit import choice, integer, number
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ class Full(Policy):
     """Keeps every key (k = N): the upper bound every other policy is measured against."""
 
     name = "full"
-    per_head = True
+    sets = "head"
 
     def budget_for(self, k: int, n: int) -> int:
         return n

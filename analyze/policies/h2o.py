@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from analyze.policies.base import DocLayer, Policy, Ranking, param, recent_mask
-from dump.optionkit import boolean, number
+from core.optionkit import boolean, number
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ class Oracle(Policy):
     can keep at the answer position. A ceiling that sees the question, not a deployable policy."""
 
     name = "oracle"
-    per_head = True
+    sets = "head"
 
     def rank(self, x: DocLayer, k: int) -> Ranking:
         return Ranking(primary=x.final_row)

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from analyze.policies.base import DocLayer, Policy, Ranking, param
-from dump.optionkit import integer
+from core.optionkit import integer
 
 
 @dataclass(frozen=True)

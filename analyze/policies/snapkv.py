@@ -4,7 +4,7 @@ import numba
 import numpy as np
 
 from analyze.policies.base import DocLayer, Policy, Ranking, param, recent_mask
-from dump.optionkit import integer
+from core.optionkit import integer
 
 
 def odd_width(text: str) -> int:

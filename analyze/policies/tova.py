@@ -11,7 +11,7 @@ class TOVA(Policy):
     the whole layer (Oren et al. 2024, "Transformers are Multi-State RNNs", arXiv:2401.06104)."""
 
     name = "tova"
-    per_head = True  # the set is shared by all heads of the layer anyway
+    sets = "layer"  # one set for every head of the layer, from their mean final row
 
     def rank(self, x: DocLayer, k: int) -> Ranking:
         mean = x.final_row.astype(np.float64).mean(axis=0, keepdims=True)

@@ -14,8 +14,8 @@ import socket
 from contextlib import contextmanager
 from pathlib import Path
 
-from dump import schema
-from dump.errors import UsageError
+from core import schema
+from core.errors import UsageError
 
 REPORT_MARKER = ".niah-report"
 LOCK_SUFFIX = ".lock"
@@ -144,3 +144,31 @@ def write_lock(path: str, what: str = "store"):
         yield
     finally:
         lock.unlink(missing_ok=True)
+
+
+def write_dataset(ds, out: str) -> None:
+    """Write an xarray Dataset (RESULTS) to a temporary sibling, then rename: a failed run leaves
+    nothing at `out`."""
+    import shutil
+    import tempfile
+    import warnings
+
+    from core.errors import check_signals
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not is_local(out):
+            ds.to_zarr(out, mode="w", consolidated=True)
+            return
+        target = Path(out.removeprefix("file://")).expanduser()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent)
+        try:
+            ds.to_zarr(tmp, mode="w", consolidated=True)
+            check_signals()
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

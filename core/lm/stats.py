@@ -174,7 +174,7 @@ def attention_stats_fused(query, key, value, scaling, window, block, sliding: in
     """CUDA path: the layer output from PyTorch's sdpa (flash for full layers, banded chunks for
     sliding-window ones), the statistics from the fused Triton kernels (dump/kernels/triton_stats.py).
     Same contract as `attention_stats`."""
-    from dump.kernels.triton_stats import fused_stats
+    from core.lm.kernels.triton_stats import fused_stats
 
     heads, kv_heads = query.shape[0], key.shape[0]
     group = heads // kv_heads

@@ -7,7 +7,7 @@ import logging
 import os
 from contextlib import contextmanager
 
-from dump.errors import UsageError
+from core.errors import UsageError
 
 
 @contextmanager

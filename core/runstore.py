@@ -4,15 +4,103 @@ statistics, checked: a missing or corrupt chunk is an error naming the document,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 import zarr
 
-from analyze.errors import UsageError
-from analyze.policies.base import STATISTICS, DocLayer
-from dump import schema
+from core.errors import UsageError
+from core import schema
+
+
+STATISTICS = tuple(schema.RUN_STATISTICS)  # what a policy may read, in the schema's order
+_GUARDED = frozenset((*STATISTICS, "final_row"))
+
+
+@dataclass(frozen=True)
+class DocLayer:
+    """Stored statistics of one document and one layer (dims as in RUN.zarr, all query heads).
+
+    Only the statistics some policy `reads` are loaded; the others are None. The final query row
+    is always there (every metric needs it)."""
+
+    final_row: np.ndarray  # (head, key) A[N-1, :], the answer position's attention
+    block: int  # B
+    kv_heads: int
+    seed: int = 0  # per document-layer, for seeded policies
+    observed: int = 0  # W: how many final queries window_sum sums
+    colsum: np.ndarray | None = None  # (head, key) Σ_q A[q, k]
+    window_sum: np.ndarray | None = None  # (head, key) Σ of the last `observed` rows of A
+    window: np.ndarray | None = None  # (head, wq, key) last R rows of A; window[:, -1] is the final row
+    blocks: np.ndarray | None = None  # (head, qblock, kblock) Σ of A over B×B blocks
+    qpool: np.ndarray | None = None  # (head, kblock, dim) post-RoPE Q pooled per block (max L2)
+    kpool: np.ndarray | None = None  # (head, kblock, dim)
+
+    hidden: frozenset = frozenset()  # fields the policy's setting hides (`core.settings`)
+
+    def __getattribute__(self, name):
+        if name in _GUARDED and name in object.__getattribute__(self, "hidden"):
+            from core.settings import HiddenRows
+
+            raise HiddenRows(
+                f"{name} is hidden in this setting: a policy reading it cannot be scored here"
+            )
+        return object.__getattribute__(self, name)
+
+    def visible(self, setting) -> DocLayer:
+        """This document-layer as a policy sees it under `setting` (a `core.settings.Setting`)."""
+        if not setting.hides:
+            return self
+        return dataclasses.replace(self, hidden=frozenset(setting.hides))
+
+    @property
+    def heads(self) -> int:
+        return object.__getattribute__(self, "final_row").shape[0]
+
+    @property
+    def n(self) -> int:
+        return object.__getattribute__(self, "final_row").shape[1]
+
+    def group_mean(self) -> DocLayer:
+        """Statistics of each kv head's group: means over its query heads (computed once per object:
+        every policy and budget of a document-layer reuses it)."""
+        cached = self.__dict__.get("_group_mean")
+        if cached is not None:
+            return cached
+        g = self.heads // self.kv_heads
+
+        def mean(a):
+            return a.reshape(self.kv_heads, g, *a.shape[1:]).mean(axis=1)
+
+        grouped = dataclasses.replace(
+            self,
+            final_row=mean(self.final_row),
+            **{s: mean(getattr(self, s)) for s in STATISTICS if getattr(self, s) is not None},
+        )
+        object.__setattr__(self, "_group_mean", grouped)
+        return grouped
+
+    def coarsen(self, block: int) -> DocLayer:
+        """Blocks of a multiple of the stored size, by summing (pooled Q/K: mean of pooled vectors)."""
+        if block == self.block or self.blocks is None:
+            return dataclasses.replace(self, block=block) if block != self.block else self
+        f = block // self.block
+        h, m, _ = self.blocks.shape
+        mc = -(-m // f)
+        b = np.zeros((h, mc * f, mc * f), dtype=self.blocks.dtype)
+        b[:, :m, :m] = self.blocks
+        pooled = {}
+        for name in ("qpool", "kpool"):
+            v = getattr(self, name)
+            if v is not None:
+                p = np.zeros((h, mc * f, v.shape[-1]), dtype=np.float32)
+                p[:, :m] = v
+                pooled[name] = p.reshape(h, mc, f, -1).mean(axis=2)
+        return dataclasses.replace(
+            self, blocks=b.reshape(h, mc, f, mc, f).sum(axis=(2, 4)), block=block, **pooled
+        )
 
 
 class CorruptChunk(UsageError):

@@ -8,6 +8,7 @@ safetensors cache directory, which later loads read in well under a second.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -19,9 +20,11 @@ from pathlib import Path
 
 import torch
 
-from dump.errors import UsageError
-from dump.options import DEFAULT_MODEL
-from dump.options import rope_scaling as rope_scaling_option
+from core.errors import UsageError
+from core.lm import DEFAULT_MODEL
+from core.optionkit import rope_scaling as rope_scaling_option
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # embedded name -> (package, GGUF file inside it or None when the package assembles it, what to install)
 EMBEDDED = {
@@ -159,6 +162,16 @@ def resolve(name: str) -> tuple[str, str, str]:
     return name, "hub-cache", "cached"
 
 
+def resolve_device(device: str, option: str = "--device") -> str:
+    """`auto` -> cuda when a CUDA device is visible, else cpu; a CUDA device asked for where there is
+    none is refused."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"{option} {device} asked for, but CUDA is not available on this machine: use {option} cpu")
+    return device
+
+
 def model_limits(config) -> dict:
     heads = int(config.num_attention_heads)
     return {
@@ -262,6 +275,7 @@ def _unavailable(name: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=1)
 def load(
     name: str,
     dtype: torch.dtype = torch.float32,
@@ -269,7 +283,9 @@ def load(
     attn_implementation: str = "sdpa",
     rope_scaling: str | None = None,
 ):
-    """Load model + tokenizer offline with the given attention implementation (and RoPE scaling)."""
+    """Load model + tokenizer offline with the given attention implementation (and RoPE scaling).
+    The one loader of both stages: a process (a Dask worker, a device shard) keeps the last model it
+    loaded and reuses it for every document with the same arguments."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from dump.errors import UsageError
+from core.errors import UsageError
 
 MISSING = dataclasses.MISSING
 
@@ -245,3 +245,35 @@ def from_mapping(cls, raw: dict | None, section: str, where: str, **fixed):
             continue
         kwargs[key] = _parse(known[key], value, f"{where}: {section}.{key} =")
     return cls(**kwargs)
+
+
+# -- values several stages share --------------------------------------------------------------
+def device(value: str) -> str:
+    value = str(value).strip()
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise ValueError("is not a device: use auto, cpu, cuda or cuda:N")
+
+
+def devices(value: str) -> list[str]:
+    if str(value).strip() == "all":
+        return ["all"]
+    return comma_list(device, unique=False)(value)  # cpu,cpu: two processes on the CPU
+
+
+def scheduler(value: str) -> str:
+    value = str(value).strip()
+    if "://" not in value or not value.split("://", 1)[1]:
+        raise ValueError("is not a scheduler address: use tcp://HOST:PORT")
+    return value
+
+
+def rope_scaling(value: str) -> str:
+    kind, _, factor = str(value).strip().partition(":")
+    try:
+        ok = kind in ("linear", "yarn") and float(factor) > 1
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError("is not linear:F or yarn:F with a factor F > 1 (e.g. yarn:4)")
+    return f"{kind}:{float(factor):g}"

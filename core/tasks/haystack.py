@@ -1,9 +1,10 @@
-"""Needle-in-a-haystack passkey documents of an exact token length.
+"""Haystacks of an exact token length, for every task (`core.tasks`).
 
-A prompt is: task header, haystack with the needle sentence inserted at the sentence boundary
-nearest the requested depth (0 = start of the haystack, 1 = its end), then the question ending
-with the answer cue. Token spans come from the offset mapping of the *whole* prompt, never from
-re-tokenizing a substring (leading-space and BOS tokens break that).
+A prompt is: the task's header, a haystack of filler sentences with the task's needle text inserted
+at the sentence boundary nearest the requested depth (0 = start of the haystack, 1 = its end), then
+the task's question ending with the answer cue. `fit` finds the haystack cut that makes the prompt
+exactly N tokens; token spans come from the offset mapping of the *whole* prompt (`spans`), never
+from re-tokenizing a substring (leading-space and BOS tokens break that).
 """
 
 from __future__ import annotations
@@ -15,15 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dump.errors import UsageError
-
-HEADER = (
-    "There is an important piece of information hidden inside a lot of irrelevant text. "
-    "Find it and memorize it. I will quiz you about the important information there.\n\n"
-)
-NEEDLE = "The pass key is {passkey}. Remember it. {passkey} is the pass key."
-QUESTION = "\n\nWhat is the pass key? The pass key is"
-TEMPLATES = {"header": HEADER, "needle": NEEDLE, "question": QUESTION}
+from core.errors import UsageError
 
 RULER_SENTENCES = [
     "The grass is green.",
@@ -83,24 +76,6 @@ class HaystackError(UsageError):
     """A document that cannot be built as asked (user-facing)."""
 
 
-@dataclass(frozen=True)
-class Document:
-    """One passkey prompt. Masks have shape (key,) over the N prompt tokens."""
-
-    input_ids: np.ndarray  # (key,) int32
-    needle: np.ndarray  # (key,) bool: the passkey tokens (first occurrence)
-    needle_sentence: np.ndarray  # (key,) bool: the whole needle sentence
-    question: np.ndarray  # (key,) bool: question + answer cue
-    passkey: int
-    depth: float  # requested
-    depth_actual: float  # filler tokens before the needle / all filler tokens
-    text: str
-
-    @property
-    def length(self) -> int:
-        return int(self.input_ids.shape[0])
-
-
 def parse_filler(value: str) -> str:
     """A filler name or an existing text file path; raise HaystackError otherwise."""
     if value in FILLERS:
@@ -123,10 +98,6 @@ def filler_sentences(filler: str, rng: np.random.Generator) -> list[str]:
     if not sentences:
         raise HaystackError(f"filler file {filler!r} holds no text")
     return sentences
-
-
-def make_passkey(rng: np.random.Generator, digits: int = 5) -> int:
-    return int(rng.integers(10 ** (digits - 1), 10**digits))
 
 
 def document_rng(seed: int, length: int, depth_index: int, sample: int) -> np.random.Generator:
@@ -155,23 +126,33 @@ def _spans(offsets: np.ndarray, start: int, end: int) -> np.ndarray:
     return (offsets[:, 0] < end) & (offsets[:, 1] > start) & (offsets[:, 1] > offsets[:, 0])
 
 
-def build_document(
-    tokenizer,
-    length: int,
-    depth: float,
-    passkey: int,
-    sentences: list[str],
-) -> Document:
-    """A prompt of exactly `length` tokens (special tokens included) with the needle at `depth`."""
-    needle = NEEDLE.format(passkey=passkey)
+@dataclass(frozen=True)
+class Fitted:
+    """A prompt of exactly `length` tokens: its text, ids, per-token character offsets, and where the
+    needle text and the question start in the text."""
+
+    text: str
+    input_ids: np.ndarray  # (key,) int32
+    offsets: np.ndarray  # (key, 2) character span of each token; (0, 0) for special tokens
+    needle_at: int
+    question_at: int
+    header_len: int
+
+    def spans(self, start: int, end: int) -> np.ndarray:
+        """(key,) bool: the tokens whose characters overlap [start, end) of the text."""
+        return _spans(self.offsets, start, end)
+
+
+def fit(tokenizer, length: int, depth: float, sentences: list[str], header: str, needle: str, question: str) -> Fitted:
+    """The prompt header + haystack (needle inserted at `depth`) + question of exactly `length` tokens
+    (special tokens included), by cutting the haystack at a word boundary (inside a word if need be)."""
 
     def render(cut: int) -> tuple[str, int]:
         hay, at = _insert_needle(long_hay[:cut].rstrip(), depth, needle)
-        return HEADER + hay + QUESTION, len(HEADER) + at
+        return header + hay + question, len(header) + at
 
     def count(cut: int) -> int:
         return len(tokenizer(render(cut)[0], add_special_tokens=True)["input_ids"])
-
     long_hay = _long_haystack(sentences, min_chars=8 * length + 64)
     fixed = count(0)
     if fixed > length:
@@ -224,22 +205,7 @@ def build_document(
             f"the tokenizer gives {ids.shape[0]} tokens for a prompt cut at {length}: it does not "
             f"tokenize a prefix of the text as a prefix of the ids; try another --filler"
         )
-
-    key_start = needle_at + needle.index(str(passkey))
-    needle_mask = _spans(offsets, key_start, key_start + len(str(passkey)))
-    decoded = tokenizer.decode(ids[needle_mask].tolist()).strip()
-    if not needle_mask.any() or decoded != str(passkey):
-        raise HaystackError(
-            f"the passkey {passkey} is not a run of whole tokens with this tokenizer "
-            f"(its tokens decode to {decoded!r}): this model cannot be used for the passkey task"
-        )
-    sentence_mask = _spans(offsets, needle_at, needle_at + len(needle))
-    q_start = len(text) - len(QUESTION)
-    question_mask = _spans(offsets, q_start, len(text))
-    filler_tokens = _spans(offsets, len(HEADER), q_start) & ~sentence_mask
-    first = int(np.flatnonzero(sentence_mask)[0])
-    depth_actual = float(filler_tokens[:first].sum() / max(1, filler_tokens.sum()))
-    return Document(ids, needle_mask, sentence_mask, question_mask, passkey, depth, depth_actual, text)
+    return Fitted(text, ids, offsets, needle_at, len(text) - len(question), len(header))
 
 
 def parse_depths(value: str) -> list[float]:

@@ -33,7 +33,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from dump.errors import UsageError
+from core.errors import UsageError
 
 KIND_ATTR = "niah_store"
 RUN_KIND, RESULTS_KIND = "run", "results"

@@ -1,0 +1,53 @@
+"""The forward passes both stages run: a prompt's prefill and the one greedy decoding loop.
+
+The dump continues its captured forward with the model's own cache; the answer pass decodes every
+(policy, sparsity) of a document as one batch from a prefill of the prompt without its last token,
+inside `pruned.keeping`. Both call `greedy`.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import torch
+
+
+def cache_kw(model) -> str:
+    """The forward argument that takes a KV cache (`past_key_values` was renamed `cache` in transformers 5.x)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(out):
+    """The KV cache a forward returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
+def prefill(model, ids: torch.Tensor):
+    """One forward over `ids` (1, M) with the model's cache: (last position's logits (1, vocab), cache)."""
+    out = model(ids, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1], cache_of(out)
+
+
+def greedy(model, cache, first: torch.Tensor | int, start: int, steps: int, batch: int = 1) -> np.ndarray:
+    """The greedy continuation: feed `first` at position `start`, then each step's argmax, `steps`
+    forwards in all, each appending to `cache`. Returns the (batch, steps) token ids chosen."""
+    dev = model.device
+    tokens = torch.as_tensor(first, dtype=torch.long, device=dev).reshape(-1, 1).expand(batch, 1)
+    kw, out = cache_kw(model), []
+    for t in range(steps):
+        pos = torch.full((batch, 1), start + t, dtype=torch.long, device=dev)
+        logits = model(
+            tokens, position_ids=pos, cache_position=pos[0], use_cache=True, logits_to_keep=1, **{kw: cache}
+        ).logits[:, -1]
+        tokens = logits.argmax(-1, keepdim=True)
+        out.append(tokens[:, 0].cpu().numpy())
+    return np.stack(out, axis=1) if out else np.zeros((batch, 0), dtype=np.int64)
+
+
+def empty_cache(model):
+    """A fresh KV cache for `model` (the answer pass's decoded tokens; the prompt's keys stay aside)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)

@@ -1,0 +1,65 @@
+"""Settings: which query rows a policy may see, and when the answer pass prunes the cache.
+
+A setting is one `Setting` subclass registered by name. It says which statistics of a
+document-layer a policy may read (`hides`: `DocLayer` fields; reading one raises `HiddenRows`) and
+how many prompt tokens the answer pass prefills before the cache is pruned (`prune_after`).
+- `aware` (the lab's only setting so far): the question's rows are in every statistic, and the
+  cache is pruned after the prompt, the question included, was prefilled (all but its last token,
+  which the answer pass decodes through the pruned cache).
+The query-agnostic setting (compress the context before the question is known) lands here as a
+second subclass, with context-only statistics recorded by the dump.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from core.errors import UsageError
+
+
+class HiddenRows(UsageError):
+    """A policy read a statistic its setting hides."""
+
+
+class Setting:
+    name = "setting"
+    hides: tuple[str, ...] = ()  # DocLayer fields (statistics, final_row) a policy may not read
+
+    def prune_after(self, n: int, question: np.ndarray) -> int:
+        """Prompt tokens prefilled with the full cache before the kept sets apply."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+
+class Aware(Setting):
+    """Query-aware: every statistic includes the question's rows; pruned after the whole prompt."""
+
+    name = "aware"
+
+    def prune_after(self, n: int, question: np.ndarray) -> int:
+        return n - 1
+
+
+REGISTRY: dict[str, Setting] = {}
+
+
+def register(cls: type[Setting]) -> type[Setting]:
+    if not (isinstance(cls, type) and issubclass(cls, Setting)):
+        raise TypeError(f"{cls!r} is not a subclass of Setting")
+    REGISTRY[cls.name] = cls()
+    return cls
+
+
+def get(name: str) -> Setting:
+    if name not in REGISTRY:
+        raise UsageError(f"unknown setting {name!r}: use one of {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def parse_setting(value: str) -> str:
+    value = str(value).strip()
+    if value not in REGISTRY:
+        raise ValueError(f"is not a setting: use one of {', '.join(REGISTRY)}")
+    return value
+
+
+register(Aware)
