@@ -132,8 +132,12 @@ def answer_document(path: str, plan, job, spec) -> dict:
     reads = keptsets.reads_of(pols)
     whole = keptsets.document_of(plan, n, keptsets.loader(path, n, d, s, plan.kv_heads, spec.seed, reads))
     for layer in whole.prunable:
-        x, _ = load_doclayer(path, n, d, s, layer, plan.kv_heads, keptsets.doclayer_seed(spec.seed, d, s, layer), reads)
-        for j, i, kept in keptsets.iter_kept(x, pols, sparsities, spec.gqa, False, whole, layer, spec.setting):
+        x, _ = load_doclayer(
+            path, n, d, s, layer, plan.kv_heads, keptsets.doclayer_seed(spec.seed, d, s, layer), reads
+        )
+        for j, i, kept in keptsets.iter_kept(
+            x, pols, sparsities, spec.gqa, False, whole, layer, spec.setting
+        ):
             masks[i, j, layer] = kept
     answer = np.zeros((len(pols), len(sparsities)), dtype=bool)
     digits = np.zeros((len(pols), len(sparsities)), dtype=np.float32)

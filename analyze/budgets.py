@@ -33,7 +33,9 @@ class Document:
         if layer not in self.prunable:
             raise ValueError(f"layer {layer} is not pruned in this document")
         if self.load is None:
-            raise ValueError("this document was given without its statistics: the allocation cannot read them")
+            raise ValueError(
+                "this document was given without its statistics: the allocation cannot read them"
+            )
         if layer not in self._cache:
             self._cache[layer] = self.load(layer)
         return self._cache[layer]
@@ -70,7 +72,9 @@ def allocate(policy, doc: Document, k: int) -> np.ndarray:
     fixed = policy.budget_for(k, doc.n)
     budgets = np.asarray(getattr(policy, "allocation", UNIFORM).allocate(doc, fixed, policy), dtype=np.int64)
     if budgets.shape != (doc.layers, doc.heads):
-        raise ValueError(f"{policy.name}: allocation gave shape {budgets.shape}, not {(doc.layers, doc.heads)}")
+        raise ValueError(
+            f"{policy.name}: allocation gave shape {budgets.shape}, not {(doc.layers, doc.heads)}"
+        )
     want = fixed * doc.heads * len(doc.prunable)
     if int(budgets.sum()) != want or (budgets < 0).any() or (budgets > doc.n).any():
         raise AssertionError(

@@ -128,8 +128,12 @@ def analyze_doclayer(path: str, plan: StorePlan, job: LayerJob, spec: Spec) -> d
     """All policies × sparsities on one document-layer -> small arrays (see `assemble`)."""
     length, d, s, layer = job
     kv_heads = plan.kv_heads
-    x, needle = load_doclayer(path, length, d, s, layer, kv_heads, doclayer_seed(spec.seed, d, s, layer), spec.reads)
-    doc = keptsets.document_of(plan, length, keptsets.loader(path, length, d, s, kv_heads, spec.seed, spec.reads))
+    x, needle = load_doclayer(
+        path, length, d, s, layer, kv_heads, doclayer_seed(spec.seed, d, s, layer), spec.reads
+    )
+    doc = keptsets.document_of(
+        plan, length, keptsets.loader(path, length, d, s, kv_heads, spec.seed, spec.reads)
+    )
     final = x.final_row.astype(np.float64)
     nsp = len(spec.sparsities)
     out = np.zeros((len(schema.METRICS), len(spec.policies), nsp, x.heads))
@@ -137,7 +141,9 @@ def analyze_doclayer(path: str, plan: StorePlan, job: LayerJob, spec: Spec) -> d
     jac = np.zeros((len(pairs), nsp, x.heads))
     kept_by: dict[str, np.ndarray] = {}
     shown = settings.get(spec.setting)
-    for j, i, kept in iter_kept(x, spec.policies, spec.sparsities, spec.gqa, spec.reference, doc, layer, spec.setting):
+    for j, i, kept in iter_kept(
+        x, spec.policies, spec.sparsities, spec.gqa, spec.reference, doc, layer, spec.setting
+    ):
         out[:, i, j] = metrics.kept_metrics(kept, needle, final)
         kept_by[spec.labels[i]] = kept
         if pairs and i == len(spec.policies) - 1:  # every policy of this sparsity is done
@@ -309,7 +315,9 @@ def check_blocks(spec: Spec, plan: StorePlan) -> None:
     for m in spec.policies:
         for stored in sorted(set(plan.blocks.values())):
             if m.block and m.block % stored:
-                raise UsageError(f"{m.name}:block={m.block} must be a multiple of the stored block size {stored}")
+                raise UsageError(
+                    f"{m.name}:block={m.block} must be a multiple of the stored block size {stored}"
+                )
 
 
 def check_setting(spec: Spec) -> None:
@@ -367,7 +375,9 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
     spec = preflight(path, spec, plan)
     unfinished = plan.unfinished
     jobs = jobs_of(plan, spec)
-    futures = client.map(run_job, [path] * len(jobs), [plan] * len(jobs), [spec] * len(jobs), jobs, pure=False)
+    futures = client.map(
+        run_job, [path] * len(jobs), [plan] * len(jobs), [spec] * len(jobs), jobs, pure=False
+    )
     index = {f.key: job for f, job in zip(futures, jobs)}
     results, answers, corrupt = {}, {}, {}
     with tqdm(total=len(jobs), desc="analyze", unit="task", disable=not progress) as bar:

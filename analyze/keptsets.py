@@ -15,10 +15,9 @@ import numpy as np
 import xarray as xr
 
 from analyze import budgets, policies
-from core import runstore, settings
 from analyze.policies import DocLayer, Policy, budget, keep
-from analyze.policies.base import STATISTICS
-from core import schema
+from core import runstore, schema, settings
+from core.runstore import STATISTICS
 
 
 def doclayer_seed(seed: int, depth: int, sample: int, layer: int) -> int:
@@ -34,7 +33,13 @@ def policy_view(policy: Policy, x: DocLayer) -> DocLayer:
 
 
 def kept(
-    policy: Policy, x: DocLayer, k: int, gqa: str = "kv", reference: bool = False, heads_budget=None, setting=None
+    policy: Policy,
+    x: DocLayer,
+    k: int,
+    gqa: str = "kv",
+    reference: bool = False,
+    heads_budget=None,
+    setting=None,
 ) -> np.ndarray:
     """(head, key) bool: the keys `policy` keeps under the fixed budget k (`heads_budget`: the
     allocated budget of each head of this layer; None: k each)."""
@@ -58,7 +63,9 @@ def loader(path: str, n: int, d: int, s: int, kv_heads: int, seed: int, reads):
     """layer -> that layer's statistics of one document (what `document_of` hands an allocation)."""
 
     def load(layer: int) -> DocLayer:
-        return runstore.load_doclayer(path, n, d, s, layer, kv_heads, doclayer_seed(seed, d, s, layer), reads)[0]
+        return runstore.load_doclayer(
+            path, n, d, s, layer, kv_heads, doclayer_seed(seed, d, s, layer), reads
+        )[0]
 
     return load
 

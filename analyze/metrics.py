@@ -1,10 +1,8 @@
-"""Needle-in-kept-set metrics of one document-layer (contract names of RESULTS.zarr)."""
+"""Needle-in-kept-set metrics of one document-layer (their names and order: `core.schema.METRICS`)."""
 
 from __future__ import annotations
 
 import numpy as np
-
-METRICS = ("needle_hit", "needle_recall", "mass_kept", "kept")
 
 
 def kept_metrics(kept: np.ndarray, needle: np.ndarray, final_row: np.ndarray) -> np.ndarray:

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.settings import parse_setting
 from core.optionkit import choice, comma_list, device, integer, number, option, optional, scheduler, text
-
+from core.settings import parse_setting
 
 DEFAULT_POLICIES = [
     "full",

@@ -16,8 +16,8 @@ import time
 import numpy as np
 
 from analyze import engine, policies
-from core import runstore
 from analyze.policies import budget, keep
+from core import runstore
 from core.cluster import client_for
 
 SPARSITIES = (0.9, 0.95, 0.99)

@@ -15,8 +15,8 @@ import time
 import torch
 
 from core.lm import capture, models
-from dump import haystack
 from core.lm.stats import tile_rows
+from core.tasks import haystack, passkey
 
 
 def best(fn, repeats):
@@ -40,8 +40,8 @@ def main():
     lm = models.load(models.DEFAULT_MODEL, attn_implementation=capture.NAME)
     print(f"cached model load: {time.perf_counter() - t:.2f} s")
     rng = haystack.document_rng(0, args.length, 0, 0)
-    doc = haystack.build_document(
-        lm.tokenizer, args.length, 0.5, haystack.make_passkey(rng), haystack.filler_sentences("ruler", rng)
+    doc = passkey.build_document(
+        lm.tokenizer, args.length, 0.5, passkey.make_passkey(rng), haystack.filler_sentences("ruler", rng)
     )
     ids = torch.as_tensor(doc.input_ids, dtype=torch.long)[None]
     model = lm.model

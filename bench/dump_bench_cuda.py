@@ -19,7 +19,7 @@ import time
 import torch
 
 from core.lm import capture
-from dump.haystack import parse_lengths
+from core.tasks.haystack import parse_lengths
 
 SHAPES = {
     "smollm2-135m": dict(

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from core.lm import capture, models
-from dump import run
 from core import schema
-from dump.options import DumpOptions
+from core.lm import capture, decode, models
 from core.lm.stats import attention_stats, attention_stats_fused
+from dump import document, plan
+from dump.options import DumpOptions
 
 
 def timed(fn, repeats=3):
@@ -76,18 +76,19 @@ def documents(model: str, n: int, docs: int, out: Path, rope_scaling=None, basel
         rope_scaling=rope_scaling,
         progress=False,
     )
-    cfg, device = run.validate(opt)
-    dtype = run.resolve_dtype(opt.dtype, device)
-    store, plan = run.open_store(opt, cfg, models.describe(model, dtype, rope_scaling), device)
+    checked = plan.validate(opt)
+    device = checked.device
+    dtype = plan.resolve_dtype(opt.dtype, device)
+    store, items = plan.open_store(checked, models.describe(model, dtype, rope_scaling), device)
     lm = models.load(
         model, dtype=dtype, device=device, attn_implementation=capture.NAME, rope_scaling=rope_scaling
     )
     times, plain, hits = [], [], 0
-    for item in plan:
-        doc = run.build_document(lm.tokenizer, opt, item.length, item.depth, item.sample)
+    for item in items:
+        doc = document.build_document(lm.tokenizer, opt, item.length, item.depth, item.sample)
         torch.cuda.synchronize()
         t = time.perf_counter()
-        hits += run.dump_document(store, lm, opt, doc, item)
+        hits += document.dump_document(store, lm, opt, doc, item)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
         if baseline:
@@ -96,8 +97,8 @@ def documents(model: str, n: int, docs: int, out: Path, rope_scaling=None, basel
             torch.cuda.synchronize()
             t = time.perf_counter()
             with torch.no_grad():
-                o = lm.model(ids, use_cache=True, logits_to_keep=1)
-                run.greedy_answer(lm.model, o, schema.ANSWER_TOKENS)
+                logits, cache = decode.prefill(lm.model, ids)
+                decode.greedy(lm.model, cache, logits.argmax(-1), ids.shape[1], schema.ANSWER_TOKENS - 1)
             torch.cuda.synchronize()
             plain.append(time.perf_counter() - t)
             lm.model.set_attn_implementation(capture.NAME)

@@ -63,14 +63,14 @@ def summarize(path: str) -> dict:
 
 
 def rewrite_calibration(path: str) -> None:
-    from analyze.cli import write_results
+    from core.outputs import write_dataset
 
     ds = xr.open_zarr(path).load()
     table, attrs = calibration.calibrate(ds)
     ds["calibration"] = table
     ds["calibration"].attrs.update(attrs)
     ds.attrs["calibration_best_rule"] = attrs["best_rule"]
-    write_results(ds, path)
+    write_dataset(ds, path)
 
 
 def markdown(summary: dict, sparsity: str) -> str:

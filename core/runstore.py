@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import zarr
 
-from core.errors import UsageError
 from core import schema
-
+from core.errors import UsageError
 
 STATISTICS = tuple(schema.RUN_STATISTICS)  # what a policy may read, in the schema's order
 _GUARDED = frozenset((*STATISTICS, "final_row"))
@@ -44,9 +43,7 @@ class DocLayer:
         if name in _GUARDED and name in object.__getattribute__(self, "hidden"):
             from core.settings import HiddenRows
 
-            raise HiddenRows(
-                f"{name} is hidden in this setting: a policy reading it cannot be scored here"
-            )
+            raise HiddenRows(f"{name} is hidden in this setting: a policy reading it cannot be scored here")
         return object.__getattribute__(self, name)
 
     def visible(self, setting) -> DocLayer:

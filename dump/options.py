@@ -6,11 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core import tasks
-from core.tasks import haystack
 from core.lm import DEFAULT_MODEL
 from core.optionkit import (
     choice,
-    comma_list,
     device,
     devices,
     integer,
@@ -21,6 +19,7 @@ from core.optionkit import (
     scheduler,
     text,
 )
+from core.tasks import haystack
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
@@ -63,14 +62,6 @@ def block(value: str) -> int | str:
     return integer(minimum=1)(value)
 
 
-
-
-
-
-
-
-
-
 @dataclass
 class DumpOptions:
     out: str = option(
@@ -82,7 +73,9 @@ class DumpOptions:
         text,
     )
     task: str = option(
-        "passkey", "what each document asks (a registered task: passkey is the built-in one)", tasks.parse_task
+        "passkey",
+        "what each document asks (a registered task: passkey is the built-in one)",
+        tasks.parse_task,
     )
     lengths: list[int] = option([1024], "prompt lengths in tokens, e.g. 4k,16K,1500 (k = 1024)", lengths)
     depths: list[float] = option(

@@ -18,8 +18,8 @@ from zarr.codecs import BloscCodec, Crc32cCodec
 
 from core import schema
 from core.errors import UsageError
-from core.outputs import is_local, local_path
 from core.lm.stats import LayerStats
+from core.outputs import is_local, local_path
 
 # zstd level 1: on real attention rows level 5 is 2.8x slower for 8% smaller chunks
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), Crc32cCodec())

@@ -211,3 +211,32 @@ def tiny_gemma2_dir(tmp_path_factory, tokenizer) -> str:
         sliding_window=16,
         attn_logit_softcapping=50.0,
     )
+
+
+# -- the answer pass's pieces, as the tests drive them ------------------------------------------
+def decode_with(model, prompt, first: int, count: int, masks):
+    """Each step's logits (batch, vocab) of a greedy decode from `first` at position prompt.end,
+    the prompt's keys read from `prompt` under the kept-set biases `masks` (layer -> (batch, head, N))."""
+    from core.lm import decode, pruned
+
+    batch = next(iter(masks.values())).shape[0] if masks else 1
+    with pruned.keeping(masks, prompt):
+        yield from decode.steps(model, decode.empty_cache(model), first, prompt.end, count, batch)
+
+
+def greedy_with(model, prompt, first: int, count: int, masks):
+    """The (batch, count) greedy token ids of `decode_with`."""
+    import numpy as np
+
+    return np.stack(
+        [lg.argmax(-1).cpu().numpy() for lg in decode_with(model, prompt, first, count, masks)], axis=1
+    )
+
+
+def answer_document(store: str, n: int, d: int, s: int, methods, sparsities, gqa: str = "kv"):
+    """The answer pass on one document of `store`, for policies by label."""
+    from analyze import answers, engine, policies
+    from core.runstore import plan_store
+
+    spec = engine.Spec(tuple(policies.parse_method(m) for m in methods), tuple(sparsities), gqa=gqa)
+    return answers.answer_document(store, plan_store(store), engine.AnswerJob(n, d, s), spec)

@@ -9,9 +9,11 @@ import torch
 import xarray as xr
 import zarr
 
-from analyze import answers, calibration, policies
+from analyze import answers, calibration
 from core import schema
-from tests.conftest import run_cli
+from core.lm import decode, pruned
+from core.tasks import passkey
+from tests.conftest import answer_document, decode_with, greedy_with, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -49,22 +51,22 @@ def test_every_key_kept_gives_the_unmasked_logits(smol_store):
     lm = answers.load_model("smollm2-135m")
     ids, _, _, _ = _doc(smol_store, 0, 0)
     layers, heads = lm.config["layers"], lm.config["heads"]
-    everything = {layer: answers.bias_of(np.ones((heads, 512), bool)) for layer in range(layers)}
+    everything = {layer: pruned.bias_of(np.ones((heads, 512), bool)) for layer in range(layers)}
     with torch.no_grad():
         prompt = torch.as_tensor(ids[:-1])[None]
-        cache = answers.prefill(lm.model, prompt)
+        cache = decode.prefill(lm.model, prompt)[1]
         last = torch.tensor([[int(ids[-1])]])
-        kw = {answers.cache_kw(lm.model): cache}
-        with answers.keeping(everything):
+        kw = {decode.cache_kw(lm.model): cache}
+        with pruned.keeping(everything):
             masked = lm.model(last, use_cache=True, **kw).logits[0, -1].double()
-        answers.rollback(cache, 511)
+        cache.crop(-(cache.get_seq_length() - 511))  # drop the masked step
         plain = lm.model(last, use_cache=True, **kw).logits[0, -1].double()
         whole = lm.model(torch.as_tensor(ids)[None]).logits[0, -1].double()  # one unmasked forward
         # the answer pass's own path: the prompt's keys aside, a fresh cache for decoded tokens
-        store = answers.prompt_store(answers.prefill(lm.model, prompt), 511, [None] * layers)
+        store = pruned.prompt_store(decode.prefill(lm.model, prompt)[1], 511, [None] * layers)
         steps = [
             x[0].double()
-            for x in answers.decode(
+            for x in decode_with(
                 lm.model, store, int(ids[-1]), 2, {k: v[None] for k, v in everything.items()}
             )
         ]
@@ -80,15 +82,13 @@ def test_every_key_kept_gives_the_unmasked_logits(smol_store):
 
 def test_full_cache_answer_equals_the_dumps_own_answer(smol_store):
     root = zarr.open_group(smol_store, mode="r")
-    out = answers.answer_document(
-        smol_store, 512, 0, 0, (policies.default("full"), policies.default("h2o")), [0.5], "kv", 0, 3
-    )
+    out = answer_document(smol_store, 512, 0, 0, ("full", "h2o"), [0.5])
     _, _, dumped, retrieved = _doc(smol_store, 0, 0)
     np.testing.assert_array_equal(out["ids"][0, 0], dumped)
     assert bool(out["answer"][0, 0]) == retrieved
     for d in range(2):
         for s in range(2):
-            r = answers.answer_document(smol_store, 512, d, s, (policies.default("full"),), [0.9], "kv", 0, 3)
+            r = answer_document(smol_store, 512, d, s, ("full",), [0.9])
             np.testing.assert_array_equal(r["ids"][0, 0], root["len_512"]["answer_ids"][d, s])
 
 
@@ -107,13 +107,13 @@ def test_dropping_exactly_the_passkey_makes_the_model_fail(smol_store):
         assert passkey_tokens.sum() == 2 * needle.sum()
         keep = np.ones((lm.config["heads"], 512), dtype=bool)
         keep[:, passkey_tokens] = False
-        masks = {layer: answers.bias_of(keep) for layer in range(lm.config["layers"])}
+        masks = {layer: pruned.bias_of(keep) for layer in range(lm.config["layers"])}
         with torch.no_grad():
-            store = answers.prompt_store(
-                answers.prefill(lm.model, torch.as_tensor(ids[:-1])[None]), 511, [None] * 30
+            store = pruned.prompt_store(
+                decode.prefill(lm.model, torch.as_tensor(ids[:-1])[None])[1], 511, [None] * 30
             )
-            intact = answers.greedy(lm.model, store, int(ids[-1]), len(dumped), {})[0].tolist()
-            blind = answers.greedy(
+            intact = greedy_with(lm.model, store, int(ids[-1]), len(dumped), {})[0].tolist()
+            blind = greedy_with(
                 lm.model, store, int(ids[-1]), len(dumped), {k: v[None] for k, v in masks.items()}
             )[0].tolist()
         assert str(passkey) in lm.tokenizer.decode(intact).replace(" ", "")
@@ -121,10 +121,10 @@ def test_dropping_exactly_the_passkey_makes_the_model_fail(smol_store):
 
 
 def test_digits_in_place():
-    assert answers.digits_in_place(" 95488. Remember", 95408) == pytest.approx(0.8)
-    assert answers.digits_in_place(" 9548.", 95408) == pytest.approx(0.6)
-    assert answers.digits_in_place("no digits", 95408) == 0.0
-    assert answers.digits_in_place("95408", 95408) == 1.0
+    assert passkey.digits_in_place(" 95488. Remember", 95408) == pytest.approx(0.8)
+    assert passkey.digits_in_place(" 9548.", 95408) == pytest.approx(0.6)
+    assert passkey.digits_in_place("no digits", 95408) == 0.0
+    assert passkey.digits_in_place("95408", 95408) == 1.0
 
 
 def test_auroc_against_brute_force():

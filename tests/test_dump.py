@@ -13,24 +13,11 @@ import pytest
 import xarray as xr
 import zarr
 
+from core import schema
 from tests.conftest import ROOT, run_cli
 
-VARS = [
-    "input_ids",
-    "needle",
-    "needle_sentence",
-    "question",
-    "passkey",
-    "colsum",
-    "window",
-    "blocks",
-    "qpool",
-    "kpool",
-    "answer_ids",
-    "done",
-    "retrieved",
-    "depth_actual",
-]
+# every stored variable of a document (the schema's, not a copy): the equality tests compare them all
+VARS = [*schema.RUN_DOCUMENT, *schema.RUN_STATISTICS]
 
 
 def dump_args(model, out, *extra):

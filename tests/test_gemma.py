@@ -26,12 +26,12 @@ def test_real_gemma_capture_equals_eager_on_both_layer_types(gemma_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from core.lm import capture
-    from dump import haystack
+    from core.tasks import haystack, passkey
 
     tok = AutoTokenizer.from_pretrained(gemma_dir)
     rng = haystack.document_rng(0, 600, 0, 0)
-    doc = haystack.build_document(
-        tok, 600, 0.5, haystack.make_passkey(rng), haystack.filler_sentences("ruler", rng)
+    doc = passkey.build_document(
+        tok, 600, 0.5, passkey.make_passkey(rng), haystack.filler_sentences("ruler", rng)
     )
     ids = torch.as_tensor(doc.input_ids, dtype=torch.long)[None]
     model = AutoModelForCausalLM.from_pretrained(

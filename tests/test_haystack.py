@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from dump import haystack
 from core.errors import UsageError
+from core.tasks import haystack, passkey
 
 
 @pytest.mark.parametrize("length", [200, 513, 1024, 4096])
@@ -12,10 +12,10 @@ from core.errors import UsageError
 @pytest.mark.parametrize("filler", ["ruler", "nature"])
 def test_exact_length_and_spans(tokenizer, length, depth, filler):
     rng = haystack.document_rng(0, length, 0, 0)
-    passkey = haystack.make_passkey(rng)
-    doc = haystack.build_document(tokenizer, length, depth, passkey, haystack.filler_sentences(filler, rng))
+    key = passkey.make_passkey(rng)
+    doc = passkey.build_document(tokenizer, length, depth, key, haystack.filler_sentences(filler, rng))
     assert doc.length == length
-    assert tokenizer.decode(doc.input_ids[doc.needle].tolist()).strip() == str(passkey)
+    assert tokenizer.decode(doc.input_ids[doc.needle].tolist()).strip() == str(key)
     assert doc.needle_sentence[doc.needle].all()  # passkey tokens lie inside the needle sentence
     q = np.flatnonzero(doc.question)
     assert q[-1] == length - 1 and doc.text.endswith("The pass key is")  # question last, ends with the cue
@@ -23,14 +23,14 @@ def test_exact_length_and_spans(tokenizer, length, depth, filler):
     assert abs(doc.depth_actual - depth) < 0.1
     # spans from offsets agree with the text
     sentence = tokenizer.decode(doc.input_ids[doc.needle_sentence].tolist()).strip()
-    assert sentence == haystack.NEEDLE.format(passkey=passkey)
+    assert sentence == passkey.NEEDLE.format(passkey=key)
 
 
 def test_depth_orders_needle_positions(tokenizer):
     starts = []
     for depth in (0.1, 0.5, 0.9):
         rng = haystack.document_rng(0, 1000, 0, 0)
-        doc = haystack.build_document(tokenizer, 1000, depth, 12345, haystack.filler_sentences("ruler", rng))
+        doc = passkey.build_document(tokenizer, 1000, depth, 12345, haystack.filler_sentences("ruler", rng))
         starts.append(np.flatnonzero(doc.needle)[0])
     assert starts[0] < starts[1] < starts[2]
 
@@ -40,14 +40,14 @@ def test_text_file_filler(tokenizer, tmp_path):
     f.write_text("Paul wrote an essay. It was long!  Was it good? Nobody knows.\n" * 3)
     sentences = haystack.filler_sentences(str(f), np.random.default_rng(0))
     assert sentences[:2] == ["Paul wrote an essay.", "It was long!"]
-    doc = haystack.build_document(tokenizer, 300, 0.5, 54321, sentences)
+    doc = passkey.build_document(tokenizer, 300, 0.5, 54321, sentences)
     assert doc.length == 300
 
 
 def test_seeded_documents_repeat():
-    a = haystack.make_passkey(haystack.document_rng(3, 1024, 1, 2))
-    b = haystack.make_passkey(haystack.document_rng(3, 1024, 1, 2))
-    c = haystack.make_passkey(haystack.document_rng(3, 1024, 1, 3))
+    a = passkey.make_passkey(haystack.document_rng(3, 1024, 1, 2))
+    b = passkey.make_passkey(haystack.document_rng(3, 1024, 1, 2))
+    c = passkey.make_passkey(haystack.document_rng(3, 1024, 1, 3))
     assert a == b != c and 10000 <= a <= 99999
 
 
@@ -69,4 +69,4 @@ def test_parsers():
 
 def test_too_short_length_is_refused(tokenizer):
     with pytest.raises(UsageError, match="too short"):
-        haystack.build_document(tokenizer, 20, 0.5, 12345, haystack.RULER_SENTENCES)
+        passkey.build_document(tokenizer, 20, 0.5, 12345, haystack.RULER_SENTENCES)

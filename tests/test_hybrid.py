@@ -12,7 +12,8 @@ import zarr
 
 from analyze import answers, policies
 from core import schema
-from tests.conftest import run_cli
+from core.lm import decode, pruned
+from tests.conftest import decode_with, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +95,14 @@ def test_answer_pass_on_a_hybrid_cache_is_exact(hybrid, tiny_gemma3_dir):
         np.testing.assert_array_equal(full.sel(sparsity=sp, length=200).values, g["answer_ids"][:])
     lm = answers.load_model(tiny_gemma3_dir)
     ids = np.asarray(g["input_ids"][0, 0])
-    everything = {2: answers.bias_of(np.ones((lm.config["heads"], 200), bool))}  # the one prunable layer
+    everything = {2: pruned.bias_of(np.ones((lm.config["heads"], 200), bool))}  # the one prunable layer
     with torch.no_grad():
-        cache = answers.prefill(lm.model, torch.as_tensor(ids[:-1])[None])
-        kw = {answers.cache_kw(lm.model): cache}
+        cache = decode.prefill(lm.model, torch.as_tensor(ids[:-1])[None])[1]
+        kw = {decode.cache_kw(lm.model): cache}
         last = torch.tensor([[int(ids[-1])]])
         import copy
 
-        with answers.keeping(everything):
+        with pruned.keeping(everything):
             masked = (
                 lm.model(last, use_cache=True, **{k: copy.deepcopy(v) for k, v in kw.items()})
                 .logits[0, -1]
@@ -121,10 +122,12 @@ def test_answer_pass_on_a_hybrid_cache_is_exact(hybrid, tiny_gemma3_dir):
     # the answer pass's path (prompt keys aside; sliding layers keep their window as positions advance)
     windows = [24, 24, None]
     with torch.no_grad():
-        store = answers.prompt_store(answers.prefill(lm.model, torch.as_tensor(ids[:-1])[None]), 199, windows)
+        store = pruned.prompt_store(
+            decode.prefill(lm.model, torch.as_tensor(ids[:-1])[None])[1], 199, windows
+        )
         steps = [
             x[0].double()
-            for x in answers.decode(
+            for x in decode_with(
                 lm.model, store, int(ids[-1]), 3, {k: v[None] for k, v in everything.items()}
             )
         ]
@@ -136,8 +139,8 @@ def test_answer_pass_on_a_hybrid_cache_is_exact(hybrid, tiny_gemma3_dir):
     # and a kept set that drops keys does change the full layer's answer logits
     kept = np.zeros((lm.config["heads"], 200), bool)
     kept[:, -1] = True
-    drop = {2: answers.bias_of(kept)}
-    with torch.no_grad(), answers.keeping(drop):
+    drop = {2: pruned.bias_of(kept)}
+    with torch.no_grad(), pruned.keeping(drop):
         cut = (
             lm.model(last, use_cache=True, **{k: copy.deepcopy(v) for k, v in kw.items()})
             .logits[0, -1]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from core.errors import UsageError
 from analyze.policies.base import DocLayer, Policy, Ranking, budget, keep, select, select_reference
 from analyze.policies.block_mass import BlockMass
 from analyze.policies.cab import CAB
@@ -20,6 +19,7 @@ from analyze.policies.random_keys import RandomKeys
 from analyze.policies.snapkv import SnapKV
 from analyze.policies.streaming import Streaming
 from analyze.policies.tova import TOVA
+from core.errors import UsageError
 from core.optionkit import boolean
 
 REGISTRY: dict[str, type[Policy]] = {

@@ -14,8 +14,7 @@ import numba
 import numpy as np
 
 from analyze.budgets import UNIFORM
-from core.runstore import STATISTICS, DocLayer
-
+from core.runstore import DocLayer
 
 
 def budget(sparsity: float, n: int) -> int:

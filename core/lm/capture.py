@@ -18,8 +18,8 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from core.lm import kernels
 from core.errors import UsageError
+from core.lm import kernels
 from core.lm.stats import LayerStats, attention_stats, attention_stats_fused
 
 NAME = "niah_capture"

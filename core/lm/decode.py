@@ -30,20 +30,25 @@ def prefill(model, ids: torch.Tensor):
     return out.logits[:, -1], cache_of(out)
 
 
-def greedy(model, cache, first: torch.Tensor | int, start: int, steps: int, batch: int = 1) -> np.ndarray:
-    """The greedy continuation: feed `first` at position `start`, then each step's argmax, `steps`
-    forwards in all, each appending to `cache`. Returns the (batch, steps) token ids chosen."""
+def steps(model, cache, first: torch.Tensor | int, start: int, count: int, batch: int = 1):
+    """The one greedy loop: feed `first` at position `start`, then each step's argmax; yields each
+    step's (batch, vocab) logits, `count` forwards in all, each appending to `cache`."""
     dev = model.device
     tokens = torch.as_tensor(first, dtype=torch.long, device=dev).reshape(-1, 1).expand(batch, 1)
-    kw, out = cache_kw(model), []
-    for t in range(steps):
+    kw = cache_kw(model)
+    for t in range(count):
         pos = torch.full((batch, 1), start + t, dtype=torch.long, device=dev)
         logits = model(
             tokens, position_ids=pos, cache_position=pos[0], use_cache=True, logits_to_keep=1, **{kw: cache}
         ).logits[:, -1]
+        yield logits
         tokens = logits.argmax(-1, keepdim=True)
-        out.append(tokens[:, 0].cpu().numpy())
-    return np.stack(out, axis=1) if out else np.zeros((batch, 0), dtype=np.int64)
+
+
+def greedy(model, cache, first: torch.Tensor | int, start: int, count: int, batch: int = 1) -> np.ndarray:
+    """The (batch, count) token ids `steps` chooses."""
+    chosen = [lg.argmax(-1).cpu().numpy() for lg in steps(model, cache, first, start, count, batch)]
+    return np.stack(chosen, axis=1) if chosen else np.zeros((batch, 0), dtype=np.int64)
 
 
 def empty_cache(model):

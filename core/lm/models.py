@@ -168,7 +168,9 @@ def resolve_device(device: str, option: str = "--device") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"{option} {device} asked for, but CUDA is not available on this machine: use {option} cpu")
+        raise UsageError(
+            f"{option} {device} asked for, but CUDA is not available on this machine: use {option} cpu"
+        )
     return device
 
 

@@ -103,7 +103,9 @@ def parse_task(value: str) -> str:
     return value
 
 
-def document(tokenizer, task: str, seed: int, filler: str, length: int, depth: float, depth_index: int, sample: int) -> Document:
+def document(
+    tokenizer, task: str, seed: int, filler: str, length: int, depth: float, depth_index: int, sample: int
+) -> Document:
     """The document at (length, depth, sample) of a study: a function of its settings alone. This is
     the one document rule: the dump builds with it and the answer pass rebuilds with it."""
     rng = haystack.document_rng(seed, length, depth_index, sample)

@@ -143,7 +143,9 @@ class Fitted:
         return _spans(self.offsets, start, end)
 
 
-def fit(tokenizer, length: int, depth: float, sentences: list[str], header: str, needle: str, question: str) -> Fitted:
+def fit(
+    tokenizer, length: int, depth: float, sentences: list[str], header: str, needle: str, question: str
+) -> Fitted:
     """The prompt header + haystack (needle inserted at `depth`) + question of exactly `length` tokens
     (special tokens included), by cutting the haystack at a word boundary (inside a word if need be)."""
 
@@ -153,6 +155,7 @@ def fit(tokenizer, length: int, depth: float, sentences: list[str], header: str,
 
     def count(cut: int) -> int:
         return len(tokenizer(render(cut)[0], add_special_tokens=True)["input_ids"])
+
     long_hay = _long_haystack(sentences, min_chars=8 * length + 64)
     fixed = count(0)
     if fixed > length:

@@ -67,7 +67,15 @@ def build_document(tokenizer, length: int, depth: float, passkey: int, sentences
     spans = tuple(span for c in copies for span in runs(f.spans(c, c + len(key))))
     target = Needle(key="pass key", value=key, role="target", spans=spans)
     return Document(
-        f.input_ids, needle_mask, sentence_mask, question_mask, passkey, depth, depth_actual, f.text, (target,)
+        f.input_ids,
+        needle_mask,
+        sentence_mask,
+        question_mask,
+        passkey,
+        depth,
+        depth_actual,
+        f.text,
+        (target,),
     )
 
 

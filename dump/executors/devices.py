@@ -37,7 +37,9 @@ def run_on_devices(checked: Checked, devices: list[str]) -> DumpSummary:
     store.close()  # layout and attributes are written once, here; the shards only fill chunks
     shards = [
         Shard(
-            dataclasses.replace(checked, opt=dataclasses.replace(opt, device=dev, devices=None, overwrite=False)),
+            dataclasses.replace(
+                checked, opt=dataclasses.replace(opt, device=dev, devices=None, overwrite=False)
+            ),
             dev,
             i,
             len(devices),

@@ -48,7 +48,9 @@ def run_local(checked: Checked, device: str, shard: tuple[int, int] | None = Non
             doc = upcoming.result()
             if i + 1 < len(todo):
                 upcoming = prepare(todo[i + 1])
-            retrieved += dump_document(store, lm, opt, doc, item, progress=opt.progress and item.length >= 16384)
+            retrieved += dump_document(
+                store, lm, opt, doc, item, progress=opt.progress and item.length >= 16384
+            )
             tokens += item.length
     finally:
         bar.close()
