@@ -87,12 +87,58 @@ def tiny_gpt2_dir(tmp_path_factory, tokenizer) -> str:
     )
 
 
-def run_cli(*args, timeout=600, env=None):
-    """Run `python -m <stage> ...` in a subprocess; returns CompletedProcess with text output."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env
-    )
+def run_cli(*args, timeout=600, env=None, subprocess_=False):
+    """`python -m <stage> ...` -> CompletedProcess with text stdout/stderr and the exit status.
+
+    In this process by default: the stage's `main(argv)` with stdout and stderr captured, the cwd and
+    environment as a subprocess would have them, an uncaught exception written to stderr as a
+    traceback (as the interpreter would) and the signal handlers restored after. `subprocess_=True`
+    runs a real `python -m` child, for what only a process shows (signals, kills, a fresh interpreter)."""
+    if subprocess_ or args[0] not in _STAGES:
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env
+        )
+    return _in_process(args[0], [str(a) for a in args[1:]], env or {})
+
+
+_STAGES = ("dump", "analyze", "viz", "pipelines")
+
+
+def _in_process(stage: str, argv: list[str], env: dict) -> subprocess.CompletedProcess:
+    import contextlib
+    import importlib
+    import io
+    import signal
+    import traceback
+
+    from core import errors
+
+    main = importlib.import_module(f"{stage}.cli").main
+    out, err = io.StringIO(), io.StringIO()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    saved_env, cwd = dict(os.environ), os.getcwd()
+    os.environ.update(env)
+    os.chdir(ROOT)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                status = main(argv)
+            except SystemExit as e:  # argparse's errors and --help
+                status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if not isinstance(e.code, int) and e.code is not None:
+                    print(e.code, file=sys.stderr)
+            except Exception:
+                traceback.print_exc()
+                status = 1
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        errors._received.clear()
+    return subprocess.CompletedProcess([stage, *argv], status, out.getvalue(), err.getvalue())
 
 
 def free_port() -> int:
