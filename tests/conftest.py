@@ -49,6 +49,29 @@ SMALL_DECODER = dict(
 )
 
 
+# the shared tiny-model store: every module that only reads a small dump reads this one
+TINY_DUMP = ["--lengths", "200,256", "--depths", "0.3,0.7", "--samples", "2", "--window", "8", "--block", "32"]
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_llama_dir, tmp_path_factory) -> str:
+    """A finished dump of the tiny Llama (2 lengths x 2 depths x 2 samples); read it, never change it
+    (copy it first)."""
+    out = tmp_path_factory.mktemp("tiny_store") / "run.zarr"
+    r = run_cli("dump", "--model", tiny_llama_dir, *TINY_DUMP, "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def thread_client():
+    """A Dask client of this process (threads): what a test registers is seen by its tasks."""
+    from distributed import Client
+
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
+        yield c
+
+
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, tokenizer) -> str:
     """A random Llama with GQA (4 query heads, 2 kv heads) and SmolLM2's tokenizer."""
