@@ -6,7 +6,10 @@ import torch
 from core.lm import kernels
 from tests.test_stats import reference
 
-pytestmark = pytest.mark.skipif(not kernels.triton_available(), reason="needs CUDA and Triton (GPU machine)")
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not kernels.triton_available(), reason="needs CUDA and Triton (GPU machine)"),
+]
 
 
 @pytest.mark.parametrize(
