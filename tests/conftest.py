@@ -50,7 +50,18 @@ SMALL_DECODER = dict(
 
 
 # the shared tiny-model store: every module that only reads a small dump reads this one
-TINY_DUMP = ["--lengths", "200,256", "--depths", "0.3,0.7", "--samples", "2", "--window", "8", "--block", "32"]
+TINY_DUMP = [
+    "--lengths",
+    "200,256",
+    "--depths",
+    "0.3,0.7",
+    "--samples",
+    "2",
+    "--window",
+    "8",
+    "--block",
+    "32",
+]
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +70,29 @@ def tiny_store(tiny_llama_dir, tmp_path_factory) -> str:
     (copy it first)."""
     out = tmp_path_factory.mktemp("tiny_store") / "run.zarr"
     r = run_cli("dump", "--model", tiny_llama_dir, *TINY_DUMP, "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def smol_store(tmp_path_factory) -> str:
+    """The one real-weight dump the suite shares: the embedded SmolLM2 at 512 tokens, 2 depths x 2
+    samples, W = 16. Read it, never change it."""
+    out = tmp_path_factory.mktemp("smol_store") / "run.zarr"
+    r = run_cli(
+        "dump",
+        "--lengths",
+        "512",
+        "--depths",
+        "0.3,0.7",
+        "--samples",
+        "2",
+        "--window",
+        "16",
+        "--out",
+        str(out),
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     return str(out)
 
@@ -120,7 +154,12 @@ def run_cli(*args, timeout=600, env=None, subprocess_=False):
     if subprocess_ or args[0] not in _STAGES:
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         return subprocess.run(
-            [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env
+            [sys.executable, "-m", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=full_env,
         )
     return _in_process(args[0], [str(a) for a in args[1:]], env or {})
 

@@ -8,6 +8,7 @@ import xarray as xr
 import zarr
 
 from analyze import engine, policies
+from core import schema
 from tests.conftest import run_cli
 
 METHODS = "full,oracle,random,streaming,h2o,snapkv,tova,cab,cab_high,cab_hybrid,cab_3c"
@@ -92,7 +93,7 @@ def test_same_seed_same_results_other_seed_differs(tiny_store, client, results):
 
 def test_numba_equals_numpy_reference_on_a_real_dump(tiny_store, client, results):
     ref = analyze(tiny_store, client, reference=True)
-    for v in ("needle_hit", "needle_recall", "mass_kept", "kept", "jaccard"):
+    for v in [*schema.RESULT_VARS]:  # every per-head variable, the diagnostics included
         np.testing.assert_array_equal(ref[v].values, results[v].values, err_msg=v)
 
 
@@ -199,13 +200,11 @@ def test_list_methods():
     assert "recent_ratio=0.5" in r.stdout
 
 
-def test_real_smollm2_dump(tmp_path, client):
+@pytest.mark.slow
+def test_real_smollm2_dump(smol_store, client):
     """The embedded model at 512 tokens: full keeps the needle, oracle tops mass, numba = numpy."""
-    out = tmp_path / "smol.zarr"
-    r = run_cli("dump", "--lengths", "512", "--depths", "0.25,0.75", "--out", str(out), "--no-progress")
-    assert r.returncode == 0, r.stderr
-    ds = analyze(str(out), client, sparsities=(0.5, 0.9))
-    ref = analyze(str(out), client, sparsities=(0.5, 0.9), reference=True)
+    ds = analyze(smol_store, client, sparsities=(0.5, 0.9))
+    ref = analyze(smol_store, client, sparsities=(0.5, 0.9), reference=True)
     np.testing.assert_array_equal(ds.needle_hit.values, ref.needle_hit.values)
     assert (ds.needle_hit.sel({"policy": "full"}) == 1).all()
     assert (

@@ -16,27 +16,6 @@ from core.tasks import passkey
 from tests.conftest import answer_document, decode_with, greedy_with, run_cli
 
 
-@pytest.fixture(scope="module")
-def smol_store(tmp_path_factory):
-    out = tmp_path_factory.mktemp("answers") / "run.zarr"
-    r = run_cli(
-        "dump",
-        "--lengths",
-        "512",
-        "--depths",
-        "0.3,0.7",
-        "--samples",
-        "2",
-        "--window",
-        "16",
-        "--out",
-        str(out),
-        "--no-progress",
-    )
-    assert r.returncode == 0, r.stderr
-    return str(out)
-
-
 def _doc(store, d, s):
     g = zarr.open_group(store, mode="r")[schema.group_name(512)]
     return (
@@ -47,6 +26,7 @@ def _doc(store, d, s):
     )
 
 
+@pytest.mark.slow
 def test_every_key_kept_gives_the_unmasked_logits(smol_store):
     lm = answers.load_model("smollm2-135m")
     ids, _, _, _ = _doc(smol_store, 0, 0)
@@ -80,6 +60,7 @@ def test_every_key_kept_gives_the_unmasked_logits(smol_store):
     )  # a decoded token sees the prompt and itself
 
 
+@pytest.mark.slow
 def test_full_cache_answer_equals_the_dumps_own_answer(smol_store):
     root = zarr.open_group(smol_store, mode="r")
     out = answer_document(smol_store, 512, 0, 0, ("full", "h2o"), [0.5])
@@ -92,6 +73,7 @@ def test_full_cache_answer_equals_the_dumps_own_answer(smol_store):
             np.testing.assert_array_equal(r["ids"][0, 0], root["len_512"]["answer_ids"][d, s])
 
 
+@pytest.mark.slow
 def test_dropping_exactly_the_passkey_makes_the_model_fail(smol_store):
     lm = answers.load_model("smollm2-135m")
     answered = [(d, s) for d in range(2) for s in range(2) if _doc(smol_store, d, s)[3]]
@@ -135,6 +117,7 @@ def test_auroc_against_brute_force():
     assert calibration.auroc(score, label) == pytest.approx(np.mean(pairs))
 
 
+@pytest.mark.slow
 def test_cli_answers_end_to_end(smol_store, tmp_path):
     out = tmp_path / "res.zarr"
     r = run_cli(

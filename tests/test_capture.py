@@ -53,6 +53,7 @@ def test_tiny_models_equal_eager(fixture, request):
     check(ref, out, got, 300, 16, 32)
 
 
+@pytest.mark.slow
 def test_smollm2_equals_eager_at_512_tokens(smollm2_dir):
     ref, out, got = eager_vs_capture(smollm2_dir, 512, window=64, block=64)
     check(ref, out, got, 512, 64, 64)

@@ -12,6 +12,8 @@ from core import schema
 from tests.conftest import run_cli
 from tests.test_capture import check
 
+pytestmark = pytest.mark.slow  # real weights
+
 
 @pytest.fixture(scope="module")
 def gemma_dir() -> str:
