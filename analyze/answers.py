@@ -94,8 +94,17 @@ def rebuild(tokenizer, attrs: dict, path: str, n: int, d: int, s: int, ids: np.n
     """The stored document rebuilt by the dump's task rule; the tokenizer must reproduce the stored
     prompt token for token."""
     st = attrs["settings"]
+    by_index = schema.seeds_by_depth_index(attrs.get("schema_version", ""))
     doc = tasks.document(
-        tokenizer, st.get("task", "passkey"), int(st["seed"]), st["filler"], n, float(st["depths"][d]), d, s
+        tokenizer,
+        st.get("task", "passkey"),
+        int(st["seed"]),
+        st["filler"],
+        n,
+        float(st["depths"][d]),
+        d,
+        s,
+        by_index,
     )
     if not np.array_equal(doc.input_ids, ids):
         raise UsageError(

@@ -37,7 +37,9 @@ from core.errors import UsageError
 
 KIND_ATTR = "niah_store"
 RUN_KIND, RESULTS_KIND = "run", "results"
-RUN_VERSION = "2.1"  # 2.1: window_sum, and only the last R (--window-rows) of the W rows stored whole
+# 2.1: window_sum, and only the last R (--window-rows) of the W rows stored whole
+# 2.2: a document's passkey and haystack are seeded by its depth *value* (before: its index in the grid)
+RUN_VERSION = "2.2"
 RESULTS_VERSION = "2.0"
 READABLE_MAJOR = {RUN_KIND: ("1", "2"), RESULTS_KIND: ("2",)}
 
@@ -253,6 +255,15 @@ def check_version(kind: str, attrs: dict, path: str) -> str:
         f"{path!r} has {kind} schema version {version or 'none'!r}; this version reads "
         f"{', '.join(m + '.x' for m in READABLE_MAJOR[kind])}: {remedy}"
     )
+
+
+def seeds_by_depth_index(version: str) -> bool:
+    """Stores before RUN 2.2 seeded each document by its depth's index in the plan's grid."""
+    try:
+        major, minor = (int(x) for x in str(version).split(".")[:2])
+    except ValueError:
+        return True
+    return (major, minor) < (2, 2)
 
 
 def layer_windows(model_config: dict) -> list[int | None]:

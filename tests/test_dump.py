@@ -252,3 +252,34 @@ def test_embedded_smollm2_dump_retrieves_the_passkey(smol_store):
     final = ds.window.isel(depth=0, sample=0, wq=-1).astype("float32")
     mass = final.where(ds.needle.isel(depth=0, sample=0), 0).sum("key")
     assert float(mass.max()) > 0.3
+
+
+def test_a_document_depends_on_its_depth_value_not_its_place_in_the_grid(tiny_llama_dir, tmp_path):
+    """RUN 2.2: the document at depth 0.5 is the same in a plan of depths 0.2,0.5,0.8 and of 0.5 alone
+    (before, its passkey and filler were seeded by the depth's index in the grid)."""
+    grid, alone = tmp_path / "grid.zarr", tmp_path / "alone.zarr"
+    common = ["--lengths", "160", "--samples", "2", "--window", "8", "--block", "32", "--no-progress"]
+    for out, depths in ((grid, "0.2,0.5,0.8"), (alone, "0.5")):
+        r = run_cli("dump", "--model", tiny_llama_dir, "--depths", depths, *common, "--out", str(out))
+        assert r.returncode == 0, r.stderr
+    a = xr.open_zarr(grid, group="len_160", consolidated=False).sel(depth=0.5)
+    b = xr.open_zarr(alone, group="len_160", consolidated=False).sel(depth=0.5)
+    for v in VARS:  # the document and every statistic of it
+        np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
+    assert zarr.open_group(str(grid), mode="r").attrs["schema_version"] == schema.RUN_VERSION == "2.2"
+
+
+def test_stores_before_2_2_are_rebuilt_by_the_depth_index(tokenizer):
+    """The answer pass rebuilds a store's documents by the rule it was dumped with."""
+    from core import tasks
+    from core.tasks import haystack, passkey
+
+    assert schema.seeds_by_depth_index("2.1") and schema.seeds_by_depth_index("1.0")
+    assert not schema.seeds_by_depth_index("2.2")
+    old = tasks.document(tokenizer, "passkey", 0, "ruler", 200, 0.5, 1, 0, by_index=True)
+    rng = np.random.default_rng([0, 200, 1, 0])  # the rule as it was written for schema <= 2.1
+    key = passkey.make_passkey(rng)
+    want = passkey.build_document(tokenizer, 200, 0.5, key, haystack.filler_sentences("ruler", rng))
+    np.testing.assert_array_equal(old.input_ids, want.input_ids)
+    new = tasks.document(tokenizer, "passkey", 0, "ruler", 200, 0.5, 1, 0)
+    assert new.passkey == passkey.make_passkey(haystack.document_rng(0, 200, 0.5, 0))

@@ -104,11 +104,24 @@ def parse_task(value: str) -> str:
 
 
 def document(
-    tokenizer, task: str, seed: int, filler: str, length: int, depth: float, depth_index: int, sample: int
+    tokenizer,
+    task: str,
+    seed: int,
+    filler: str,
+    length: int,
+    depth: float,
+    depth_index: int,
+    sample: int,
+    by_index: bool = False,
 ) -> Document:
-    """The document at (length, depth, sample) of a study: a function of its settings alone. This is
-    the one document rule: the dump builds with it and the answer pass rebuilds with it."""
-    rng = haystack.document_rng(seed, length, depth_index, sample)
+    """The document at (length, depth, sample) of a study: a function of (seed, length, depth value,
+    sample) alone. This is the one document rule: the dump builds with it and the answer pass
+    rebuilds with it. `by_index`: the rule of stores before RUN schema 2.2 (the depth's index in the
+    grid seeded the document; `schema.seeds_by_depth_index` says which stores)."""
+    if by_index:
+        rng = haystack.document_rng_by_index(seed, length, depth_index, sample)
+    else:
+        rng = haystack.document_rng(seed, length, depth, sample)
     return get(task).build(tokenizer, length, depth, rng, filler)
 
 

@@ -100,8 +100,16 @@ def filler_sentences(filler: str, rng: np.random.Generator) -> list[str]:
     return sentences
 
 
-def document_rng(seed: int, length: int, depth_index: int, sample: int) -> np.random.Generator:
-    """Each document's randomness depends only on its coordinates: resumable and order-free."""
+def document_rng(seed: int, length: int, depth: float, sample: int) -> np.random.Generator:
+    """Each document's randomness depends only on its coordinates (seed, length, depth value,
+    sample): resumable, order-free, and the same document at depth 0.5 whatever the other depths of
+    the plan (depths are read to 6 decimals)."""
+    return np.random.default_rng([seed, length, int(round(depth * 10**6)), sample])
+
+
+def document_rng_by_index(seed: int, length: int, depth_index: int, sample: int) -> np.random.Generator:
+    """The rule of RUN stores before schema 2.2: the depth's *index* in the plan's grid (kept to
+    rebuild their documents)."""
     return np.random.default_rng([seed, length, depth_index, sample])
 
 
