@@ -129,12 +129,9 @@ def answer_document(path: str, plan, job, spec) -> dict:
     doc = rebuild(lm.tokenizer, attrs, path, n, d, s, ids)
     task = tasks.get(attrs["settings"].get("task", "passkey"))
     steps = int((np.asarray(g["answer_ids"][d, s]) >= 0).sum()) or task.answer_tokens
-    cut = settings.get(spec.setting).prune_after(n, doc.question)
-    if cut != n - 1:
-        raise UsageError(
-            f"the {spec.setting} setting prunes after {cut} of {n} prompt tokens; the answer pass decodes "
-            f"only from the last prompt token (n - 1)"
-        )
+    cut = settings.get(spec.setting).prune_after(n, doc.question)  # prompt tokens prefilled whole
+    if not 0 < cut < n:
+        raise ValueError(f"the {spec.setting} setting prunes after {cut} of {n} prompt tokens: not in 1..{n - 1}")
     layers = lm.config["layers"]
     windows = plan.windows
     masks = np.zeros((len(pols), len(sparsities), layers, lm.config["heads"], n), dtype=bool)
@@ -163,7 +160,7 @@ def answer_document(path: str, plan, job, spec) -> dict:
             }
             cache = decode.empty_cache(lm.model)
             with pruned.keeping(per_layer, store):
-                toks = decode.greedy(lm.model, cache, int(ids[cut]), cut, steps, batch=len(chunk))
+                toks = decode.greedy(lm.model, cache, ids[cut:], cut, steps, batch=len(chunk))
             for row, (i, j) in enumerate(chunk):
                 text = lm.tokenizer.decode(toks[row].tolist())
                 answer[i, j] = task.score(text, doc) == 1.0

@@ -128,7 +128,7 @@ def analyze_doclayer(path: str, plan: StorePlan, job: LayerJob, spec: Spec) -> d
     """All policies × sparsities on one document-layer -> small arrays (see `assemble`)."""
     length, d, s, layer = job
     kv_heads = plan.kv_heads
-    x, needle = load_doclayer(
+    x, masks = load_doclayer(
         path, length, d, s, layer, kv_heads, doclayer_seed(spec.seed, d, s, layer), spec.reads
     )
     doc = keptsets.document_of(
@@ -144,7 +144,7 @@ def analyze_doclayer(path: str, plan: StorePlan, job: LayerJob, spec: Spec) -> d
     for j, i, kept in iter_kept(
         x, spec.policies, spec.sparsities, spec.gqa, spec.reference, doc, layer, spec.setting
     ):
-        out[:, i, j] = metrics.kept_metrics(kept, needle, final)
+        out[:, i, j] = metrics.kept_metrics(kept, masks, final)
         kept_by[spec.labels[i]] = kept
         if pairs and i == len(spec.policies) - 1:  # every policy of this sparsity is done
             k = budget(spec.sparsities[j], x.n)
@@ -166,7 +166,7 @@ def analyze_doclayer(path: str, plan: StorePlan, job: LayerJob, spec: Spec) -> d
         corr[v] = [curvature.spearman(scores[h], mass[h]) for h in range(x.heads)]
     return {
         "metrics": out,
-        "needle_mass": metrics.needle_mass(final, needle),
+        "needle_mass": metrics.needle_mass(final, masks),
         "jaccard": jac,
         "curvature": corr,
     }

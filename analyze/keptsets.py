@@ -125,7 +125,7 @@ def kept_sets(
     `question` (key,). `depth` and `sample` are indices; `pols` are policies or their labels."""
     pols = _parse(pols)
     plan = runstore.plan_store(store)
-    x, needle = runstore.load_doclayer(
+    x, token_masks = runstore.load_doclayer(
         store,
         length,
         depth,
@@ -139,12 +139,10 @@ def kept_sets(
     doc = document_of(plan, length, loader(store, length, depth, sample, plan.kv_heads, seed, reads_of(pols)))
     for j, i, m in iter_kept(x, pols, sparsities, gqa, doc=doc, layer=layer, setting=setting):
         masks[i, j] = m
-    g = runstore._open(store)[schema.group_name(length)]
     return xr.Dataset(
         {
             "kept": ((schema.POLICY, "sparsity", "head", "key"), masks),
-            "needle": (("key",), needle),
-            "question": (("key",), np.asarray(g["question"][depth, sample], dtype=bool)),
+            **{name: (("key",), mask) for name, mask in token_masks.items()},
         },
         coords={
             schema.POLICY: [policies.label(p) for p in pols],

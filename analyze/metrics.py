@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
-def kept_metrics(kept: np.ndarray, needle: np.ndarray, final_row: np.ndarray) -> np.ndarray:
-    """kept (head, key) bool, needle (key,) bool, final_row (head, key) -> (metric, head) float64:
-    needle_hit (every passkey token kept), needle_recall (fraction kept), mass_kept (Σ of the final
-    query row over kept keys), kept (count)."""
-    in_needle = kept[:, needle]
+def kept_metrics(kept: np.ndarray, masks: dict, final_row: np.ndarray) -> np.ndarray:
+    """kept (head, key) bool, the document's token masks (`schema.document_masks`: `needle`, ...),
+    final_row (head, key) -> (metric, head) float64 in the order of `schema.METRICS`: needle_hit
+    (every passkey token kept), needle_recall (fraction kept), mass_kept (Σ of the final query row
+    over kept keys), kept (count)."""
+    in_needle = kept[:, masks["needle"]]
     return np.stack(
         [
             in_needle.all(axis=1).astype(np.float64),
@@ -20,9 +21,9 @@ def kept_metrics(kept: np.ndarray, needle: np.ndarray, final_row: np.ndarray) ->
     )
 
 
-def needle_mass(final_row: np.ndarray, needle: np.ndarray) -> np.ndarray:
+def needle_mass(final_row: np.ndarray, masks: dict) -> np.ndarray:
     """(head,): the final query row's attention on the passkey under full attention."""
-    return final_row[:, needle].sum(axis=1, dtype=np.float64)
+    return final_row[:, masks["needle"]].sum(axis=1, dtype=np.float64)
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -204,8 +204,9 @@ def _checked(g, var: str, index: tuple, path: str, length: int) -> np.ndarray:
 
 def load_doclayer(
     path: str, length: int, d: int, s: int, layer: int, kv_heads: int, seed: int, reads=STATISTICS
-) -> tuple[DocLayer, np.ndarray]:
-    """The statistics `reads` of one document-layer (float16 ones as float32), and its passkey mask."""
+) -> tuple[DocLayer, dict]:
+    """The statistics `reads` of one document-layer (float16 ones as float32), and its token masks
+    (`schema.document_masks`: name -> (key,) bool)."""
     g = _open(path)[schema.group_name(length)]
     index = (d, s, layer)
     stats = {}
@@ -220,8 +221,8 @@ def load_doclayer(
         final = stats["window"][:, -1, :]
     else:
         final = _checked(g, "window", (d, s, layer, slice(None), -1), path, length).astype(np.float32)
-    needle = _read(g, "needle", (d, s), path, length).astype(bool)
-    if not needle.any():
+    masks = {name: _read(g, name, (d, s), path, length).astype(bool) for name in schema.document_masks()}
+    if not masks["needle"].any():
         raise CorruptChunk(
             f"store {path!r}: the passkey mask `needle` of {_where(length, (d, s))} is empty (its chunk is "
             f"missing on disk); re-dump that document or pass --skip-corrupt"
@@ -234,4 +235,4 @@ def load_doclayer(
         observed=int(g.attrs["window"]),
         **stats,
     )
-    return x, needle
+    return x, masks

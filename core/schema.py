@@ -111,6 +111,12 @@ RUN_FULL: dict[str, Var] = {  # only with --store full
 ANSWER_TOKENS = 8  # greedy tokens decoded after the prompt under full attention
 
 
+def document_masks() -> tuple[str, ...]:
+    """The (key,) token masks of a document (`needle`, `needle_sentence`, `question`, and any a task
+    adds): analyze loads them all with each document-layer and the metrics read them by name."""
+    return tuple(name for name, v in RUN_DOCUMENT.items() if v.dims == (*DOC, "key") and v.dtype == "bool")
+
+
 def run_vars(full: bool) -> dict[str, Var]:
     """Every variable of a `len_{N}` group, in creation order."""
     return {**RUN_COORDS, **RUN_DOCUMENT, **RUN_STATISTICS, **(RUN_FULL if full else {})}

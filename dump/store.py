@@ -184,13 +184,12 @@ class RunStore:
         self._pending = []
 
     def write_document(self, length: int, d: int, s: int, doc) -> None:
+        """Every document variable of the schema the task's document carries (the answer and `done`
+        are written by `write_answer` and `mark_done`)."""
         g = self.root[schema.group_name(length)]
-        g["input_ids"][d, s] = doc.input_ids
-        g["needle"][d, s] = doc.needle
-        g["needle_sentence"][d, s] = doc.needle_sentence
-        g["question"][d, s] = doc.question
-        g["passkey"][d, s] = doc.passkey
-        g["depth_actual"][d, s] = doc.depth_actual
+        for name in schema.RUN_DOCUMENT:
+            if hasattr(doc, name):
+                g[name][d, s] = getattr(doc, name)
 
     def write_layer(self, length: int, d: int, s: int, layer: int, stats: LayerStats) -> None:
         g = self.root[schema.group_name(length)]

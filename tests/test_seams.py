@@ -251,3 +251,32 @@ def test_a_policy_cannot_read_rows_its_setting_hides(blind, tiny_store, thread_c
     assert ds.attrs["setting"] == "blind"
     ks = keptsets.kept_sets_scored(ds, tiny_store, 256, 0, 0, 1)
     assert ks.attrs["setting"] == "blind"
+
+
+class Early(settings.Setting):
+    """A toy setting: the cache is pruned four tokens before the end of the prompt; those four are
+    fed through the pruned cache in one forward (the query-agnostic setting's path)."""
+
+    name = "early"
+
+    def prune_after(self, n, question):
+        return n - 4
+
+
+def test_the_answer_pass_prunes_where_the_setting_says(tiny_store, thread_client):
+    settings.register(Early)
+    try:
+        spec = engine.Spec((policies.default("full"), policies.default("h2o")), (0.5,), answers=True)
+        aware, _ = engine.run(tiny_store, spec, thread_client, progress=False)
+        early, _ = engine.run(
+            tiny_store, dataclasses.replace(spec, setting="early"), thread_client, progress=False
+        )
+    finally:
+        settings.REGISTRY.pop("early", None)
+    g = zarr.open_group(tiny_store, mode="r")
+    for n in (200, 256):
+        dumped = g[schema.group_name(n)]["answer_ids"][:]
+        for ds in (aware, early):  # every key kept: the model's own answer, wherever the prefill stops
+            np.testing.assert_array_equal(
+                ds.answer_ids.sel(policy="full", sparsity=0.5, length=n).values, dumped
+            )

@@ -176,10 +176,10 @@ def test_picture_kept_sets_are_the_scored_ones_random_and_gqa_head(study, tmp_pa
     assert res.attrs["gqa"] == "head" and res.attrs["seed"] == 3
     for layer in (0, 2):
         sets = kept_sets_scored(res, str(store), 320, 1, 0, layer)
-        x, needle = load_doclayer(str(store), 320, 1, 0, layer, 2, 0)
+        x, token_masks = load_doclayer(str(store), 320, 1, 0, layer, 2, 0)
         for i, policy in enumerate(res.policy.values):
             for j, sp in enumerate(res.sparsity.values):
-                m = metrics.kept_metrics(sets.kept.values[i, j], needle, x.final_row.astype(np.float64))
+                m = metrics.kept_metrics(sets.kept.values[i, j], token_masks, x.final_row.astype(np.float64))
                 scored = (
                     res.sel(policy=policy, sparsity=sp, length=320).isel(depth=1, sample=0).sel(layer=layer)
                 )

@@ -30,17 +30,20 @@ def prefill(model, ids: torch.Tensor):
     return out.logits[:, -1], cache_of(out)
 
 
-def steps(model, cache, first: torch.Tensor | int, start: int, count: int, batch: int = 1):
-    """The one greedy loop: feed `first` at position `start`, then each step's argmax; yields each
-    step's (batch, vocab) logits, `count` forwards in all, each appending to `cache`."""
+def steps(model, cache, first, start: int, count: int, batch: int = 1):
+    """The one greedy loop: feed `first` (a token, or the prompt tokens left after the prefill, in one
+    forward) from position `start`, then each step's argmax; yields each step's (batch, vocab)
+    logits, `count` forwards in all, each appending to `cache`."""
     dev = model.device
-    tokens = torch.as_tensor(first, dtype=torch.long, device=dev).reshape(-1, 1).expand(batch, 1)
-    kw = cache_kw(model)
-    for t in range(count):
-        pos = torch.full((batch, 1), start + t, dtype=torch.long, device=dev)
+    tokens = torch.as_tensor(first, dtype=torch.long, device=dev).reshape(1, -1).expand(batch, -1)
+    kw, at = cache_kw(model), start
+    for _ in range(count):
+        m = tokens.shape[1]
+        pos = (at + torch.arange(m, device=dev)).expand(batch, m)
         logits = model(
             tokens, position_ids=pos, cache_position=pos[0], use_cache=True, logits_to_keep=1, **{kw: cache}
         ).logits[:, -1]
+        at += m
         yield logits
         tokens = logits.argmax(-1, keepdim=True)
 

@@ -97,11 +97,13 @@ def pruned_attention(module, query, key, value, attention_mask, scaling=None, dr
         if w:  # the model's sliding window: key j visible from position p iff j > p - W
             b = b.masked_fill(~(pos_k[None, :] > pos_q[:, None] - w), float("-inf"))
         biases.append(b)
-        # decoded keys: positions end .. end+new-1; the first is the last prompt token (N-1)
+        # keys since the prefill: positions end .. end+new-1; the first N - end are prompt tokens
         pos_d = torch.arange(prompt.end, prompt.end + new, device=dev)
         bd = torch.zeros(keep.shape[0] if keep is not None else 1, kv, g, qlen, new, device=dev)
-        if keep is not None:
-            bd[..., 0] = keep[..., prompt.end].reshape(-1, kv, g, 1)
+        if keep is not None:  # the prompt tokens fed after the prefill (the last one, in the aware setting)
+            m = min(new, keep.shape[-1] - prompt.end)
+            if m > 0:
+                bd[..., :m] = keep[..., prompt.end : prompt.end + m].reshape(-1, kv, g, 1, m)
         visible = pos_d[None, :] <= pos_q[:, None]
         if w:
             visible &= pos_d[None, :] > pos_q[:, None] - w
