@@ -1,0 +1,27 @@
+"""The analyze stage. What other stages may use of it (imported lazily: `import analyze` is cheap):
+
+- `AnalyzeOptions`, `spec_from`, `run`: options, the spec they make, and the analysis of a RUN.zarr
+  on a Dask client (pre-flight checks included);
+- `kept_sets_scored`: the kept sets behind a RESULTS dataset's numbers (viz draws them);
+- `proxy_rules`: the proxy rules the calibration scores against the answer (viz plots the best).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_PUBLIC = {
+    "AnalyzeOptions": ("analyze.options", "AnalyzeOptions"),
+    "spec_from": ("analyze.engine", "spec_from"),
+    "run": ("analyze.engine", "run"),
+    "kept_sets_scored": ("analyze.keptsets", "kept_sets_scored"),
+    "proxy_rules": ("analyze.calibration", "rules"),
+}
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        module, attr = _PUBLIC[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'analyze' has no attribute {name!r}")

@@ -131,7 +131,9 @@ def answer_document(path: str, plan, job, spec) -> dict:
     steps = int((np.asarray(g["answer_ids"][d, s]) >= 0).sum()) or task.answer_tokens
     cut = settings.get(spec.setting).prune_after(n, doc.question)  # prompt tokens prefilled whole
     if not 0 < cut < n:
-        raise ValueError(f"the {spec.setting} setting prunes after {cut} of {n} prompt tokens: not in 1..{n - 1}")
+        raise ValueError(
+            f"the {spec.setting} setting prunes after {cut} of {n} prompt tokens: not in 1..{n - 1}"
+        )
     layers = lm.config["layers"]
     windows = plan.windows
     masks = np.zeros((len(pols), len(sparsities), layers, lm.config["heads"], n), dtype=bool)

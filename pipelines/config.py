@@ -13,11 +13,11 @@ from pathlib import Path
 
 import yaml
 
-from analyze.options import AnalyzeOptions
+from analyze import AnalyzeOptions
 from core import optionkit
 from core.errors import UsageError
-from dump.options import DumpOptions
-from viz.options import VizOptions
+from dump import DumpOptions
+from viz import VizOptions
 
 SECTIONS = {"dump": DumpOptions, "analyze": AnalyzeOptions, "viz": VizOptions}
 

@@ -60,7 +60,7 @@ def run(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
     dump_opt, analyze_opt, viz_opt = cfg.stage_options(progress)
 
     t = time.perf_counter()
-    from dump.run import run_dump
+    from dump import run_dump
 
     log(run_dump(dump_opt).line())
     timings["dump"] = time.perf_counter() - t
@@ -74,13 +74,13 @@ def run(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
     if fresh:
         log(f"analyze: {results} is up to date, skipped")
     else:
-        from analyze import engine
+        import analyze
         from core import cluster, outputs
 
         a = analyze_opt
-        spec = engine.spec_from(a)
+        spec = analyze.spec_from(a)
         with cluster.client_for(a.scheduler, a.workers) as client:
-            ds, unfinished = engine.run(
+            ds, unfinished = analyze.run(
                 a.store, spec, client, progress=progress, retrieval_heads=a.retrieval_heads
             )
         ds.attrs["pipeline_key"] = key
@@ -91,7 +91,7 @@ def run(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
         return _done(timings, str(results))
 
     t = time.perf_counter()
-    from viz.report import build_atomic
+    from viz import build_report
 
     report = Path(cfg.report_dir)
     index = report / "index.html"
@@ -99,7 +99,7 @@ def run(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
         log(f"viz: {index} is up to date, skipped")
     else:
         v = viz_opt
-        build_atomic(v.results, v.out, store=v.store if v.keptset else None, dpi=v.dpi, progress=log)
+        build_report(v.results, v.out, store=v.store if v.keptset else None, dpi=v.dpi, progress=log)
     timings["viz"] = time.perf_counter() - t
     return _done(timings, f"open {index}")
 

@@ -224,3 +224,32 @@ def test_dump_on_a_dask_cluster_equals_one_process(tiny_llama_dir, store, tmp_pa
         "--no-progress",
     )
     assert r.returncode == 0 and "0 documents written (8 already done)" in r.stdout
+
+
+def test_stages_share_only_core_and_each_others_public_names():
+    """dump, analyze, viz and pipelines import `core`, and of another stage only the names its
+    package exports (`__all__`: options, run entry points); never another stage's CLI or internals."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    stages = ("dump", "analyze", "viz", "pipelines")
+    root = Path(__file__).resolve().parents[1]
+    bad = []
+    for stage in (*stages, "core"):
+        for path in (root / stage).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    names = [(a.name, None) for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names = [(node.module, a.name) for a in node.names]
+                else:
+                    continue
+                for module, name in names:
+                    top = module.split(".")[0]
+                    if top not in stages or top == stage:
+                        continue
+                    public = getattr(importlib.import_module(top), "__all__", [])
+                    if stage == "core" or module != top or (name is not None and name not in public):
+                        bad.append(f"{path.relative_to(root)}: {module}{'.' + name if name else ''}")
+    assert bad == []

@@ -11,7 +11,7 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
-from analyze import calibration
+from analyze import proxy_rules
 from core.schema import POLICY
 
 XLABEL = "proxy says the needle is kept (share of documents)"
@@ -21,7 +21,7 @@ YLABEL = "the model answers (share of documents)"
 def proxy_vs_answer(results: xr.Dataset) -> xr.Dataset:
     """(policy, sparsity) rates of the best rule's prediction and of the real answer."""
     best = results.attrs.get("calibration_best_rule") or "needle in >= 1 retrieval head"
-    score = calibration.rules(results)[best]
+    score = proxy_rules(results)[best]
     t = float(results.calibration.attrs.get(f"threshold: {best}", 0.5))
     answered = (results.retrieved & results.done).astype(bool)
     dims = ["length", "depth", "sample"]

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from analyze import keptsets
+from analyze import kept_sets_scored
 from core import schema
 from viz import calibration, curves, heatmaps, keptset
 from viz.select import cell_mean, default_metric
@@ -182,7 +182,7 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
             else 0
         )
         d = int(np.argmin(np.abs(results.depth.values - 0.5)))
-        sets = keptsets.kept_sets_scored(results, store, n, d, 0, layer, sparsities=[sparsities[0]])
+        sets = kept_sets_scored(results, store, n, d, 0, layer, sparsities=[sparsities[0]])
         save_html(
             hv.Layout([keptset.picture(sets), keptset.block_map(store, n, d, 0, layer, head)]).cols(1),
             outdir / "keptset.html",
