@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-import importlib
+from core import exports
 
 _PUBLIC = {
     "AnalyzeOptions": ("analyze.options", "AnalyzeOptions"),
@@ -19,9 +19,4 @@ _PUBLIC = {
 }
 __all__ = list(_PUBLIC)
 
-
-def __getattr__(name):
-    if name in _PUBLIC:
-        module, attr = _PUBLIC[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'analyze' has no attribute {name!r}")
+__getattr__ = exports("analyze", _PUBLIC)

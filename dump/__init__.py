@@ -3,14 +3,9 @@
 
 from __future__ import annotations
 
-import importlib
+from core import exports
 
 _PUBLIC = {"DumpOptions": ("dump.options", "DumpOptions"), "run_dump": ("dump.run", "run_dump")}
 __all__ = list(_PUBLIC)
 
-
-def __getattr__(name):
-    if name in _PUBLIC:
-        module, attr = _PUBLIC[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'dump' has no attribute {name!r}")
+__getattr__ = exports("dump", _PUBLIC)

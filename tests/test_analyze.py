@@ -44,11 +44,8 @@ def tiny_store(tiny_llama_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client():
-    from distributed import Client
-
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
-        yield c
+def client(thread_client):
+    return thread_client
 
 
 def analyze(store, client, methods=METHODS, sparsities=(0.5, 0.9, 0.95), reference=False, **kw):

@@ -15,25 +15,19 @@ import zarr
 from analyze import engine, policies
 from analyze.policies import DocLayer, Policy, Ranking
 from core import optionkit, schema
-from tests.conftest import run_cli
+from tests.conftest import TINY_DUMP, run_cli
 
-DUMP = ["--lengths", "200,256", "--depths", "0.3,0.7", "--samples", "2", "--window", "8", "--block", "32"]
-
-
-@pytest.fixture(scope="module")
-def store(tiny_llama_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("schema") / "run.zarr"
-    r = run_cli("dump", "--model", tiny_llama_dir, *DUMP, "--out", str(out), "--no-progress")
-    assert r.returncode == 0, r.stderr
-    return str(out)
+DUMP = TINY_DUMP  # the shared store's arguments
 
 
 @pytest.fixture(scope="module")
-def client():
-    from distributed import Client
+def store(tiny_store):
+    return tiny_store  # dumped with DUMP
 
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as c:
-        yield c
+
+@pytest.fixture(scope="module")
+def client(thread_client):
+    return thread_client
 
 
 def spec(names, **kw):

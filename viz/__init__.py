@@ -3,14 +3,9 @@
 
 from __future__ import annotations
 
-import importlib
+from core import exports
 
 _PUBLIC = {"VizOptions": ("viz.options", "VizOptions"), "build_report": ("viz.report", "build_atomic")}
 __all__ = list(_PUBLIC)
 
-
-def __getattr__(name):
-    if name in _PUBLIC:
-        module, attr = _PUBLIC[name]
-        return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'viz' has no attribute {name!r}")
+__getattr__ = exports("viz", _PUBLIC)
