@@ -53,13 +53,40 @@ def same_path(a: str, b: str) -> bool:
     return a.rstrip("/") == b.rstrip("/")
 
 
+def overlap(out: str, source: str) -> str | None:
+    """How an output would overlap an input, or None: "is" (the same path), "contains" (the input
+    lies inside it) or "lies inside" (it lies inside the input). Local paths are compared resolved,
+    so a symlink to either counts as the path it points to."""
+    if is_local(out) and is_local(source):
+        a, b = local_path(out), local_path(source)
+    else:
+        a, b = Path(out.rstrip("/")), Path(source.rstrip("/"))
+    if a == b:
+        return "is"
+    if a in b.parents:
+        return "contains"
+    if b in a.parents:
+        return "lies inside"
+    return None
+
+
 def check_output(path: str, kind: str, option: str = "--out", inputs: tuple[str, ...] = ()) -> bool:
-    """Refuse `path` unless it is free or a `kind` store/report; returns whether it exists already.
+    """Refuse `path` unless it is free or a `kind` store/report, and apart from every input (not it,
+    not inside it, not holding it); returns whether it exists already. Recovers first from a
+    replacement a kill interrupted (`recover`).
 
     kind: schema.RUN_KIND, schema.RESULTS_KIND or "report"."""
     for source in inputs:
-        if source and same_path(path, source):
+        how = overlap(path, source) if source else None
+        if how == "is":
             raise UsageError(f"{option} {path!r} is the input it reads: choose another path")
+        if how:
+            raise UsageError(
+                f"{option} {path!r} {how} the input {source!r}: replacing it would destroy what it reads; "
+                f"choose a path apart from it"
+            )
+    if is_local(path):
+        recover(path)
     if not is_local(path):
         found = store_kind(path)
         if found is None:
@@ -146,11 +173,83 @@ def write_lock(path: str, what: str = "store"):
         lock.unlink(missing_ok=True)
 
 
-def write_dataset(ds, out: str) -> None:
-    """Write an xarray Dataset (RESULTS) to a temporary sibling, then rename: a failed run leaves
-    nothing at `out`."""
-    import shutil
+# -- replacing an output whole ------------------------------------------------------------------
+# A new output is written into a temporary sibling `<name>.tmp<pid>-<random>`; `replace` then moves
+# the old one aside to `.<name>.replaced`, renames the new one in, and removes the old one last. A
+# kill at any moment leaves the old output, or the new one, under the name, or neither with the old
+# one aside: `recover` (run by every stage before it checks an output) restores or completes that,
+# and removes temporary siblings whose writer is dead.
+
+
+def aside_of(target: Path) -> Path:
+    return target.with_name(f".{target.name}.replaced")
+
+
+def temporary_sibling(target: Path) -> Path:
+    """A new empty directory beside `target`, named for this process (so `recover` knows its owner)."""
     import tempfile
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp{os.getpid()}-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; an output is as readable as any other folder
+    return tmp
+
+
+def _kill_point(name: str) -> None:
+    """Deterministic fault injection for the catalogue: NIAH_KILL_AT=name SIGKILLs this process here."""
+    if os.environ.get("NIAH_KILL_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def replace(tmp: Path, target: Path) -> None:
+    """Put the finished output `tmp` at `target`: the old one aside, the new one in, the old one removed."""
+    import shutil
+
+    recover(target)
+    aside = aside_of(target)
+    if target.exists():
+        os.rename(target, aside)
+        _kill_point("replace:aside")
+    os.rename(tmp, target)
+    _kill_point("replace:swapped")
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def recover(path: str | Path) -> str | None:
+    """Finish a replacement a kill interrupted: the old output restored when the new one never
+    arrived, the old one removed when it did; temporary siblings of dead writers removed. Returns
+    what it did, or None."""
+    import re
+    import shutil
+
+    target = local_path(str(path)) if isinstance(path, str) else path
+    if not target.parent.is_dir():
+        return None
+    done = None
+    aside = aside_of(target)
+    if aside.exists():
+        if target.exists():
+            shutil.rmtree(aside, ignore_errors=True)
+            done = "completed"
+        else:
+            os.rename(aside, target)
+            done = "restored"
+    stale = re.compile(re.escape(target.name) + r"\.tmp(\d+)-")
+    for sibling in target.parent.iterdir():
+        m = stale.match(sibling.name)
+        if m and sibling.is_dir() and not _alive(int(m.group(1))):
+            shutil.rmtree(sibling, ignore_errors=True)
+    return done
+
+
+def write_dataset(ds, out: str) -> None:
+    """Write an xarray Dataset (RESULTS) to a temporary sibling, then `replace`: a failed or killed
+    run leaves the old output (or nothing) at `out`, never half of either."""
+    import shutil
     import warnings
 
     from core.errors import check_signals
@@ -160,15 +259,12 @@ def write_dataset(ds, out: str) -> None:
         if not is_local(out):
             ds.to_zarr(out, mode="w", consolidated=True)
             return
-        target = Path(out.removeprefix("file://")).expanduser()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent)
+        target = local_path(out)
+        tmp = temporary_sibling(target)
         try:
             ds.to_zarr(tmp, mode="w", consolidated=True)
             check_signals()
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -247,6 +247,24 @@ REFUSED = [
     ("viz store missing", ["viz", "{results}", "--store", "/nope", "--out", "{tmp}/o"], ["/nope"]),
     ("viz dpi 5", ["viz", "{results}", "--dpi", "5", "--out", "{tmp}/o"], ["--dpi"]),
     ("viz out is the results", ["viz", "{results}", "--out", "{results}"], ["input"]),
+    # containment, both ways (issue 18, class 1): an --out holding its input, or inside it
+    ("analyze out contains its input", ["analyze", "{store}", "--out", "{store}/.."], ["contains the input"]),
+    (
+        "analyze out inside its input",
+        ["analyze", "{store}", "--out", "{store}/res.zarr"],
+        ["lies inside the input"],
+    ),
+    ("viz out contains its results", ["viz", "{results}", "--out", "{results}/.."], ["contains the input"]),
+    (
+        "viz out inside its results",
+        ["viz", "{results}", "--out", "{results}/report"],
+        ["lies inside the input"],
+    ),
+    (
+        "viz out contains its store",
+        ["viz", "{results}", "--store", "{store}", "--out", "{store}/.."],
+        ["contains the input"],
+    ),
     ("viz out unwritable", ["viz", "{results}", "--out", "/proc/nope"], ["not writable"]),
 ]
 
@@ -540,3 +558,43 @@ def test_full_disk_leaves_no_partial_output(base, small_disk, stage):
     }[stage]
     one_sentence(run_cli(*argv), 1, ["disk is full"])
     assert sorted(p.name for p in small_disk.iterdir()) == ["ballast"]
+
+
+def test_an_out_that_is_a_symlink_to_the_input_is_refused(base, tmp_path):
+    link = tmp_path / "link.zarr"
+    link.symlink_to(base["store"])
+    before = tree(Path(base["store"]))
+    one_sentence(run_cli("analyze", base["store"], "--out", str(link)), 2, ["is the input"])
+    holder = tmp_path / "holder"
+    holder.symlink_to(Path(base["store"]).parent)
+    one_sentence(run_cli("analyze", base["store"], "--out", str(holder)), 2, ["contains the input"])
+    assert tree(Path(base["store"])) == before
+
+
+@pytest.mark.parametrize("stage", ["analyze", "viz"])
+def test_sigkill_between_moving_the_old_output_aside_and_renaming_the_new_in(base, tmp_path, stage):
+    """The worst moment of a replacement (issue 18, class 2), hit deterministically: the old output is
+    aside and the new one not yet in. The next run restores or completes it; nothing is stranded."""
+    from core import outputs
+
+    out = tmp_path / ("res.zarr" if stage == "analyze" else "report")
+    argv = {
+        "analyze": ["analyze", base["store"], "--methods", "full,h2o", "--sparsity", "0.5", "--workers", "1"],
+        "viz": ["viz", base["results"], "--dpi", "40"],
+    }[stage] + ["--out", str(out), "--no-progress"]
+    assert run_cli(*argv).returncode == 0
+    old = tree(out)
+    killed = run_cli(*argv, env={"NIAH_KILL_AT": "replace:aside"}, subprocess_=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert not out.exists() and outputs.aside_of(out).exists()  # the moment itself
+    assert outputs.recover(str(out)) == "restored" and tree(out) == old  # the old output is back whole
+    assert not [p.name for p in tmp_path.iterdir() if p.name not in (out.name,)]  # no stranded sibling
+    killed = run_cli(*argv, env={"NIAH_KILL_AT": "replace:swapped"}, subprocess_=True)
+    assert killed.returncode == -signal.SIGKILL and out.exists() and outputs.aside_of(out).exists()
+    r = run_cli(*argv)  # the next run completes the replacement, then replaces it again
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+    if stage == "viz":
+        assert (out / "index.html").is_file() and (out.stat().st_mode & 0o777) != 0o700  # not 0700
+    else:
+        assert xr.open_zarr(out).attrs["niah_store"] == "results"

@@ -87,21 +87,19 @@ def build_atomic(
     """`build` into a temporary sibling folder, then swap it in: a failed or interrupted run leaves
     nothing at `out`, and an earlier report there (marked as ours) is replaced whole."""
     import shutil
-    import tempfile
 
+    from core import outputs
     from core.errors import check_signals
-    from core.outputs import REPORT_MARKER
 
-    target = Path(out).expanduser()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
+    target = outputs.local_path(out)
+    tmp = outputs.temporary_sibling(target)
     try:
         build(results_path, str(tmp), store=store, dpi=dpi, progress=progress)
-        (tmp / REPORT_MARKER).write_text("a report written by `python -m viz`; it may be replaced whole\n")
+        (tmp / outputs.REPORT_MARKER).write_text(
+            "a report written by `python -m viz`; it may be replaced whole\n"
+        )
         check_signals()
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        outputs.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
