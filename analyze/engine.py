@@ -320,6 +320,27 @@ def check_blocks(spec: Spec, plan: StorePlan) -> None:
                 )
 
 
+def check_budgets(spec: Spec, plan: StorePlan) -> list[str]:
+    """A sparsity that leaves 0 keys per head at some length is refused; a budget below a policy's own
+    minimum (`Policy.minimum_keys`) is returned as a warning (printed, and recorded in RESULTS)."""
+    warnings_ = []
+    for sp in spec.sparsities:
+        for n in plan.lengths:
+            k = budget(sp, n)
+            if k == 0:
+                raise UsageError(
+                    f"--sparsity {sp:g} keeps round((1 - {sp:g}) x {n}) = 0 keys per head at length {n}: "
+                    f"every policy would keep nothing; use sparsities below {1 - 0.5 / n:.6g} at this length"
+                )
+            for m, lab in zip(spec.policies, spec.labels):
+                need = m.minimum_keys(plan.rows[n][0])
+                if m.budget_for(k, n) < need:
+                    warnings_.append(
+                        f"{lab} at sparsity {sp:g}, length {n}: a budget of {k} keys is below its minimum {need}"
+                    )
+    return warnings_
+
+
 def check_setting(spec: Spec) -> None:
     """A policy that reads what its setting hides is refused up front (reading it raises anyway)."""
     hidden = set(settings.get(spec.setting).hides)
@@ -338,6 +359,7 @@ def preflight(path: str, spec: Spec, plan: StorePlan) -> Spec:
     with its answer device resolved."""
     check_blocks(spec, plan)
     check_rows(spec, plan)
+    check_budgets(spec, plan)
     check_setting(spec)
     if not documents_of(plan):
         raise UsageError(f"store {path!r} has no finished documents to analyze")
@@ -415,6 +437,7 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
             "policies": list(spec.labels),
             "unfinished_documents": unfinished,
             "skipped_corrupt": [corrupt[key] for key in sorted(corrupt)],
+            "budget_warnings": check_budgets(spec, plan),
         }
     )
     return ds, unfinished

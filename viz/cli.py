@@ -24,7 +24,7 @@ def main(argv=None) -> int:
             prog="python -m viz serve", description="Interactive explorer of a RESULTS.zarr on 127.0.0.1."
         )
         p.add_argument("results")
-        p.add_argument("--port", type=int, default=5006)
+        p.add_argument("--port", type=_port, default=5006, help="a free TCP port, 1..65535 (default 5006)")
         p.add_argument("--show", action="store_true", help="open a browser")
         args = p.parse_args(argv[1:])
     else:
@@ -41,8 +41,31 @@ def main(argv=None) -> int:
     return run_main(p.prog, lambda: _report(args))
 
 
+def _port(value: str) -> int:
+    import argparse
+
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"--port {value!r} is not a TCP port: use 1..65535")
+    return port
+
+
+def _check_port_free(port: int) -> None:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise UsageError(f"--port {port} is in use on 127.0.0.1: choose another with --port") from None
+
+
 def _serve(args) -> int:
     check_results(args.results)
+    _check_port_free(args.port)
     from viz.app import serve
 
     print(f"viz: explorer on http://127.0.0.1:{args.port}")
@@ -62,10 +85,19 @@ def _report(args) -> int:
 
         src = xr.open_zarr(opt.results).attrs.get("source_store")
         store = src if src and Path(src).exists() else None
-    if opt.store is not None:
+    if opt.store is not None:  # refused now, not after the heatmaps are drawn
+        import xarray as xr
+
         from core.runstore import plan_store
 
-        plan_store(opt.store)  # refused now, not after the heatmaps are drawn
+        missing = sorted(
+            set(map(int, xr.open_zarr(opt.results).length.values)) - set(plan_store(opt.store).lengths)
+        )
+        if missing and opt.keptset:
+            raise UsageError(
+                f"--store {opt.store!r} holds no length {', '.join(map(str, missing))} of the results: "
+                f"give the RUN.zarr the results were made from, or --no-keptset"
+            )
     outputs.check_output(out, "report", option="--out", inputs=(opt.results, store or ""))
     outputs.check_writable(out)
     from viz.report import build_atomic
@@ -81,7 +113,6 @@ def _report(args) -> int:
 
 
 def default_out(results: str) -> str:
-    return (
-        str(Path(results.rstrip("/").removesuffix(".zarr").removesuffix(".results")).with_suffix(""))
-        + "_report"
-    )
+    """`runs/x.results.zarr` -> `runs/x_report` (a file:// results gives a plain local path)."""
+    base = results.removeprefix("file://").rstrip("/").removesuffix(".zarr").removesuffix(".results")
+    return str(Path(base).with_suffix("")) + "_report"

@@ -239,6 +239,11 @@ class Policy:
         that keeps fewer (dump --window-rows)."""
         return 0
 
+    def minimum_keys(self, observed: int) -> int:
+        """The fewest keys this policy needs to be itself (its forced parts: sinks + a recent key,
+        the voting window); a smaller budget is scored, warned about and recorded in RESULTS."""
+        return 1
+
     def budget_for(self, k: int, n: int) -> int:
         """Keys this policy keeps under budget k (every policy but `full` keeps exactly k)."""
         return k

@@ -34,6 +34,9 @@ class SnapKV(Policy):
         """Rows this policy must find stored whole when the dump summed `observed` (0: none)."""
         return 0 if self.window <= 0 or self.window == observed else self.window
 
+    def minimum_keys(self, observed: int) -> int:
+        return self.window or observed  # the voting window itself is kept
+
     def _rows(self, x: DocLayer) -> tuple[np.ndarray, int]:
         """(head, r, key) rows whose sum are the votes, and how many queries voted."""
         if not self.rows_needed(x.observed):

@@ -16,6 +16,9 @@ class Streaming(Policy):
     name = "streaming"
     sinks: int = param(4, integer(minimum=0), ">= 0")
 
+    def minimum_keys(self, observed: int) -> int:
+        return self.sinks + 1  # the sinks and at least the last key
+
     def rank(self, x: DocLayer, k: int) -> Ranking:
         forced = np.zeros((x.heads, x.n), bool)
         forced[:, : min(self.sinks, k)] = True
