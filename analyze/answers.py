@@ -28,7 +28,7 @@ from analyze import keptsets
 from core import schema, settings, tasks
 from core.errors import UsageError
 from core.lm import decode, models, pruned
-from core.runstore import _open, load_doclayer
+from core.runstore import CorruptChunk, _open, load_doclayer, read_checked
 
 BATCH = 16  # (policy, sparsity) pairs decoded together: one forward step serves them all
 
@@ -125,7 +125,11 @@ def answer_document(path: str, plan, job, spec) -> dict:
     device = spec.answer_device
     lm = load_model(name, rope_scaling, device, dtype)
     g = root[schema.group_name(n)]
-    ids = np.asarray(g["input_ids"][d, s])
+    ids = read_checked(g, "input_ids", (d, s), path, n)
+    if not ids.any():  # 0 is the fill value: the chunk is missing on disk, the model is not to blame
+        raise CorruptChunk(
+            f"store {path!r}: variable input_ids of length {n}, depth {d}, sample {s} is missing on disk"
+        )
     doc = rebuild(lm.tokenizer, attrs, path, n, d, s, ids)
     task = tasks.get(attrs["settings"].get("task", "passkey"))
     steps = int((np.asarray(g["answer_ids"][d, s]) >= 0).sum()) or task.answer_tokens

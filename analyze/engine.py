@@ -357,6 +357,9 @@ def preflight(path: str, spec: Spec, plan: StorePlan) -> Spec:
     """Every check of a run before any work, for every caller of `run` (the CLI, a study, a script):
     blocks, stored rows, the setting, and for --answers the model and the device. Returns the spec
     with its answer device resolved."""
+    from core.outputs import check_not_being_written
+
+    check_not_being_written(path)
     check_blocks(spec, plan)
     check_rows(spec, plan)
     check_budgets(spec, plan)

@@ -138,6 +138,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def check_not_being_written(path: str) -> None:
+    """Refuse to read a store whose writer still holds its lock (a live process on this host, or any
+    on another host): its unfinished documents are being written, not missing."""
+    if not is_local(path):
+        return
+    target = local_path(path)
+    lock = target.with_name(target.name + LOCK_SUFFIX)
+    if not lock.is_file():
+        return
+    try:
+        holder = json.loads(lock.read_text() or "{}")
+    except (OSError, ValueError):
+        holder = {}
+    if holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", 0) or 0)):
+        return  # a dead writer's lock: the store is as it left it
+    raise UsageError(
+        f"store {path!r} is being written by process {holder.get('pid', '?')} on {holder.get('host', '?')}: "
+        f"wait for the dump to finish (or delete {lock} if that process is gone)"
+    )
+
+
 @contextmanager
 def write_lock(path: str, what: str = "store"):
     """Hold the store's lock while writing it; a second writer is refused with who holds it.

@@ -179,6 +179,23 @@ def _where(length: int, index: tuple) -> str:
     return f"length {length}" + "".join(f", {k} {int(v)}" for k, v in zip(names, index))
 
 
+def _advice(g, length: int, index: tuple) -> str:
+    """How to repair the document at `index` (depth, sample, ...): the dump command that redoes it."""
+    try:
+        depth = f"{float(g['depth'][int(index[0])]):g}"
+    except Exception:  # the coordinate itself unreadable: say the index
+        depth = f"<depth {int(index[0])}>"
+    return (
+        f"re-dump that document (rerun its `python -m dump` command with --redo {length},{depth},{int(index[1])}) "
+        f"or pass --skip-corrupt"
+    )
+
+
+def read_checked(g, var: str, index: tuple, path: str, length: int) -> np.ndarray:
+    """`_read` for the answer pass and other readers outside this module."""
+    return _read(g, var, index, path, length)
+
+
 def _read(g, var: str, index: tuple, path: str, length: int) -> np.ndarray:
     """One chunk-aligned read; a checksum failure or unreadable chunk names what it was."""
     try:
@@ -187,7 +204,7 @@ def _read(g, var: str, index: tuple, path: str, length: int) -> np.ndarray:
         raise CorruptChunk(
             f"store {path!r}: variable {var} of {_where(length, index)} cannot be read "
             f"({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else 'corrupt chunk'}); "
-            f"re-dump that document (delete its `done` entry) or pass --skip-corrupt"
+            + _advice(g, length, index)
         ) from None
 
 
@@ -197,7 +214,7 @@ def _checked(g, var: str, index: tuple, path: str, length: int) -> np.ndarray:
     if a.dtype.kind == "f" and np.isnan(a).any():
         raise CorruptChunk(
             f"store {path!r}: variable {var} of {_where(length, index)} is missing on disk; "
-            f"re-dump that document (delete its `done` entry) or pass --skip-corrupt"
+            + _advice(g, length, index)
         )
     return a
 
@@ -225,7 +242,7 @@ def load_doclayer(
     if not masks["needle"].any():
         raise CorruptChunk(
             f"store {path!r}: the passkey mask `needle` of {_where(length, (d, s))} is empty (its chunk is "
-            f"missing on disk); re-dump that document or pass --skip-corrupt"
+            f"missing on disk); " + _advice(g, length, (d, s))
         )
     x = DocLayer(
         final_row=final,

@@ -62,6 +62,20 @@ def block(value: str) -> int | str:
     return integer(minimum=1)(value)
 
 
+def document_coordinates(value: str) -> tuple[int, float, int]:
+    """`4096,0.5,0` -> (4096, 0.5, 0): one document by its length, depth value and sample index."""
+    parts = str(value).split(",")
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        (n,), depth, sample = haystack.parse_lengths(parts[0]), float(parts[1]), int(parts[2])
+    except (ValueError, haystack.HaystackError):
+        raise ValueError("is not LENGTH,DEPTH,SAMPLE (e.g. 4096,0.5,0)") from None
+    if sample < 0 or not 0 <= depth <= 1:
+        raise ValueError("is not LENGTH,DEPTH,SAMPLE with a depth in [0, 1] and a sample index >= 0")
+    return (n, round(depth, 6), sample)
+
+
 @dataclass
 class DumpOptions:
     out: str = option(
@@ -127,5 +141,13 @@ class DumpOptions:
         "auto", "auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16, float16", choice(*DTYPE_NAMES)
     )
     overwrite: bool = option(False, "replace a store made by dump with other settings", flag=True)
+    redo: tuple | None = option(
+        None,
+        "re-dump one finished document, LENGTH,DEPTH,SAMPLE (e.g. 4096,0.5,0: its length, depth value and "
+        "sample index), e.g. one that analyze reported missing or corrupt",
+        optional(document_coordinates),
+        config=False,
+        metavar="L,D,S",
+    )
     max_gb: float = option(20.0, "refuse --store full above this many GB", number(above=0))
     progress: bool = option(True, "no progress bars", flag=True, config=False)

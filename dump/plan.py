@@ -143,6 +143,14 @@ def validate(opt: DumpOptions) -> Checked:
                 )
     elif opt.layers:
         raise UsageError("--layers chooses the layers of full matrices: use it with --store full")
+    if opt.redo:
+        n, depth, sample = opt.redo
+        if n not in opt.lengths or depth not in opt.depths or sample >= opt.samples:
+            raise UsageError(
+                f"--redo {n},{depth:g},{sample} is not a document of this plan: lengths "
+                f"{','.join(map(str, opt.lengths))}, depths {','.join(f'{x:g}' for x in opt.depths)}, "
+                f"samples 0..{opt.samples - 1}"
+            )
     return Checked(opt, cfg, device)
 
 
@@ -184,6 +192,8 @@ def open_store(checked: Checked, info: dict, device: str) -> tuple[RunStore, lis
         block = block_for(n, opt.block)
         tile = tile_rows(n, cfg["heads"], block)
         store.length_group(n, cfg, opt.window, block, tile, list(opt.layers or []), opt.window_rows)
+        if opt.redo and opt.redo[0] == n:
+            store.undo(n, opt.depths.index(opt.redo[1]), opt.redo[2])
         done = store.done(n)
         plan += [
             DocPlan(n, block, tile, d, s, bool(done[d, s]))

@@ -25,6 +25,30 @@ def run_dump(opt: DumpOptions) -> DumpSummary:
         return execute(checked)
 
 
+def check(opt: DumpOptions) -> Checked:
+    """Everything `run_dump` would refuse before writing, without writing: the output, the options
+    against the model, and an existing store made with other settings (`pipelines check`)."""
+    from dump.plan import resolve_dtype, settings_of
+    from dump.store import StoreMismatch, diff_settings
+
+    outputs.check_writable(opt.out)
+    exists = outputs.check_output(opt.out, schema.RUN_KIND)
+    checked = validate(opt)
+    preflight(checked)
+    if exists and not opt.overwrite:
+        import zarr
+
+        old = dict(zarr.open_group(opt.out, mode="r").attrs.get("settings", {}))
+        info = models.describe(opt.model, resolve_dtype(opt.dtype, checked.device), opt.rope_scaling)
+        new = settings_of(checked.opt, info)
+        if old != new:
+            raise StoreMismatch(
+                f"store {opt.out!r} was made with other settings ({'; '.join(diff_settings(old, new))}): "
+                f"choose another out: or pass --overwrite to replace it"
+            )
+    return checked
+
+
 def preflight(checked: Checked) -> None:
     """Build the first document of every length before the store exists: a length too short for the
     prompt, or a tokenizer that cannot carry the task's values, is refused with nothing written."""

@@ -231,6 +231,10 @@ class RunStore:
         g["answer_ids"][d, s] = answer_ids
         g["retrieved"][d, s] = retrieved
 
+    def undo(self, length: int, d: int, s: int) -> None:
+        """Mark one document unfinished: the next run rewrites it whole (`dump --redo`)."""
+        self.root[schema.group_name(length)]["done"][d, s] = False
+
     def mark_done(self, length: int, d: int, s: int) -> None:
         self.flush()  # every variable of the document is on disk before `done`
         self.root[schema.group_name(length)]["done"][d, s] = True

@@ -35,7 +35,10 @@ def main(argv=None) -> int:
 
         check_outputs(cfg)
         if args.command == "check":
-            print(f"pipelines: {args.config} is valid (output folder {cfg.out})")
+            import dump
+
+            dump.check(cfg.stage_options(progress=False)[0])  # what `run` would refuse, "other settings" too
+            print(f"pipelines: {args.config} is valid (output folder {cfg.out}, `out:` read relative to the config file)")
             return 0
         run(cfg, progress=not args.no_progress, until=args.until)
         return 0

@@ -78,8 +78,9 @@ def load(path: str) -> Config:
             raise UsageError(f"{path}: unknown top-level key {key!r}; allowed: {', '.join(sorted(top))}")
     if not raw.get("out") or not isinstance(raw["out"], str):
         raise UsageError(f"{path}: `out:` (the study's output folder) is required")
+    out = Path(str(raw["out"])).expanduser()
     return Config(
-        out=str(raw["out"]),
+        out=str(out if out.is_absolute() else (p.resolve().parent / out)),  # relative to the config file
         name=str(raw.get("name", p.stem)),
         **{name: optionkit.from_mapping(cls, raw.get(name), name, path) for name, cls in SECTIONS.items()},
     )
