@@ -7,6 +7,7 @@ process ever holds a whole store), keeps masks only in memory, and returns small
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import warnings
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -20,6 +21,7 @@ from analyze.options import AnalyzeOptions
 from analyze.policies import Policy, budget, label
 from core import schema, settings
 from core.errors import UsageError
+from core.provenance import source_path
 from core.runstore import CorruptChunk, StorePlan, load_doclayer, plan_store
 
 RETRIEVAL_HEADS = AnalyzeOptions.retrieval_heads  # the option's default
@@ -391,6 +393,26 @@ def run_job(path: str, plan: StorePlan, spec: Spec, job: LayerJob | AnswerJob) -
         return {"corrupt": str(err)}
 
 
+def provenance(path: str, spec: Spec, retrieval_heads: int = RETRIEVAL_HEADS) -> str:
+    """What RESULTS are made from (JSON, in their `provenance` attribute): the RUN store's identity
+    (`core.provenance.run_identity`: its documents' state included) and every analysis setting that
+    changes a number. The pipeline reruns analyze when it differs; viz checks `--store` against it."""
+    import json
+
+    from core.provenance import run_identity
+
+    analysis = {
+        "policies": list(spec.labels),
+        "sparsities": list(spec.sparsities),
+        "gqa": spec.gqa,
+        "seed": spec.seed,
+        "setting": spec.setting,
+        "answers": spec.answers,
+        "retrieval_heads": retrieval_heads,
+    }
+    return json.dumps({"run": run_identity(path), "analysis": analysis}, sort_keys=True)
+
+
 def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: int = RETRIEVAL_HEADS):
     """Analyze a store with a Dask client; returns (Dataset, number of unfinished documents)."""
     from distributed import as_completed
@@ -398,6 +420,7 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
 
     plan = plan_store(path)
     spec = preflight(path, spec, plan)
+    made_from = provenance(path, spec, retrieval_heads)  # before any work: what the results will be of
     unfinished = plan.unfinished
     jobs = jobs_of(plan, spec)
     futures = client.map(
@@ -429,7 +452,9 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
         {
             schema.KIND_ATTR: schema.RESULTS_KIND,
             "schema_version": schema.RESULTS_VERSION,
-            "source_store": path,
+            "source_store": source_path(path),
+            "provenance": made_from,
+            "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
             "model": str(plan.attrs.get("model", {}).get("name", "")),
             "gqa": spec.gqa,
             "seed": spec.seed,

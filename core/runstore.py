@@ -13,6 +13,7 @@ import zarr
 
 from core import schema
 from core.errors import UsageError
+from core.outputs import is_local, local_path
 
 STATISTICS = tuple(schema.RUN_STATISTICS)  # what a policy may read, in the schema's order
 _GUARDED = frozenset((*STATISTICS, "final_row"))
@@ -145,6 +146,13 @@ def plan_store(path: str) -> StorePlan:
             f"store {path!r} holds no length groups (len_N): was the dump interrupted before its first document?"
         )
     cfg = root.attrs["model_config"]
+    if is_local(path):  # the consolidated metadata lists a group that was deleted on disk
+        gone = [n for n in lengths if not (local_path(path) / schema.group_name(n) / "zarr.json").is_file()]
+        if gone:
+            raise UsageError(
+                f"store {path!r} lists length {gone[0]} but its group {schema.group_name(gone[0])} is missing on "
+                f"disk: the store is damaged; re-dump that length into it with `python -m dump` (same options)"
+            )
     done, retrieved, blocks, rows = {}, {}, {}, {}
     for n in lengths:
         g = root[schema.group_name(n)]

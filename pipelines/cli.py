@@ -38,7 +38,9 @@ def main(argv=None) -> int:
             import dump
 
             dump.check(cfg.stage_options(progress=False)[0])  # what `run` would refuse, "other settings" too
-            print(f"pipelines: {args.config} is valid (output folder {cfg.out}, `out:` read relative to the config file)")
+            print(
+                f"pipelines: {args.config} is valid (output folder {cfg.out}, `out:` read relative to the config file)"
+            )
             return 0
         run(cfg, progress=not args.no_progress, until=args.until)
         return 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -13,33 +12,6 @@ from pipelines.config import Config
 
 def log(msg: str) -> None:
     print(f"pipelines: {msg}", flush=True)
-
-
-def analyze_key(cfg: Config) -> str:
-    """What the results depend on: the analyze settings and the dump's finished documents."""
-    import zarr
-
-    from core import schema
-
-    root = zarr.open_group(cfg.run_store, mode="r")
-    done = {
-        schema.group_name(n): int(root[schema.group_name(n)]["done"][:].sum())
-        for n in schema.lengths_in(root)
-    }
-    a = cfg.analyze
-    return json.dumps(
-        {
-            "methods": list(map(str, a.methods)),
-            "sparsities": a.sparsity,
-            "gqa": a.gqa,
-            "seed": a.seed,
-            "retrieval_heads": a.retrieval_heads,
-            "answers": a.answers,
-            "done": done,
-            "settings": dict(root.attrs["settings"]),
-        },
-        sort_keys=True,
-    )
 
 
 def check_outputs(cfg: Config) -> None:
@@ -68,22 +40,22 @@ def run(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
         return _done(timings, cfg.run_store)
 
     t = time.perf_counter()
-    key = analyze_key(cfg)
+    import analyze
+
+    a = analyze_opt
+    spec = analyze.spec_from(a)
+    key = analyze.provenance(a.store, spec, a.retrieval_heads)  # the store's documents and these settings
     results = Path(cfg.results_store)
-    fresh = results.exists() and xr.open_zarr(results).attrs.get("pipeline_key") == key
+    fresh = results.exists() and xr.open_zarr(results).attrs.get("provenance") == key
     if fresh:
-        log(f"analyze: {results} is up to date, skipped")
+        log(f"analyze: {results} is up to date (same documents, same settings), skipped")
     else:
-        import analyze
         from core import cluster, outputs
 
-        a = analyze_opt
-        spec = analyze.spec_from(a)
         with cluster.client_for(a.scheduler, a.workers) as client:
             ds, unfinished = analyze.run(
                 a.store, spec, client, progress=progress, retrieval_heads=a.retrieval_heads
             )
-        ds.attrs["pipeline_key"] = key
         outputs.write_dataset(ds, a.out)
         log(f"analyze: {len(ds.policy)} policies x {len(ds.sparsity)} sparsities -> {results}")
     timings["analyze"] = time.perf_counter() - t
@@ -91,14 +63,16 @@ def run(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
         return _done(timings, str(results))
 
     t = time.perf_counter()
-    from viz import build_report
+    from core.provenance import read_marker
+    from viz import build_report, report_key
 
     report = Path(cfg.report_dir)
     index = report / "index.html"
-    if index.exists() and index.stat().st_mtime > (results / "zarr.json").stat().st_mtime and fresh:
-        log(f"viz: {index} is up to date, skipped")
+    v = viz_opt
+    store = v.store if v.keptset else None
+    if index.exists() and read_marker(report) == report_key(v.results, store, v.dpi):
+        log(f"viz: {index} is up to date (same results, same options), skipped")
     else:
-        v = viz_opt
         build_report(v.results, v.out, store=v.store if v.keptset else None, dpi=v.dpi, progress=log)
     timings["viz"] = time.perf_counter() - t
     return _done(timings, f"open {index}")

@@ -6,6 +6,7 @@ is not) left on disk. Cases that change a store work on a copy of it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -598,3 +599,170 @@ def test_sigkill_between_moving_the_old_output_aside_and_renaming_the_new_in(bas
         assert (out / "index.html").is_file() and (out.stat().st_mode & 0o777) != 0o700  # not 0700
     else:
         assert xr.open_zarr(out).attrs["niah_store"] == "results"
+
+
+# -- Nothing lost, part two: results that know what they were made from (classes 3-7) -------------
+def _study(tmp_path, base, **over):
+    cfg = _config(tmp_path, base, **{"analyze__skip_corrupt": True, "viz__dpi": 40, **over})
+    r = run_cli("pipelines", "run", cfg, "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return cfg, r
+
+
+def test_a_redumped_document_reruns_analyze_and_viz_options_rerun_viz(base, tmp_path):
+    cfg, _ = _study(
+        tmp_path, base, dump__depths=[0.3, 0.7], analyze__methods=["full", "h2o"]
+    )  # h2o reads colsum
+    study = tmp_path / "study"
+    chunk = next(
+        p for p in (study / "run.zarr" / "len_256" / "colsum" / "c" / "1").rglob("*") if p.is_file()
+    )  # depth 0.7
+    chunk.write_bytes(b"torn")
+    (study / "report").rename(tmp_path / "old_report")  # the viz stage reruns with analyze
+    r = run_cli("pipelines", "run", cfg, "--no-progress")  # the store changed? no: same documents
+    assert "up to date" in r.stdout  # nothing was re-dumped: the results are those of these documents
+    res = xr.open_zarr(study / "results.zarr")
+    assert bool(res.done.all())  # they were scored before the damage
+    shutil.rmtree(study / "results.zarr")
+    r = run_cli("pipelines", "run", cfg, "--no-progress")  # scored now: the damaged document is skipped
+    assert r.returncode == 0, r.stderr
+    assert not bool(xr.open_zarr(study / "results.zarr").done.sel(depth=0.7).any())
+    r = run_cli("dump", "--model", base["model"], "--lengths", "256", "--depths", "0.3,0.7", "--redo", "256,0.7,0",
+                "--out", str(study / "run.zarr"), "--no-progress")  # fmt: skip
+    assert r.returncode == 0 and "1 documents written" in r.stdout, r.stderr
+    r = run_cli("pipelines", "run", cfg, "--no-progress")
+    assert r.returncode == 0 and "analyze: " in r.stdout and "up to date (same documents" not in r.stdout
+    assert bool(xr.open_zarr(study / "results.zarr").done.all())  # the re-dumped document is scored
+    cfg2 = _config(
+        tmp_path,
+        base,
+        dump__depths=[0.3, 0.7],
+        analyze__methods=["full", "h2o"],
+        analyze__skip_corrupt=True,
+        viz__dpi=41,
+    )
+    r = run_cli("pipelines", "run", cfg2, "--no-progress")
+    assert "analyze: " in r.stdout and "viz: report at" in r.stdout, r.stdout  # dpi changed: redrawn
+
+
+def test_viz_refuses_the_kept_sets_of_another_study(base, tmp_path):
+    other = tmp_path / "other.zarr"
+    r = run_cli("dump", "--model", base["model"], *SMALL, "--seed", "5", "--out", str(other), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("viz", base["results"], "--store", str(other), "--out", str(tmp_path / "o"))
+    one_sentence(r, 2, ["not the RUN store these results were made from"])
+    assert not (tmp_path / "o").exists()
+    short = tmp_path / "short.zarr"  # a store lacking a length of the results
+    SHORT = [a if a != "256" else "200" for a in SMALL]
+    r = run_cli("dump", "--model", base["model"], *SHORT, "--out", str(short), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    one_sentence(
+        run_cli("viz", base["results"], "--store", str(short), "--out", str(tmp_path / "o")),
+        2,
+        ["no length 256"],
+    )
+
+
+def test_results_record_an_absolute_source_and_viz_says_when_it_is_gone(base, tmp_path):
+    res = xr.open_zarr(base["results"])
+    assert Path(res.attrs["source_store"]).is_absolute()
+    made = json.loads(res.attrs["provenance"])
+    assert made["run"]["path"] == str(Path(base["store"]).resolve()) and made["analysis"]["policies"] == [
+        "full",
+        "h2o",
+    ]
+    copy = tmp_path / "res.zarr"
+    shutil.copytree(base["results"], copy)
+    root = zarr.open_group(str(copy), mode="r+")
+    root.attrs["source_store"] = "relative/run.zarr"
+    r = run_cli("viz", str(copy), "--dpi", "40", "--out", str(tmp_path / "rep"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "no kept-set pictures" in r.stderr and not (tmp_path / "rep" / "keptset.html").exists()
+
+
+def test_viz_of_a_file_url_writes_a_local_report(base, tmp_path):
+    copy = tmp_path / "x.results.zarr"
+    shutil.copytree(base["results"], copy)
+    r = run_cli("viz", f"file://{copy}", "--dpi", "40", "--no-progress")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert (tmp_path / "x_report" / "index.html").is_file() and not Path(ROOT, "file:").exists()
+
+
+def test_viz_serve_on_a_port_in_use_is_refused(base):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        one_sentence(
+            run_cli("viz", "serve", base["results"], "--port", str(port)), 2, [f"--port {port} is in use"]
+        )
+
+
+def test_a_budget_below_a_policys_minimum_is_warned_and_recorded(base, tmp_path):
+    out = tmp_path / "res.zarr"
+    r = run_cli("analyze", base["store"], "--methods", "streaming:sinks=200", "--sparsity", "0.5", "--workers", "1",
+                "--out", str(out), "--no-progress")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "below its minimum 201" in r.stderr
+    assert any("below its minimum" in w for w in xr.open_zarr(out).attrs["budget_warnings"])
+
+
+def test_diagnoses_name_the_real_problem(base, tmp_path):
+    store = tmp_path / "run.zarr"
+    shutil.copytree(base["store"], store)
+    for chunk in (store / "len_256" / "input_ids" / "c").rglob("*"):
+        if chunk.is_file():
+            chunk.unlink()  # every document's prompt ids gone: read as the fill value 0
+            break
+    r = run_cli("analyze", str(store), "--answers", "--methods", "full", "--sparsity", "0.5", "--workers", "1",
+                "--out", str(tmp_path / "o"), "--no-progress")  # fmt: skip
+    one_sentence(r, 2, ["input_ids", "missing on disk"])
+    assert "not the one the dump used" not in r.stderr
+    locked = tmp_path / "locked.zarr"
+    shutil.copytree(base["store"], locked)
+    (tmp_path / "locked.zarr.lock").write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+    one_sentence(
+        run_cli("analyze", str(locked), "--out", str(tmp_path / "o")), 2, ["is being written by process 1"]
+    )
+    gone = tmp_path / "gone.zarr"
+    shutil.copytree(base["store"], gone)
+    shutil.rmtree(gone / "len_256")
+    one_sentence(
+        run_cli("analyze", str(gone), "--out", str(tmp_path / "o")), 2, ["len_256 is missing on disk"]
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_pipelines_check_refuses_other_settings_and_reads_out_relative_to_the_config(base, tmp_path):
+    cfg, _ = _study(tmp_path, base)
+    raw = yaml.safe_load(Path(cfg).read_text())
+    raw["dump"]["seed"] = 9
+    Path(cfg).write_text(yaml.safe_dump(raw))
+    one_sentence(run_cli("pipelines", "check", cfg), 2, ["other settings", "seed"])
+    sub = tmp_path / "configs"
+    sub.mkdir()
+    rel = sub / "rel.yaml"
+    rel.write_text(yaml.safe_dump({**raw, "out": "../rel_study", "dump": {**raw["dump"], "seed": 0}}))
+    r = run_cli("pipelines", "check", str(rel))
+    assert r.returncode == 0, r.stderr
+    assert str(tmp_path / "rel_study") in r.stdout and "relative to the config file" in r.stdout
+
+
+def test_dump_redo_rewrites_one_document_and_refuses_one_not_in_the_plan(base, tmp_path):
+    store = tmp_path / "run.zarr"
+    shutil.copytree(base["store"], store)
+    r = run_cli(
+        "dump", "--model", base["model"], *SMALL, "--redo", "256,0.3,0", "--out", str(store), "--no-progress"
+    )
+    assert r.returncode == 0 and "1 documents written (1 already done)" in r.stdout, r.stdout + r.stderr
+    for v in ("input_ids", "colsum", "answer_ids"):
+        np.testing.assert_array_equal(
+            zarr.open_group(str(store))["len_256"][v][:], zarr.open_group(base["store"])["len_256"][v][:]
+        )
+    one_sentence(
+        run_cli("dump", "--model", base["model"], *SMALL, "--redo", "256,0.4,0", "--out", str(store)),
+        2,
+        ["--redo 256,0.4,0"],
+    )

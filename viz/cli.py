@@ -79,15 +79,23 @@ def _report(args) -> int:
         raise UsageError("give the RESULTS.zarr to draw (python -m viz RESULTS.zarr)")
     check_results(opt.results)
     out = opt.out or default_out(opt.results)
+    import json
+
+    import xarray as xr
+
+    attrs = dict(xr.open_zarr(opt.results).attrs)
     store = opt.store
     if store is None and opt.keptset:
-        import xarray as xr
-
-        src = xr.open_zarr(opt.results).attrs.get("source_store")
+        src = attrs.get("source_store")
         store = src if src and Path(src).exists() else None
+        if store is None:
+            print(
+                f"viz: warning: no kept-set pictures: the RUN store these results were made from "
+                f"({src or 'not recorded'}) is not there; give it with --store",
+                file=sys.stderr,
+            )
     if opt.store is not None:  # refused now, not after the heatmaps are drawn
-        import xarray as xr
-
+        from core.provenance import run_identity, same_study
         from core.runstore import plan_store
 
         missing = sorted(
@@ -97,6 +105,13 @@ def _report(args) -> int:
             raise UsageError(
                 f"--store {opt.store!r} holds no length {', '.join(map(str, missing))} of the results: "
                 f"give the RUN.zarr the results were made from, or --no-keptset"
+            )
+        recorded = json.loads(attrs.get("provenance") or "{}").get("run")
+        if opt.keptset and recorded and not same_study(recorded, run_identity(opt.store)):
+            raise UsageError(
+                f"--store {opt.store!r} is not the RUN store these results were made from "
+                f"({recorded.get('path')}, created {recorded.get('created')}): its kept sets would not be the "
+                f"scored ones; give that store, or --no-keptset"
             )
     outputs.check_output(out, "report", option="--out", inputs=(opt.results, store or ""))
     outputs.check_writable(out)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import re
 from pathlib import Path
 
@@ -81,6 +82,22 @@ def _order(results, name):
     return lambda v: v
 
 
+def report_key(results_path: str, store: str | None, dpi: int) -> dict:
+    """What a report is made from: its RESULTS' identity and the viz options (the RUN store of the
+    kept-set pictures by its identity). Written into the report's marker; the pipeline redraws when
+    it differs."""
+    from core.provenance import results_identity, run_identity
+
+    run = run_identity(store) if store else None
+    return {
+        "results": results_identity(results_path),
+        "options": {
+            "dpi": dpi,
+            "keptset_store": run and {k: run[k] for k in ("created", "settings", "documents")},
+        },
+    }
+
+
 def build_atomic(
     results_path: str, out: str, store: str | None = None, dpi: int = 150, progress=print
 ) -> Path:
@@ -95,9 +112,9 @@ def build_atomic(
     tmp = outputs.temporary_sibling(target)
     try:
         build(results_path, str(tmp), store=store, dpi=dpi, progress=progress)
-        (tmp / outputs.REPORT_MARKER).write_text(
-            "a report written by `python -m viz`; it may be replaced whole\n"
-        )
+        key = json.dumps(report_key(results_path, store, dpi), sort_keys=True)
+        marker = "a report written by `python -m viz`; it may be replaced whole"
+        (tmp / outputs.REPORT_MARKER).write_text(f"{marker}\n{key}\n")
         check_signals()
         outputs.replace(tmp, target)
     except BaseException:
