@@ -45,7 +45,8 @@ def test_run_then_resume(tiny_llama_dir, tmp_path):
     r = run_cli("pipelines", "run", str(cfg), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "0 documents written (4 already done)" in r.stdout
-    assert "up to date, skipped" in r.stdout
+    assert "analyze: " in r.stdout and "is up to date (same documents, same settings), skipped" in r.stdout
+    assert "is up to date (same results, same options), skipped" in r.stdout
     assert (out / "results.zarr" / "zarr.json").stat().st_mtime == stamp
 
 
