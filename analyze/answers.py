@@ -28,7 +28,7 @@ from analyze import keptsets
 from core import schema, settings, tasks
 from core.errors import UsageError
 from core.lm import decode, models, pruned
-from core.runstore import CorruptChunk, _open, load_doclayer, read_checked
+from core.runstore import CorruptChunk, _open, read_checked
 
 BATCH = 16  # (policy, sparsity) pairs decoded together: one forward step serves them all
 
@@ -142,11 +142,10 @@ def answer_document(path: str, plan, job, spec) -> dict:
     windows = plan.windows
     masks = np.zeros((len(pols), len(sparsities), layers, lm.config["heads"], n), dtype=bool)
     reads = keptsets.reads_of(pols)
-    whole = keptsets.document_of(plan, n, keptsets.loader(path, n, d, s, plan.kv_heads, spec.seed, reads))
+    load = keptsets.loader(path, n, d, s, plan.kv_heads, spec.seed, reads, spec.setting)
+    whole = keptsets.document_of(plan, n, load)
     for layer in whole.prunable:
-        x, _ = load_doclayer(
-            path, n, d, s, layer, plan.kv_heads, keptsets.doclayer_seed(spec.seed, d, s, layer), reads
-        )
+        x = load(layer)
         for j, i, kept in keptsets.iter_kept(
             x, pols, sparsities, spec.gqa, False, whole, layer, spec.setting
         ):

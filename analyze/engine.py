@@ -16,13 +16,13 @@ import numpy as np
 import xarray as xr
 
 from analyze import curvature, keptsets, metrics, policies
-from analyze.keptsets import doclayer_seed, iter_kept, policy_view
+from analyze.keptsets import iter_kept, policy_view
 from analyze.options import AnalyzeOptions
 from analyze.policies import Policy, budget, label
 from core import schema, settings
 from core.errors import UsageError
 from core.provenance import source_path
-from core.runstore import CorruptChunk, StorePlan, load_doclayer, plan_store
+from core.runstore import CorruptChunk, StorePlan, plan_store
 
 RETRIEVAL_HEADS = AnalyzeOptions.retrieval_heads  # the option's default
 
@@ -130,12 +130,9 @@ def analyze_doclayer(path: str, plan: StorePlan, job: LayerJob, spec: Spec) -> d
     """All policies × sparsities on one document-layer -> small arrays (see `assemble`)."""
     length, d, s, layer = job
     kv_heads = plan.kv_heads
-    x, masks = load_doclayer(
-        path, length, d, s, layer, kv_heads, doclayer_seed(spec.seed, d, s, layer), spec.reads
-    )
-    doc = keptsets.document_of(
-        plan, length, keptsets.loader(path, length, d, s, kv_heads, spec.seed, spec.reads)
-    )
+    x, masks = keptsets.load_layer(path, length, d, s, layer, kv_heads, spec.seed, spec.reads, spec.setting)
+    load = keptsets.loader(path, length, d, s, kv_heads, spec.seed, spec.reads, spec.setting)
+    doc = keptsets.document_of(plan, length, load)
     final = x.final_row.astype(np.float64)
     nsp = len(spec.sparsities)
     out = np.zeros((len(schema.METRICS), len(spec.policies), nsp, x.heads))

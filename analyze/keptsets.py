@@ -59,13 +59,21 @@ def document_of(plan, n: int, load=None) -> budgets.Document:
     )
 
 
-def loader(path: str, n: int, d: int, s: int, kv_heads: int, seed: int, reads):
+def load_layer(
+    path: str, n: int, d: int, s: int, layer: int, kv_heads: int, seed: int, reads, setting="aware"
+):
+    """(statistics, token masks) of one document-layer, as `setting` reads them, with the layer's seed."""
+    stored = settings.get(setting).stored
+    return runstore.load_doclayer(
+        path, n, d, s, layer, kv_heads, doclayer_seed(seed, d, s, layer), reads, stored
+    )
+
+
+def loader(path: str, n: int, d: int, s: int, kv_heads: int, seed: int, reads, setting: str = "aware"):
     """layer -> that layer's statistics of one document (what `document_of` hands an allocation)."""
 
     def load(layer: int) -> DocLayer:
-        return runstore.load_doclayer(
-            path, n, d, s, layer, kv_heads, doclayer_seed(seed, d, s, layer), reads
-        )[0]
+        return load_layer(path, n, d, s, layer, kv_heads, seed, reads, setting)[0]
 
     return load
 
@@ -125,18 +133,10 @@ def kept_sets(
     `question` (key,). `depth` and `sample` are indices; `pols` are policies or their labels."""
     pols = _parse(pols)
     plan = runstore.plan_store(store)
-    x, token_masks = runstore.load_doclayer(
-        store,
-        length,
-        depth,
-        sample,
-        layer,
-        plan.kv_heads,
-        doclayer_seed(seed, depth, sample, layer),
-        reads_of(pols),
-    )
+    reads = reads_of(pols)
+    x, token_masks = load_layer(store, length, depth, sample, layer, plan.kv_heads, seed, reads, setting)
     masks = np.zeros((len(pols), len(sparsities), x.heads, x.n), dtype=bool)
-    doc = document_of(plan, length, loader(store, length, depth, sample, plan.kv_heads, seed, reads_of(pols)))
+    doc = document_of(plan, length, loader(store, length, depth, sample, plan.kv_heads, seed, reads, setting))
     for j, i, m in iter_kept(x, pols, sparsities, gqa, doc=doc, layer=layer, setting=setting):
         masks[i, j] = m
     return xr.Dataset(

@@ -228,19 +228,29 @@ def _checked(g, var: str, index: tuple, path: str, length: int) -> np.ndarray:
 
 
 def load_doclayer(
-    path: str, length: int, d: int, s: int, layer: int, kv_heads: int, seed: int, reads=STATISTICS
+    path: str,
+    length: int,
+    d: int,
+    s: int,
+    layer: int,
+    kv_heads: int,
+    seed: int,
+    reads=STATISTICS,
+    stored: dict | None = None,
 ) -> tuple[DocLayer, dict]:
     """The statistics `reads` of one document-layer (float16 ones as float32), and its token masks
-    (`schema.document_masks`: name -> (key,) bool)."""
+    (`schema.document_masks`: name -> (key,) bool). `stored` maps a statistic to the RUN variable a
+    setting reads it from (`core.settings.Setting.stored`; default: its own name)."""
     g = _open(path)[schema.group_name(length)]
     index = (d, s, layer)
     stats = {}
     for var in STATISTICS:
-        if var == "window_sum" and var in reads and var not in g:  # schema 2.0: every W row is stored
+        name = (stored or {}).get(var, var)
+        if var == "window_sum" and var in reads and name not in g:  # schema 2.0: every W row is stored
             rows = _checked(g, "window", index, path, length).astype(np.float32)
             stats[var] = rows.astype(np.float64).sum(axis=1).astype(np.float32)
         elif var in reads:
-            a = _checked(g, var, index, path, length)
+            a = _checked(g, name, index, path, length)
             stats[var] = a.astype(np.float32) if a.dtype == np.float16 else a
     if "window" in stats:
         final = stats["window"][:, -1, :]

@@ -1,8 +1,9 @@
 """Settings: which query rows a policy may see, and when the answer pass prunes the cache.
 
 A setting is one `Setting` subclass registered by name. It says which statistics of a
-document-layer a policy may read (`hides`: `DocLayer` fields; reading one raises `HiddenRows`) and
-how many prompt tokens the answer pass prefills before the cache is pruned (`prune_after`).
+document-layer a policy may read (`hides`: `DocLayer` fields; reading one raises `HiddenRows`),
+which stored variables they are read from (`stored`: e.g. statistics of the context's own rows),
+and how many prompt tokens the answer pass prefills before the cache is pruned (`prune_after`).
 - `aware` (the lab's only setting so far): the question's rows are in every statistic, and the
   cache is pruned after the prompt, the question included, was prefilled (all but its last token,
   which the answer pass decodes through the pruned cache).
@@ -24,6 +25,7 @@ class HiddenRows(UsageError):
 class Setting:
     name = "setting"
     hides: tuple[str, ...] = ()  # DocLayer fields (statistics, final_row) a policy may not read
+    stored: dict = {}  # statistic -> the RUN variable it is read from in this setting (default: its name)
 
     def prune_after(self, n: int, question: np.ndarray) -> int:
         """Prompt tokens prefilled with the full cache before the kept sets apply."""

@@ -80,7 +80,9 @@ def load(path: str) -> Config:
         raise UsageError(f"{path}: `out:` (the study's output folder) is required")
     out = Path(str(raw["out"])).expanduser()
     return Config(
-        out=str(out if out.is_absolute() else (p.resolve().parent / out).resolve()),  # relative to the config file
+        out=str(
+            out if out.is_absolute() else (p.resolve().parent / out).resolve()
+        ),  # relative to the config file
         name=str(raw.get("name", p.stem)),
         **{name: optionkit.from_mapping(cls, raw.get(name), name, path) for name, cls in SECTIONS.items()},
     )
