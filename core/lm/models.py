@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -277,7 +278,9 @@ def _unavailable(name: str) -> str:
     )
 
 
-@functools.lru_cache(maxsize=1)
+_LOADING = threading.Lock()  # transformers' loading is not thread-safe (threaded Dask workers)
+
+
 def load(
     name: str,
     dtype: torch.dtype = torch.float32,
@@ -287,7 +290,20 @@ def load(
 ):
     """Load model + tokenizer offline with the given attention implementation (and RoPE scaling).
     The one loader of both stages: a process (a Dask worker, a device shard) keeps the last model it
-    loaded and reuses it for every document with the same arguments."""
+    loaded and reuses it for every document with the same arguments; threads share it."""
+    with _LOADING:
+        return _load(name, dtype, device, attn_implementation, rope_scaling)
+
+
+@functools.lru_cache(maxsize=1)
+def _load(
+    name: str,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    attn_implementation: str = "sdpa",
+    rope_scaling: str | None = None,
+):
+    """`load`, once per process and arguments."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
