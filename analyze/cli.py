@@ -47,8 +47,6 @@ def _main(args) -> int:
     plan = runstore.plan_store(opt.store)
     spec = engine.spec_from(opt)
     engine.preflight(opt.store, spec, plan)  # engine.run checks again; here before the cluster starts
-    for line in engine.check_budgets(spec, plan):
-        print(f"analyze: warning: {line}", file=sys.stderr)
     if plan.unfinished:
         print(
             f"analyze: warning: {plan.unfinished} unfinished documents in {opt.store} are skipped",
@@ -58,6 +56,8 @@ def _main(args) -> int:
         ds, _ = engine.run(
             opt.store, spec, client, progress=opt.progress, retrieval_heads=opt.retrieval_heads
         )
+    for line in ds.attrs.get("budget_warnings", []):
+        print(f"analyze: warning: {line}", file=sys.stderr)
     skipped = ds.attrs.get("skipped_corrupt", [])
     if skipped:
         print(

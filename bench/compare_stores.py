@@ -30,4 +30,6 @@ for name in sorted(a.group_keys()):
 if exact:
     print(f"stores equal: {count} arrays, every one bit-identical")
 else:
-    print(f"stores equal: every variable identical, colsum within {worst:.1e} relative (atomic summation order)")
+    print(
+        f"stores equal: every variable identical, colsum within {worst:.1e} relative (atomic summation order)"
+    )

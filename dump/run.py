@@ -28,19 +28,29 @@ def run_dump(opt: DumpOptions) -> DumpSummary:
 def check(opt: DumpOptions) -> Checked:
     """Everything `run_dump` would refuse before writing, without writing: the output, the options
     against the model, and an existing store made with other settings (`pipelines check`)."""
+    import dataclasses
+
+    import torch
+
     from dump.plan import resolve_dtype, settings_of
     from dump.store import StoreMismatch, diff_settings
 
     outputs.check_writable(opt.out)
     exists = outputs.check_output(opt.out, schema.RUN_KIND)
+    device = opt.device
+    if device.startswith("cuda") and not torch.cuda.is_available():  # a GPU study checked on a CPU host
+        opt = dataclasses.replace(opt, device="cpu", devices=None)
     checked = validate(opt)
     preflight(checked)
     if exists and not opt.overwrite:
         import zarr
 
         old = dict(zarr.open_group(opt.out, mode="r").attrs.get("settings", {}))
-        info = models.describe(opt.model, resolve_dtype(opt.dtype, checked.device), opt.rope_scaling)
-        new = settings_of(checked.opt, info)
+        dtype = resolve_dtype(opt.dtype, "cuda" if device.startswith("cuda") else checked.device)
+        new = settings_of(checked.opt, models.describe(opt.model, dtype, opt.rope_scaling))
+        if device == "auto" and opt.dtype == "auto":  # the dtype follows the host that runs it
+            old.pop("dtype", None)
+            new.pop("dtype", None)
         if old != new:
             raise StoreMismatch(
                 f"store {opt.out!r} was made with other settings ({'; '.join(diff_settings(old, new))}): "

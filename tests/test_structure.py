@@ -117,7 +117,7 @@ def test_a_policy_registered_from_outside_is_scored_without_touching_the_engine(
 @pytest.mark.parametrize(
     "stage,cls,config_only_paths",
     [
-        ("dump", "dump.options.DumpOptions", {"out", "progress"}),
+        ("dump", "dump.options.DumpOptions", {"out", "progress", "redo"}),
         ("analyze", "analyze.options.AnalyzeOptions", {"store", "out", "progress", "list_methods"}),
         ("viz", "viz.options.VizOptions", {"results", "out", "store", "progress"}),
     ],
