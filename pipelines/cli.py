@@ -35,9 +35,12 @@ def main(argv=None) -> int:
 
         check_outputs(cfg)
         if args.command == "check":
-            import dump
+            from pathlib import Path
 
-            dump.check(cfg.stage_options(progress=False)[0])  # what `run` would refuse, "other settings" too
+            if Path(cfg.run_store).exists():  # resuming: what `run` would refuse, "other settings" too
+                import dump
+
+                dump.check(cfg.stage_options(progress=False)[0])
             print(
                 f"pipelines: {args.config} is valid (output folder {cfg.out}, `out:` read relative to the config file)"
             )

@@ -603,7 +603,9 @@ def test_sigkill_between_moving_the_old_output_aside_and_renaming_the_new_in(bas
 
 # -- Nothing lost, part two: results that know what they were made from (classes 3-7) -------------
 def _study(tmp_path, base, **over):
-    cfg = _config(tmp_path, base, **{"analyze__skip_corrupt": True, "viz__dpi": 40, **over})
+    cfg = _config(
+        tmp_path, base, **{"analyze__skip_corrupt": True, "analyze__workers": 1, "viz__dpi": 40, **over}
+    )
     r = run_cli("pipelines", "run", cfg, "--no-progress")
     assert r.returncode == 0, r.stderr
     return cfg, r
