@@ -641,6 +641,7 @@ def test_a_redumped_document_reruns_analyze_and_viz_options_rerun_viz(base, tmp_
         dump__depths=[0.3, 0.7],
         analyze__methods=["full", "h2o"],
         analyze__skip_corrupt=True,
+        analyze__workers=1,
         viz__dpi=41,
     )
     r = run_cli("pipelines", "run", cfg2, "--no-progress")
