@@ -14,7 +14,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # the modules that take longest run first: under `pytest -n 2 --dist loadfile` (make test) the two
 # workers then finish together instead of one waiting on a long module at the end
-FIRST = ("test_storage", "test_answers", "test_gemma", "test_catalogue", "test_hybrid", "test_viz")
+FIRST = (
+    "test_storage",
+    "test_answers",
+    "test_catalogue",
+    "test_gemma",
+    "test_dump",
+    "test_viz",
+    "test_hybrid",
+    "test_pipelines",
+    "test_structure",
+    "test_seams",
+    "test_analyze",
+    "test_capture",
+)
 
 
 def pytest_collection_modifyitems(session, config, items):
