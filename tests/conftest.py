@@ -12,31 +12,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# the modules that take longest run first: under `pytest -n 2 --dist loadfile` (make test) the two
-# workers then finish together instead of one waiting on a long module at the end
-FIRST = (
-    "test_storage",
-    "test_answers",
-    "test_catalogue",
-    "test_gemma",
-    "test_dump",
-    "test_viz",
-    "test_hybrid",
-    "test_pipelines",
-    "test_structure",
-    "test_seams",
-    "test_analyze",
-    "test_capture",
-)
-
-
-def pytest_collection_modifyitems(session, config, items):
-    def rank(item):
-        name = item.module.__name__.rsplit(".", 1)[-1]
-        return FIRST.index(name) if name in FIRST else len(FIRST)
-
-    items.sort(key=rank)  # stable: each module keeps its own order
-
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
