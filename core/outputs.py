@@ -138,20 +138,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def lock_of(path: str) -> Path:
+    """The lock file beside a local store (the store stays pure zarr)."""
+    target = local_path(path)
+    return target.with_name(target.name + LOCK_SUFFIX)
+
+
+def lock_holder(lock: Path) -> tuple[dict, bool]:
+    """(who holds the lock: host and pid, as far as it can be read; whether that writer is known to be
+    dead: a process of this host that no longer runs)."""
+    try:
+        holder = json.loads(lock.read_text() or "{}")
+    except (OSError, ValueError):
+        holder = {}
+    dead = holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", 0) or 0))
+    return holder, dead
+
+
 def check_not_being_written(path: str) -> None:
     """Refuse to read a store whose writer still holds its lock (a live process on this host, or any
     on another host): its unfinished documents are being written, not missing."""
     if not is_local(path):
         return
-    target = local_path(path)
-    lock = target.with_name(target.name + LOCK_SUFFIX)
+    lock = lock_of(path)
     if not lock.is_file():
         return
-    try:
-        holder = json.loads(lock.read_text() or "{}")
-    except (OSError, ValueError):
-        holder = {}
-    if holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", 0) or 0)):
+    holder, dead = lock_holder(lock)
+    if dead:
         return  # a dead writer's lock: the store is as it left it
     raise UsageError(
         f"store {path!r} is being written by process {holder.get('pid', '?')} on {holder.get('host', '?')}: "
@@ -166,19 +179,15 @@ def write_lock(path: str, what: str = "store"):
     if not is_local(path):
         yield
         return
-    target = local_path(path)
-    lock = target.with_name(target.name + LOCK_SUFFIX)  # beside the store: the store stays pure zarr
+    lock = lock_of(path)
     lock.parent.mkdir(parents=True, exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid()}
     for _ in range(2):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
-            try:
-                holder = json.loads(lock.read_text() or "{}")
-            except (OSError, ValueError):
-                holder = {}
-            if holder.get("host") == me["host"] and not _alive(int(holder.get("pid", 0) or 0)):
+            holder, dead = lock_holder(lock)
+            if dead:
                 lock.unlink(missing_ok=True)  # its writer died: take over
                 continue
             raise UsageError(

@@ -33,7 +33,7 @@ def check(opt: DumpOptions) -> Checked:
     import torch
 
     from dump.plan import resolve_dtype, settings_of
-    from dump.store import StoreMismatch, diff_settings
+    from dump.store import check_settings
 
     outputs.check_writable(opt.out)
     exists = outputs.check_output(opt.out, schema.RUN_KIND)
@@ -51,11 +51,7 @@ def check(opt: DumpOptions) -> Checked:
         if device == "auto" and opt.dtype == "auto":  # the dtype follows the host that runs it
             old.pop("dtype", None)
             new.pop("dtype", None)
-        if old != new:
-            raise StoreMismatch(
-                f"store {opt.out!r} was made with other settings ({'; '.join(diff_settings(old, new))}): "
-                f"choose another out: or pass --overwrite to replace it"
-            )
+        check_settings(opt.out, old, new, option="out:")
     return checked
 
 

@@ -46,6 +46,15 @@ def diff_settings(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
+def check_settings(path: str, old: dict, new: dict, option: str = "--out") -> None:
+    """A store is resumed only with the settings it was made with (`dump`, and `pipelines check`)."""
+    if old != new:
+        raise StoreMismatch(
+            f"store {path!r} was made with other settings ({'; '.join(diff_settings(old, new))}): "
+            f"choose another {option} or pass --overwrite to replace it"
+        )
+
+
 class RunStore:
     """Open-or-create a RUN.zarr for one set of settings; write documents layer by layer."""
 
@@ -63,13 +72,7 @@ class RunStore:
             exists = False
         if exists:
             root = zarr.open_group(path, mode="r+", use_consolidated=False)  # a writer sees new groups
-            old = dict(root.attrs.get("settings", {}))
-            if old != settings:
-                changes = "; ".join(diff_settings(old, settings))
-                raise StoreMismatch(
-                    f"store {path!r} was made with other settings ({changes}): "
-                    f"choose another --out or pass --overwrite to replace it"
-                )
+            check_settings(path, dict(root.attrs.get("settings", {})), settings)
             self.root = root
         else:
             self.root = zarr.open_group(path, mode="w")
