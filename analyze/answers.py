@@ -21,6 +21,8 @@ than the prompt is not pruned: it keeps the model's own attention.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 
@@ -30,7 +32,7 @@ from core.errors import UsageError
 from core.lm import decode, models, pruned
 from core.runstore import CorruptChunk, _open, read_checked
 
-BATCH = 16  # (policy, sparsity) pairs decoded together: one forward step serves them all
+BATCH_BYTES = 1 << 30  # the kept-set biases of the pairs decoded together (one forward step serves them all)
 
 
 def check_supported(config, name: str) -> None:
@@ -124,6 +126,8 @@ def answer_document(path: str, plan, job, spec) -> dict:
     name, rope_scaling, dtype = dumped_model(attrs, path)
     device = spec.answer_device
     lm = load_model(name, rope_scaling, device, dtype)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
     g = root[schema.group_name(n)]
     ids = read_checked(g, "input_ids", (d, s), path, n)
     if not ids.any():  # 0 is the fill value: the chunk is missing on disk, the model is not to blame
@@ -156,9 +160,16 @@ def answer_document(path: str, plan, job, spec) -> dict:
     with torch.no_grad():
         prompt = torch.as_tensor(ids[:cut], dtype=torch.long, device=device)[None]
         store = pruned.prompt_store(decode.prefill(lm.model, prompt)[1], cut, windows)
-        pairs = [(i, j) for i in range(len(pols)) for j in range(len(sparsities))]
-        for c0 in range(0, len(pairs), BATCH):  # every (policy, sparsity) of a chunk decoded as one batch
-            chunk = pairs[c0 : c0 + BATCH]
+        # pairs with the same kept sets on every layer (e.g. `full` at every sparsity) decode once
+        same: dict[bytes, list] = {}
+        for i in range(len(pols)):
+            for j in range(len(sparsities)):
+                key = hashlib.sha1(np.packbits(masks[i, j, list(whole.prunable)]).tobytes()).digest()
+                same.setdefault(key, []).append((i, j))
+        pairs = [group[0] for group in same.values()]
+        batch = max(1, BATCH_BYTES // max(1, 4 * masks[0, 0].size))
+        for c0 in range(0, len(pairs), batch):  # the pairs of a chunk decoded as one batch
+            chunk = pairs[c0 : c0 + batch]
             per_layer = {
                 layer: torch.stack([pruned.bias_of(masks[i, j, layer]) for i, j in chunk]).to(device)
                 for layer in whole.prunable
@@ -171,4 +182,10 @@ def answer_document(path: str, plan, job, spec) -> dict:
                 answer[i, j] = task.score(text, doc) == 1.0
                 digits[i, j] = task.partial(text, doc)
                 out_ids[i, j, :steps] = toks[row]
-    return {"answer": answer, "digits": digits, "ids": out_ids}
+    for group in same.values():
+        for i, j in group[1:]:
+            answer[i, j], digits[i, j], out_ids[i, j] = answer[group[0]], digits[group[0]], out_ids[group[0]]
+    out = {"answer": answer, "digits": digits, "ids": out_ids}
+    if device.startswith("cuda"):  # this worker's peak, model included (RESULTS attr answer_peak_gpu_gb)
+        out["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
+    return out

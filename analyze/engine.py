@@ -465,4 +465,7 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
             "budget_warnings": check_budgets(spec, plan),
         }
     )
+    peaks = [r["peak_gpu_bytes"] for r in answers.values() if "peak_gpu_bytes" in r]
+    if peaks:  # the largest GPU memory one answer task held (its worker's model included)
+        ds.attrs["answer_peak_gpu_gb"] = round(max(peaks) / 1e9, 3)
     return ds, unfinished

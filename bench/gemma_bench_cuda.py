@@ -13,6 +13,11 @@ Prints, last:
   smollm2_doc_128k_gb G      --window 64, default block and rows: time and store size per document
                              (targets <= 10 s, <= 1 GB)
   (part lengths)             time and store size per document at every length of the real-weight studies
+  fp32_vs_bf16_32k R         (part fp32) float32 / bfloat16 seconds per document, real Gemma, 32k,
+                             same documents, same run (target <= 3)
+  answer pass ...            (part answers) `analyze --answers --answer-device cuda` with the default
+                             workers on float32 Gemma at 32k and bfloat16 at 128k (yarn:4): exit status,
+                             time, and the peak GPU memory of one answer task
 Document times are medians of the documents after the first (warm-up).
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -63,7 +69,9 @@ def sliding_layer(n=32768, heads=4, kv_heads=1, dim=256, sliding=512, window=64,
     return dict(tokens=n, dense_mask_tiled_s=before, banded_tiled_s=banded_torch, fused_banded_s=fused)
 
 
-def documents(model: str, n: int, docs: int, out: Path, rope_scaling=None, baseline=True, device="cuda"):
+def documents(
+    model: str, n: int, docs: int, out: Path, rope_scaling=None, baseline=True, device="cuda", dtype="auto"
+):
     """Dump `docs` documents of length n through the dump's own per-document code; per-document
     seconds, store bytes, and (baseline) the plain sdpa forward + 8-token answer of the same prompts."""
     opt = DumpOptions(
@@ -74,6 +82,8 @@ def documents(model: str, n: int, docs: int, out: Path, rope_scaling=None, basel
         samples=docs,
         device=device,
         rope_scaling=rope_scaling,
+        dtype=dtype,
+        window=16,
         progress=False,
     )
     checked = plan.validate(opt)
@@ -108,6 +118,7 @@ def documents(model: str, n: int, docs: int, out: Path, rope_scaling=None, basel
     torch.cuda.empty_cache()
     return dict(
         model=model,
+        dtype=str(dtype).replace("torch.", ""),
         tokens=n,
         rope_scaling=rope_scaling,
         documents=docs,
@@ -118,6 +129,35 @@ def documents(model: str, n: int, docs: int, out: Path, rope_scaling=None, basel
         store_gb_per_doc=size / docs / 1e9,
         peak_gpu_gb=torch.cuda.max_memory_allocated() / 1e9,
     )
+
+
+def answer_pass(store: Path, dtype: str, n: int) -> dict:
+    """`python -m analyze --answers --answer-device cuda` with its default workers (all on this one
+    GPU): exit status, seconds, and the largest GPU memory one answer task held."""
+    import subprocess
+    import sys
+
+    import xarray as xr
+
+    res = store.with_suffix(".results.zarr")
+    t = time.perf_counter()
+    r = subprocess.run(
+        [sys.executable, "-m", "analyze", str(store), "--answers", "--answer-device", "cuda",
+         "--methods", "full,h2o,snapkv,tova,streaming", "--sparsity", "0.5,0.9", "--out", str(res),
+         "--no-progress"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    row = dict(dtype=dtype, tokens=n, rc=r.returncode, seconds=time.perf_counter() - t)
+    if r.returncode == 0:
+        ds = xr.open_zarr(res)
+        row.update(
+            workers=min(4, os.cpu_count() or 1),  # analyze's default: min(4, cores)
+            peak_gpu_gb_per_worker=ds.attrs.get("answer_peak_gpu_gb"),
+            full_answer=float(ds.answer.sel(policy="full").mean()),
+        )
+    else:
+        row["stderr"] = r.stderr[-2000:]
+    return row
 
 
 def main():
@@ -147,6 +187,21 @@ def main():
                 row = documents(model, n, 3, Path(tmp) / f"{model}-{n}.zarr", rope_scaling=rope)
                 out["per_length"].append(row)
                 print(json.dumps(row), flush=True)
+        if "fp32" in parts:  # the same documents in bfloat16 and float32, real Gemma, 32k
+            for dt in ("bfloat16", "float32"):
+                out[f"gemma_32k_{dt}"] = documents(
+                    "gemma3-270m", 32768, args.docs, Path(tmp) / f"g32k_{dt}.zarr", baseline=False, dtype=dt
+                )
+                print(json.dumps(out[f"gemma_32k_{dt}"]), flush=True)
+        if "answers" in parts:  # the answer pass on the GPU with the default workers, no OOM
+            runs = [("float32", 32768, None), ("bfloat16", 131072, "yarn:4")]
+            out["answers"] = []
+            for dt, n, rope in runs:
+                store = Path(tmp) / f"ans_{dt}_{n}.zarr"
+                if not store.exists():
+                    documents("gemma3-270m", n, 2, store, rope_scaling=rope, baseline=False, dtype=dt)
+                out["answers"].append(answer_pass(store, dt, n))
+                print(json.dumps(out["answers"][-1]), flush=True)
         if "smollm2" in parts:
             out["smollm2_128k"] = documents(
                 "smollm2-135m", 131072, 3, Path(tmp) / "s.zarr", rope_scaling="yarn:16", baseline=False
@@ -158,6 +213,16 @@ def main():
     if "sliding" in out:
         s = out["sliding"]
         print(f"sliding_speedup_32k {s['dense_mask_tiled_s'] / s['fused_banded_s']:.1f}")
+    if "gemma_32k_float32" in out:
+        b, f = out["gemma_32k_bfloat16"], out["gemma_32k_float32"]
+        print(f"gemma_32k_bf16_doc_s {b['doc_s']:.3f}")
+        print(f"gemma_32k_fp32_doc_s {f['doc_s']:.3f}")
+        print(f"fp32_vs_bf16_32k {f['doc_s'] / b['doc_s']:.2f}")
+    for a in out.get("answers", []):
+        print(
+            f"answer pass {a['dtype']} {a['tokens']}: exit {a['rc']}, {a['seconds']:.1f} s, "
+            f"peak GPU per worker {a.get('peak_gpu_gb_per_worker')} GB"
+        )
     if "gemma_32k" in out:
         g = out["gemma_32k"]
         print(f"gemma_doc_32k_s {g['doc_s']:.3f}")

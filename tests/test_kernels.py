@@ -106,8 +106,40 @@ def test_fused_sliding_window_equals_float64_reference(heads, kv_heads, n, block
     assert (rows[:, -1, : n - sliding] == 0).all()
 
 
-def test_float32_is_true_float32_not_tf32():
-    """With float32 inputs the kernels multiply in IEEE float32 (tl.dot defaults to tf32: ~1e-3)."""
+@pytest.mark.parametrize(
+    "heads,kv_heads,n,dim,dtype",
+    [(9, 3, 1000, 64, torch.bfloat16), (4, 1, 777, 256, torch.bfloat16), (9, 3, 1500, 64, torch.float32)],
+)
+def test_statistics_from_the_attention_kernels_log_sum_exp(heads, kv_heads, n, dim, dtype):
+    """One pass: the output and each row's log-sum-exp from PyTorch's flash / memory-efficient kernel
+    (`causal_output_lse`), the statistics reusing that log-sum-exp; all against float64."""
+    from core.lm.kernels.triton_stats import fused_stats
+    from core.lm.stats import causal_output_lse
+
+    torch.manual_seed(n)
+    q = (torch.randn(heads, n, dim) * 1.5).to(dtype)
+    k = (torch.randn(kv_heads, n, dim) * 1.5).to(dtype)
+    v = torch.randn(kv_heads, n, dim).to(dtype)
+    scale = dim**-0.5
+    out, lse = causal_output_lse(q.cuda(), k.cuda(), v.cuda(), scale)
+    colsum, rows, blocks = fused_stats(q.cuda(), k.cuda(), scale, 32, 64, None, lse)
+    r_out, r_col, r_win, r_blocks = reference(q.double(), k.double(), v.double(), scale, 32, 64)
+    g = heads // kv_heads
+    s = (q.double() @ k.double().repeat_interleave(g, 0).transpose(-1, -2)) * scale
+    s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    tol = 1e-4 if dtype == torch.float32 else 1e-3
+
+    def rel(a, b):
+        return float(torch.linalg.norm(a.cpu().double() - b) / torch.linalg.norm(b))
+
+    assert rel(lse, torch.logsumexp(s, -1)) <= 1e-5
+    assert rel(out, r_out) <= (1e-5 if dtype == torch.float32 else 1e-2)
+    assert rel(colsum, r_col) <= tol and rel(rows, r_win) <= tol and rel(blocks, r_blocks) <= tol
+
+
+def test_float32_is_split_precision_not_tf32():
+    """With float32 inputs the kernels multiply with split-precision tf32x3 dots, float32 accuracy
+    (tl.dot defaults to plain tf32: ~1e-3)."""
     from core.lm.kernels.triton_stats import fused_stats
 
     torch.manual_seed(1)

@@ -8,6 +8,7 @@ safetensors cache directory, which later loads read in well under a second.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -111,18 +112,59 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """transformers parses a GGUF three times (config, weights, tokenizer) and rebuilds gguf's
+    tensor-name map once per module (397 times for SmolLM2): two thirds of a conversion. Within one
+    conversion each file is parsed once and each map built once; the saved weights and tokenizer are
+    the same bytes (checked with `cmp` against an unpatched conversion, SmolLM2 and Gemma 3)."""
+    import gguf
+
+    reader, names = gguf.GGUFReader, gguf.get_tensor_name_map
+    parsed: dict = {}
+
+    def parse_once(path, *args, **kwargs):
+        key = (os.fspath(path), args, tuple(sorted(kwargs.items())))
+        if key not in parsed:
+            parsed[key] = reader(path, *args, **kwargs)
+        return parsed[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = parse_once, functools.cache(names)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, names
+
+
 def gguf_to_safetensors(gguf: Path) -> tuple[Path, str]:
-    """Dequantize a GGUF once into the cache; return (directory, sha256 of the GGUF)."""
+    """Dequantize a GGUF once into the cache; return (directory, sha256 of the GGUF). Processes
+    converting the same file take turns (a file lock): the second one finds the first one's result."""
+    from filelock import FileLock
+
     stat = gguf.stat()
     key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     target = cache_root() / "models" / f"{gguf.stem}-{key}"
     meta = target / "niah_source.json"
     if meta.is_file():
         return target, json.loads(meta.read_text())["sha256"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _CONVERTING, FileLock(str(target) + ".lock"):
+        if not meta.is_file():
+            _convert(gguf, target)
+    return target, json.loads(meta.read_text())["sha256"]
+
+
+_CONVERTING = threading.Lock()  # _gguf_parsed_once patches the gguf module: one conversion at a time
+
+
+def _convert(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with _gguf_parsed_once():
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # the dequantized weights are plain float32: drop the GGUF quantizer so they can be saved
     model.config.quantization_config = None
     del model.config.quantization_config
@@ -140,7 +182,6 @@ def gguf_to_safetensors(gguf: Path) -> tuple[Path, str]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return target, json.loads(meta.read_text())["sha256"]
 
 
 def resolve(name: str) -> tuple[str, str, str]:

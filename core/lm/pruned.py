@@ -5,7 +5,8 @@ Within `keeping(masks, prompt)`, layer l's heads read the prompt's keys and valu
 prefilled cache, kept aside and never copied) with the additive bias `masks[l]` (0 kept, -inf
 evicted: `bias_of`), and the model's own cache holds only the decoded tokens. The masked attention
 is eager float32 math. Outside `keeping`, a whole prompt's prefill runs sdpa's causal kernel (full
-layers) or the banded sdpa (sliding-window layers): no N x N mask is ever built.
+layers; on CUDA the flash or memory-efficient kernel the dump's capture uses, `causal_output_lse`)
+or the banded sdpa (sliding-window layers): no N x N mask or matrix is ever built.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from core.lm.capture import skipping_whole_prompts
-from core.lm.stats import sliding_output
+from core.lm.stats import causal_output_lse, sliding_output
 
 NAME = "niah_pruned"
 _state = threading.local()
@@ -64,6 +65,12 @@ def pruned_attention(module, query, key, value, attention_mask, scaling=None, dr
             raise ValueError("the banded prefill takes one whole prompt")
         scale = query.shape[-1] ** -0.5 if scaling is None else scaling
         out = sliding_output(query[0], key[0], value[0], scale, int(sliding))
+        return out.unsqueeze(0).transpose(1, 2), None
+    if keep is None and prompt is None and _whole_prompt_on_cuda(query, key, attention_mask):
+        # flash, or memory-efficient for float32: never sdpa's N x N math kernel, where sdpa sends
+        # float32 with shared kv heads (out of memory at 32k), and the dump's own GPU kernel
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        out, _ = causal_output_lse(query[0], key[0], value[0], scale)
         return out.unsqueeze(0).transpose(1, 2), None
     if keep is None and prompt is None:  # no decode with masks: the model's own attention
         return sdpa_attention_forward(
@@ -118,18 +125,45 @@ def pruned_attention(module, query, key, value, attention_mask, scaling=None, dr
         biases.append(bd)
     parts_k.append(key)
     parts_v.append(value)
-    scores = [
-        torch.matmul(q, k.float().transpose(-1, -2)).mul_(scaling).view(batch, kv, g, qlen, -1) + b
-        for k, b in zip(parts_k, biases)
-    ]
+    scores = [_scores(q, k, scaling).view(batch, kv, g, qlen, -1) + b for k, b in zip(parts_k, biases)]
     probs = torch.softmax(torch.cat(scores, dim=-1), dim=-1)  # only the scores are joined, never K/V
     out, at = 0, 0
     for v in parts_v:
         m = v.shape[-2]
-        out = out + torch.matmul(probs[..., at : at + m].reshape(batch, kv, g * qlen, m), v.float())
+        out = out + _weighted(probs[..., at : at + m].reshape(batch, kv, g * qlen, m), v)
         at += m
-    out = out.view(batch, heads, qlen, -1).to(query.dtype)
+    out = out.reshape(batch, heads, qlen, -1).to(query.dtype)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _whole_prompt_on_cuda(query, key, attention_mask) -> bool:
+    return (
+        query.is_cuda
+        and attention_mask is None
+        and query.shape[0] == 1
+        and query.shape[2] == key.shape[2] > 1
+    )
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor, scaling: float) -> torch.Tensor:
+    """q (batch, kv, rows, dim) against k (batch, kv, M, dim), or the prompt's k (1, kv, M, dim) that
+    every batch row shares: then one product per kv head with the batch's rows stacked, so that the
+    prompt's keys are never copied per row (a broadcast matmul would)."""
+    if k.shape[0] == q.shape[0]:
+        return torch.matmul(q, k.float().transpose(-1, -2)).mul_(scaling)
+    batch, kv, rows, dim = q.shape
+    stacked = q.transpose(0, 1).reshape(kv, batch * rows, dim)
+    s = torch.matmul(stacked, k[0].float().transpose(-1, -2)).mul_(scaling)
+    return s.view(kv, batch, rows, -1).transpose(0, 1)
+
+
+def _weighted(p: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """p (batch, kv, rows, M) @ v (batch or 1, kv, M, dim), the shared prompt's v never copied per row."""
+    if v.shape[0] == p.shape[0]:
+        return torch.matmul(p, v.float())
+    batch, kv, rows, m = p.shape
+    out = torch.matmul(p.transpose(0, 1).reshape(kv, batch * rows, m), v[0].float())
+    return out.view(kv, batch, rows, -1).transpose(0, 1)
 
 
 def bias_of(kept: np.ndarray) -> torch.Tensor:

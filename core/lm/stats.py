@@ -170,20 +170,40 @@ def sliding_output(query, key, value, scaling, sliding: int, chunk: int = 4096) 
     return out
 
 
+def causal_output_lse(query, key, value, scaling) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention of one whole prompt on CUDA: (output (head, N, dv), each row's natural-log
+    log-sum-exp of its scaled scores (head, N), fp32), from PyTorch's flash kernel (bf16/fp16) or its
+    memory-efficient kernel (float32, which sdpa would otherwise send to the N x N math kernel when
+    kv heads are shared). Never an N x N matrix; the kv heads are repeated for the kernel (GQA)."""
+    heads, n = query.shape[0], query.shape[1]
+    group = heads // key.shape[0]
+    k = key.repeat_interleave(group, 0) if group > 1 else key
+    v = value.repeat_interleave(group, 0) if group > 1 else value
+    q4, k4, v4 = query[None].contiguous(), k[None].contiguous(), v[None].contiguous()
+    if query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256:
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
+            q4, k4, v4, 0.0, True, False, scale=scaling
+        )[:2]
+    else:
+        out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
+            q4, k4, v4, None, True, 0.0, True, scale=scaling
+        )[:2]
+    return out[0], lse[0, :, :n].float()
+
+
 def attention_stats_fused(query, key, value, scaling, window, block, sliding: int | None = None):
-    """CUDA path: the layer output from PyTorch's sdpa (flash for full layers, banded chunks for
-    sliding-window ones), the statistics from the fused Triton kernels (dump/kernels/triton_stats.py).
-    Same contract as `attention_stats`."""
+    """CUDA path: the layer output and its rows' log-sum-exp from PyTorch's attention kernels (flash,
+    or memory-efficient for float32; banded chunks for sliding-window layers), the statistics from
+    the fused Triton kernels (core/lm/kernels/triton_stats.py), which reuse that log-sum-exp and so
+    read Q·K once. Same contract as `attention_stats`."""
     from core.lm.kernels.triton_stats import fused_stats
 
     heads, kv_heads = query.shape[0], key.shape[0]
     group = heads // kv_heads
     if sliding is None or sliding >= query.shape[1]:
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query[None], key[None], value[None], is_causal=True, scale=scaling, enable_gqa=group > 1
-        )[0]
+        out, lse = causal_output_lse(query, key, value, scaling)
     else:
-        out = sliding_output(query, key, value, scaling, sliding)
-    colsum, rows, blocks = fused_stats(query, key, scaling, window, block, sliding)
+        out, lse = sliding_output(query, key, value, scaling, sliding), None
+    colsum, rows, blocks = fused_stats(query, key, scaling, window, block, sliding, lse)
     expand = torch.arange(heads, device=query.device) // group
     return out, LayerStats(colsum, rows, blocks, pool_blocks(query, block), pool_blocks(key, block)[expand])

@@ -1,14 +1,17 @@
 """Fused attention statistics in Triton: the same quantities as dump/stats.py, without forming A.
 
-Two passes over the causal tiles of one layer (grid = query blocks × query heads, tile = B × B):
-  1. log2-sum-exp2 of every score row (online softmax), fp32;
+Over the causal tiles of one layer (grid = query blocks × query heads, tile = B × B):
+  1. log2-sum-exp2 of every score row (online softmax), fp32 — skipped when the caller passes the
+     row log-sum-exp that PyTorch's flash / memory-efficient attention already returned with the
+     layer's output (full-attention layers: `stats.causal_output_lse`), so one pass over Q·K remains;
   2. probabilities P = exp2(S·log2e − lse) formed tile by tile in registers and reduced there:
      the B×B block sum (stored once per tile), column sums (atomic adds into colsum), and the rows
      of the last W queries (stored). Fully masked tiles (key block > query block) are never visited,
      nor, for a sliding-window layer (window S: query q sees keys q-S < k <= q), tiles left of its band:
      such a layer costs O(N·S), not N².
 Q/K stay in the model's dtype (bf16/fp16), dot products accumulate in fp32; float32 inputs are
-multiplied in true float32 (`input_precision="ieee"`), not tf32. GQA: query head h reads kv
+multiplied with split-precision tensor-core dots (`input_precision="tf32x3"`: three tf32 products,
+float32 accuracy, ~1e-6 relative), not plain tf32 (~1e-3) nor scalar IEEE dots (24x slower). GQA: query head h reads kv
 head h // G by index; repeated keys are never materialized. Column sums are atomic fp32 adds: their
 summation order (and so the last bits) can differ from run to run.
 """
@@ -34,12 +37,12 @@ def _band_start(i, SLIDE, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _scores(q, K, kvh, sk_h, sk_n, rows, cols, d, N, SLIDE, scale_log2, IEEE: tl.constexpr):
+def _scores(q, K, kvh, sk_h, sk_n, rows, cols, d, N, SLIDE, scale_log2, FP32: tl.constexpr):
     """Scores (log2 units) of the query rows against key block `cols`, and which of them are
     visible: causal, inside the band (k > q - SLIDE), inside the prompt."""
     k = tl.load(K + kvh * sk_h + cols[:, None] * sk_n + d[None, :], mask=cols[:, None] < N, other=0.0)
-    if IEEE:
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2
+    if FP32:
+        s = tl.dot(q, tl.trans(k), input_precision="tf32x3") * scale_log2
     else:
         s = tl.dot(q, tl.trans(k)) * scale_log2
     valid = (cols[None, :] <= rows[:, None]) & (cols[None, :] > rows[:, None] - SLIDE)
@@ -62,7 +65,7 @@ def _lse_kernel(
     scale_log2,
     BLOCK: tl.constexpr,
     D: tl.constexpr,
-    IEEE: tl.constexpr,
+    FP32: tl.constexpr,
 ):
     i = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first: no tail of heavy programs
     h = tl.program_id(1)
@@ -74,7 +77,7 @@ def _lse_kernel(
     acc = tl.zeros([BLOCK], tl.float32)
     for j in range(_band_start(i, SLIDE, BLOCK), i + 1):
         cols = j * BLOCK + tl.arange(0, BLOCK)
-        s, valid = _scores(q, K, kvh, sk_h, sk_n, rows, cols, d, N, SLIDE, scale_log2, IEEE)
+        s, valid = _scores(q, K, kvh, sk_h, sk_n, rows, cols, d, N, SLIDE, scale_log2, FP32)
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -104,7 +107,7 @@ def _stats_kernel(
     scale_log2,
     BLOCK: tl.constexpr,
     D: tl.constexpr,
-    IEEE: tl.constexpr,
+    FP32: tl.constexpr,
 ):
     i = tl.num_programs(0) - 1 - tl.program_id(0)
     h = tl.program_id(1)
@@ -117,7 +120,7 @@ def _stats_kernel(
     holds_window = (i + 1) * BLOCK > win_lo
     for j in range(_band_start(i, SLIDE, BLOCK), i + 1):
         cols = j * BLOCK + tl.arange(0, BLOCK)
-        s, valid = _scores(q, K, kvh, sk_h, sk_n, rows, cols, d, N, SLIDE, scale_log2, IEEE)
+        s, valid = _scores(q, K, kvh, sk_h, sk_n, rows, cols, d, N, SLIDE, scale_log2, FP32)
         p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
         tl.store(BLOCKS + (h * M + i) * M + j, tl.sum(tl.sum(p, 1), 0))
         tl.atomic_add(COLSUM + h * N + cols, tl.sum(p, 0), mask=cols < N)
@@ -137,12 +140,15 @@ def fused_stats(
     window: int,
     block: int,
     sliding: int | None = None,
+    lse: torch.Tensor | None = None,
 ):
     """query (head, N, D), key (kv_head, N, D) on CUDA -> colsum (head, N), window (head, W, N),
     blocks (head, M, M), all fp32. `block` must be a power of two; blocks larger than the kernel's
-    tile are sums of whole tiles. `sliding`: the layer's window S (None = full causal attention)."""
+    tile are sums of whole tiles. `sliding`: the layer's window S (None = full causal attention).
+    `lse`: the rows' natural-log log-sum-exp of the scaled scores (head, N), when the attention
+    kernel that made the layer's output returned it; pass 1 is then skipped."""
     if block > TILE:
-        colsum, rows, tiles = fused_stats(query, key, scaling, window, TILE, sliding)
+        colsum, rows, tiles = fused_stats(query, key, scaling, window, TILE, sliding, lse)
         f = block // TILE
         m = tiles.shape[-1]
         mc = math.ceil(m / f)
@@ -154,32 +160,39 @@ def fused_stats(
     m = math.ceil(n / block)
     q = query if query.stride(-1) == 1 else query.contiguous()
     k = key if key.stride(-1) == 1 else key.contiguous()
-    lse = torch.empty(heads, n, dtype=torch.float32, device=q.device)
+    given = lse is not None
+    if given:
+        if lse.shape != (heads, n):
+            raise ValueError(f"lse of shape {tuple(lse.shape)}, not (heads, N) = {(heads, n)}")
+        lse = (lse.float() * LOG2E).contiguous()  # natural log -> the kernels' log2 units
+    else:
+        lse = torch.empty(heads, n, dtype=torch.float32, device=q.device)
     colsum = torch.zeros(heads, n, dtype=torch.float32, device=q.device)
     blocks = torch.zeros(heads, m, m, dtype=torch.float32, device=q.device)
     rows = torch.zeros(heads, w, n, dtype=torch.float32, device=q.device)
     grid = (m, heads)
     scale_log2 = float(scaling) * LOG2E
     slide = n + 1 if sliding is None else int(sliding)  # n + 1: every earlier key is in the band
-    ieee = q.dtype == torch.float32
+    fp32 = q.dtype == torch.float32
     warps = 4
-    _lse_kernel[grid](
-        q,
-        k,
-        lse,
-        q.stride(0),
-        q.stride(1),
-        k.stride(0),
-        k.stride(1),
-        n,
-        heads // kv,
-        slide,
-        scale_log2,
-        BLOCK=block,
-        D=d,
-        IEEE=ieee,
-        num_warps=warps,
-    )
+    if not given:
+        _lse_kernel[grid](
+            q,
+            k,
+            lse,
+            q.stride(0),
+            q.stride(1),
+            k.stride(0),
+            k.stride(1),
+            n,
+            heads // kv,
+            slide,
+            scale_log2,
+            BLOCK=block,
+            D=d,
+            FP32=fp32,
+            num_warps=warps,
+        )
     _stats_kernel[grid](
         q,
         k,
@@ -199,7 +212,7 @@ def fused_stats(
         scale_log2,
         BLOCK=block,
         D=d,
-        IEEE=ieee,
+        FP32=fp32,
         num_warps=warps,
     )
     return colsum, rows, blocks
