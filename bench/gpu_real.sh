@@ -15,6 +15,8 @@
 #   bash bench/gpu_real.sh study_gemma
 #   bash bench/gpu_real.sh study_gemma_long
 #   bash bench/gpu_real.sh kernel_errors            # fused statistics vs float64, random and model Q/K
+#   bash bench/gpu_real.sh stats128k                # statistics at 128k vs plain sdpa (no weights)
+#   bash bench/gpu_real.sh fp32 answers             # after piece 6: float32 vs bfloat16, GPU answer pass
 # On a 2-GPU machine (kind nvidia-h200-x2), after the pieces as above up to 3:
 #   bash bench/gpu_real.sh two_gpus                 # real SmolLM2 sharded over both GPUs == one GPU
 # Everything a step reports lands in $OUT.
@@ -110,6 +112,19 @@ two_gpus() {  # one real-weight dump sharded over two GPUs equals the same dump 
   python3 -m dump $args --devices cuda:0,cuda:1 --out /tmp/two.zarr 2>&1 | grep -E "^dump|rror"
   python3 -m dump $args --device cuda:0 --out /tmp/one.zarr 2>&1 | grep -E "^dump|rror"
   python3 bench/compare_stores.py /tmp/two.zarr /tmp/one.zarr | tee -a "$OUT/two_gpus.txt"
+}
+
+stats128k() {  # no weights needed: SmolLM2's shape at 128k, bf16; prints stats_vs_sdpa_128k
+  python3 bench/dump_bench_cuda.py --lengths 128k --tiled-max 1k --eager-max 1k --llama8b '' \
+    --json "$OUT/dump_bench_128k.json" 2>&1 | grep -v Warning | tail -6
+}
+
+fp32() {  # real Gemma at 32k, bfloat16 and float32: prints fp32_vs_bf16_32k
+  python3 bench/gemma_bench_cuda.py --parts fp32 --docs 3 --json "$OUT/fp32.json" 2>&1 | grep -v Warning | tail -6
+}
+
+answers() {  # the answer pass on the GPU, default workers: float32 at 32k, bfloat16 at 128k
+  python3 bench/gemma_bench_cuda.py --parts answers --json "$OUT/answers.json" 2>&1 | grep -v Warning | tail -6
 }
 
 bench() {

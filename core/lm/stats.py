@@ -172,15 +172,26 @@ def sliding_output(query, key, value, scaling, sliding: int, chunk: int = 4096) 
 
 def causal_output_lse(query, key, value, scaling) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal attention of one whole prompt on CUDA: (output (head, N, dv), each row's natural-log
-    log-sum-exp of its scaled scores (head, N), fp32), from PyTorch's flash kernel (bf16/fp16) or its
-    memory-efficient kernel (float32, which sdpa would otherwise send to the N x N math kernel when
+    log-sum-exp of its scaled scores (head, N), fp32), from cuDNN's or PyTorch's flash kernel
+    (bf16/fp16) or PyTorch's memory-efficient kernel (float32, which sdpa would otherwise send to the N x N math kernel when
     kv heads are shared). Never an N x N matrix; the kv heads are repeated for the kernel (GQA)."""
     heads, n = query.shape[0], query.shape[1]
     group = heads // key.shape[0]
     k = key.repeat_interleave(group, 0) if group > 1 else key
     v = value.repeat_interleave(group, 0) if group > 1 else value
     q4, k4, v4 = query[None].contiguous(), k[None].contiguous(), v[None].contiguous()
-    if query.dtype in (torch.float16, torch.bfloat16) and query.shape[-1] <= 256:
+    half = query.dtype in (torch.float16, torch.bfloat16)
+    kind = (query.dtype, query.shape[-1], str(query.device))
+    if half and _CUDNN.get(kind, True):  # what sdpa itself runs on Hopper: cuDNN's flash kernel
+        try:
+            out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(
+                q4, k4, v4, None, True, 0.0, True, False, scale=scaling
+            )[:2]
+            _CUDNN[kind] = True
+            return out[0], lse[0, :, :n].reshape(heads, n).float()
+        except RuntimeError:  # this cuDNN lacks the shape (e.g. head dim 256): PyTorch's flash
+            _CUDNN[kind] = False
+    if half and query.shape[-1] <= 256:
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention(
             q4, k4, v4, 0.0, True, False, scale=scaling
         )[:2]
@@ -189,6 +200,9 @@ def causal_output_lse(query, key, value, scaling) -> tuple[torch.Tensor, torch.T
             q4, k4, v4, None, True, 0.0, True, scale=scaling
         )[:2]
     return out[0], lse[0, :, :n].float()
+
+
+_CUDNN: dict = {}  # (dtype, head dim, device) -> whether cuDNN's attention ran that kind
 
 
 def attention_stats_fused(query, key, value, scaling, window, block, sliding: int | None = None):

@@ -4,16 +4,17 @@ Over the causal tiles of one layer (grid = query blocks × query heads, tile = B
   1. log2-sum-exp2 of every score row (online softmax), fp32 — skipped when the caller passes the
      row log-sum-exp that PyTorch's flash / memory-efficient attention already returned with the
      layer's output (full-attention layers: `stats.causal_output_lse`), so one pass over Q·K remains;
-  2. probabilities P = exp2(S·log2e − lse) formed tile by tile in registers and reduced there:
-     the B×B block sum (stored once per tile), column sums (atomic adds into colsum), and the rows
-     of the last W queries (stored). Fully masked tiles (key block > query block) are never visited,
+  2. probabilities P = exp2(S·log2e − lse) formed tile by tile in registers and reduced there, one
+     program per key block walking down the query blocks that see it: the B×B block sum (stored once
+     per tile), the key block's column sums (accumulated in registers, stored once: no atomics), and
+     the rows of the last W queries (stored). Fully masked tiles (key block > query block) are never visited,
      nor, for a sliding-window layer (window S: query q sees keys q-S < k <= q), tiles left of its band:
      such a layer costs O(N·S), not N².
 Q/K stay in the model's dtype (bf16/fp16), dot products accumulate in fp32; float32 inputs are
 multiplied with split-precision tensor-core dots (`input_precision="tf32x3"`: three tf32 products,
 float32 accuracy, ~1e-6 relative), not plain tf32 (~1e-3) nor scalar IEEE dots (24x slower). GQA: query head h reads kv
-head h // G by index; repeated keys are never materialized. Column sums are atomic fp32 adds: their
-summation order (and so the last bits) can differ from run to run.
+head h // G by index; repeated keys are never materialized. Every sum has a fixed order: the same
+bits every run.
 """
 
 from __future__ import annotations
@@ -88,6 +89,16 @@ def _lse_kernel(
 
 
 @triton.jit
+def _band_end(j, SLIDE, M, BLOCK: tl.constexpr):
+    """One past the last query block that sees key block j: M, or the end of a sliding window's band
+    (key k is seen by queries q < k + SLIDE)."""
+    i1 = ((j + 1) * BLOCK + SLIDE - 2) // BLOCK + 1
+    if i1 > M:
+        i1 = M
+    return i1
+
+
+@triton.jit
 def _stats_kernel(
     Q,
     K,
@@ -109,28 +120,57 @@ def _stats_kernel(
     D: tl.constexpr,
     FP32: tl.constexpr,
 ):
-    i = tl.num_programs(0) - 1 - tl.program_id(0)
+    """Pass 2, one program per (key block j, query head): its key tile stays in registers while it
+    walks down the query blocks that see it, so its column sums are accumulated there and stored
+    once (no atomics; the same order every run)."""
+    j = tl.program_id(0)  # the first key blocks are seen by the most query blocks: launched first
     h = tl.program_id(1)
     kvh = h // G
-    rows = i * BLOCK + tl.arange(0, BLOCK)
+    cols = j * BLOCK + tl.arange(0, BLOCK)
     d = tl.arange(0, D)
-    q = tl.load(Q + h * sq_h + rows[:, None] * sq_n + d[None, :], mask=rows[:, None] < N, other=0.0)
-    lse = tl.load(LSE + h * N + rows, mask=rows < N, other=float("inf"))
+    k = tl.load(K + kvh * sk_h + cols[:, None] * sk_n + d[None, :], mask=cols[:, None] < N, other=0.0)
+    acc = tl.zeros([BLOCK], tl.float32)
     win_lo = N - W
-    holds_window = (i + 1) * BLOCK > win_lo
-    for j in range(_band_start(i, SLIDE, BLOCK), i + 1):
-        cols = j * BLOCK + tl.arange(0, BLOCK)
-        s, valid = _scores(q, K, kvh, sk_h, sk_n, rows, cols, d, N, SLIDE, scale_log2, FP32)
+    for i in range(j, _band_end(j, SLIDE, M, BLOCK)):
+        rows = i * BLOCK + tl.arange(0, BLOCK)
+        q = tl.load(Q + h * sq_h + rows[:, None] * sq_n + d[None, :], mask=rows[:, None] < N, other=0.0)
+        lse = tl.load(LSE + h * N + rows, mask=rows < N, other=float("inf"))
+        if FP32:
+            s = tl.dot(q, tl.trans(k), input_precision="tf32x3") * scale_log2
+        else:
+            s = tl.dot(q, tl.trans(k)) * scale_log2
+        valid = (cols[None, :] <= rows[:, None]) & (cols[None, :] > rows[:, None] - SLIDE)
+        valid = valid & (cols[None, :] < N) & (rows[:, None] < N)
         p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
         tl.store(BLOCKS + (h * M + i) * M + j, tl.sum(tl.sum(p, 1), 0))
-        tl.atomic_add(COLSUM + h * N + cols, tl.sum(p, 0), mask=cols < N)
-        if holds_window:
+        acc += tl.sum(p, 0)
+        if (i + 1) * BLOCK > win_lo:
             wr = rows - win_lo
             wmask = (wr[:, None] >= 0) & (rows[:, None] < N) & (cols[None, :] < N)
             tl.store(WINDOW + (h * W + wr[:, None]) * N + cols[None, :], p, mask=wmask)
+    tl.store(COLSUM + h * N + cols, acc, mask=cols < N)
 
 
-TILE = 64  # measured on an H200: 64x64 tiles reach 137 TFLOP/s at 64k, 128x128 tiles 93 at 128k
+WARPS, STAGES = 4, 3  # the launches (stages: at most; see SHARED_BYTES)
+SHARED_BYTES = 196608  # what the pipelined tiles may take of a Hopper SM's 227 KiB of shared memory
+# Tiles: 64 x 64 for blocks of 64 (the default up to 64k), 128 x 128 for blocks of 128 and more
+# (measured on an H200, SmolLM2 shape at 128k, pass 2 alone: 78 ms per layer with 64, 63 with 128;
+# 8 warps were slower with both)
+TILE, TILE_LARGE = 64, 128
+
+
+def _stage_bytes(tile: int, dim: int, elem: int, fp32: bool) -> int:
+    """Shared memory one pipelined stage of a tile's Q and K holds (tf32x3 splits each in two)."""
+    return (4 if fp32 else 2) * tile * dim * elem
+
+
+def _tile(block: int, dim: int, elem: int, fp32: bool) -> int:
+    """The kernel's tile for a block: 128 for blocks of 128 and more, else 64, halved while one stage
+    of it does not fit in shared memory (float32 at head dim 256: 32), never above the block."""
+    tile = TILE_LARGE if block >= TILE_LARGE else TILE
+    while tile > 16 and _stage_bytes(tile, dim, elem, fp32) > SHARED_BYTES:
+        tile //= 2
+    return min(tile, block)
 
 
 def fused_stats(
@@ -147,9 +187,11 @@ def fused_stats(
     tile are sums of whole tiles. `sliding`: the layer's window S (None = full causal attention).
     `lse`: the rows' natural-log log-sum-exp of the scaled scores (head, N), when the attention
     kernel that made the layer's output returned it; pass 1 is then skipped."""
-    if block > TILE:
-        colsum, rows, tiles = fused_stats(query, key, scaling, window, TILE, sliding, lse)
-        f = block // TILE
+    fp32 = query.dtype == torch.float32
+    tile = _tile(block, query.shape[-1], query.element_size(), fp32)
+    if block > tile:
+        colsum, rows, tiles = fused_stats(query, key, scaling, window, tile, sliding, lse)
+        f = block // tile
         m = tiles.shape[-1]
         mc = math.ceil(m / f)
         padded = torch.nn.functional.pad(tiles, (0, mc * f - m, 0, mc * f - m))
@@ -173,8 +215,8 @@ def fused_stats(
     grid = (m, heads)
     scale_log2 = float(scaling) * LOG2E
     slide = n + 1 if sliding is None else int(sliding)  # n + 1: every earlier key is in the band
-    fp32 = q.dtype == torch.float32
-    warps = 4
+    warps = WARPS
+    stages = max(1, min(STAGES, SHARED_BYTES // _stage_bytes(block, d, q.element_size(), fp32)))
     if not given:
         _lse_kernel[grid](
             q,
@@ -192,6 +234,7 @@ def fused_stats(
             D=d,
             FP32=fp32,
             num_warps=warps,
+            num_stages=stages,
         )
     _stats_kernel[grid](
         q,
@@ -214,5 +257,6 @@ def fused_stats(
         D=d,
         FP32=fp32,
         num_warps=warps,
+        num_stages=stages,
     )
     return colsum, rows, blocks
