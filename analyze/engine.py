@@ -301,12 +301,12 @@ def documents_of(plan: StorePlan) -> list[tuple[int, int, int]]:
 
 
 def jobs_of(plan: StorePlan, spec: Spec) -> list[LayerJob | AnswerJob]:
-    """One LayerJob per finished document-layer, then one AnswerJob per finished document (--answers)."""
+    """With --answers one AnswerJob per finished document first, longest documents first (the
+    longest tasks: started first, they overlap the many short ones and leave no long tail), then one
+    LayerJob per finished document-layer."""
     docs = documents_of(plan)
-    jobs: list = [LayerJob(*doc, layer) for doc in docs for layer in range(plan.layers)]
-    if spec.answers:
-        jobs += [AnswerJob(*doc) for doc in docs]
-    return jobs
+    jobs: list = [AnswerJob(*doc) for doc in sorted(docs, key=lambda d: -d[0])] if spec.answers else []
+    return jobs + [LayerJob(*doc, layer) for doc in docs for layer in range(plan.layers)]
 
 
 def check_blocks(spec: Spec, plan: StorePlan) -> None:
