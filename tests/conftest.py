@@ -12,6 +12,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Under pytest-xdist each worker gets its share of the cores for torch's threads (and so do the
+# processes it starts): n workers x all cores each would oversubscribe the machine.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _share = str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    os.environ.setdefault("OMP_NUM_THREADS", _share)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
