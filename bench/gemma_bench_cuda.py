@@ -154,6 +154,7 @@ def answer_pass(store: Path, dtype: str, n: int) -> dict:
             workers=min(4, os.cpu_count() or 1),  # analyze's default: min(4, cores)
             peak_gpu_gb_per_worker=ds.attrs.get("answer_peak_gpu_gb"),
             full_answer=float(ds.answer.sel(policy="full").mean()),
+            full_agrees_with_dump=ds.attrs.get("full_answer_agrees_with_dump"),
         )
     else:
         row["stderr"] = r.stderr[-2000:]
@@ -221,7 +222,8 @@ def main():
     for a in out.get("answers", []):
         print(
             f"answer pass {a['dtype']} {a['tokens']}: exit {a['rc']}, {a['seconds']:.1f} s, "
-            f"peak GPU per worker {a.get('peak_gpu_gb_per_worker')} GB"
+            f"peak GPU per worker {a.get('peak_gpu_gb_per_worker')} GB, "
+            f"full cache agrees with the dump's answer {a.get('full_agrees_with_dump')}"
         )
     if "gemma_32k" in out:
         g = out["gemma_32k"]
