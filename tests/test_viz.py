@@ -374,3 +374,42 @@ def test_explorer_renders_and_selector_changes_heatmap(study, tmp_path):
     finally:
         driver.quit()
         server.kill()
+
+
+def test_calibration_figure_one_colour_per_policy_and_each_point_labelled_with_its_sparsity(monkeypatch):
+    """The calibration figure is readable: every policy its own colour (oracle and cab shared red
+    before), and every point names its sparsity."""
+    import holoviews as hv
+    import xarray as xr
+
+    from viz import calibration
+
+    names = [
+        "full",
+        "oracle",
+        "random",
+        "streaming",
+        "h2o",
+        "snapkv",
+        "tova",
+        "cab",
+        "cab_high",
+        "cab_3c",
+        "x",
+    ]
+    grid = np.linspace(0, 1, len(names) * 3).reshape(len(names), 3)
+    rates = xr.Dataset(
+        {"proxy": (("policy", "sparsity"), grid), "answer": (("policy", "sparsity"), grid[::-1])},
+        coords={"policy": names, "sparsity": [0.3, 0.5, 0.7]},
+        attrs={"rule": "needle in every retrieval head"},
+    )
+    monkeypatch.setattr(calibration, "proxy_vs_answer", lambda results: rates)
+    hv.extension("bokeh")
+    fig = calibration.figure(None)
+    scatters = [e for e in fig if isinstance(e, hv.Scatter)]
+    assert [e.label for e in scatters] == names
+    colours = [hv.Store.lookup_options("bokeh", e, "style").kwargs["color"] for e in scatters]
+    assert len(set(colours)) == len(names)
+    labels = [e for e in fig if isinstance(e, hv.Labels)]
+    assert len(labels) == len(names)
+    assert all(list(lab.dimension_values("text")) == ["0.3", "0.5", "0.7"] for lab in labels)

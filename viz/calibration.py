@@ -2,7 +2,8 @@
 
 One point per (policy, sparsity): x = how often the best proxy rule says the needle is kept, y = how
 often the model really answers, both over the documents the full cache answers. On the diagonal the
-proxy is calibrated; below it the proxy is optimistic.
+proxy is calibrated; below it the proxy is optimistic. Each policy has its own colour, and its points
+are joined in order of sparsity and labelled with it.
 """
 
 from __future__ import annotations
@@ -34,16 +35,45 @@ def proxy_vs_answer(results: xr.Dataset) -> xr.Dataset:
     )
 
 
+def colours(n: int) -> list[str]:
+    """n distinct colours, one per policy (Category20: 20 before any repeats)."""
+    from bokeh.palettes import Category20
+
+    palette = Category20[20][0::2] + Category20[20][1::2]  # the ten strong hues, then their light twins
+    return [palette[i % len(palette)] for i in range(n)]
+
+
 def figure(results: xr.Dataset, backend: str = "bokeh") -> hv.Overlay:
+    """One colour per policy; its points joined in order of sparsity, each labelled with it."""
     rates = proxy_vs_answer(results)
     points = []
-    for p in rates[POLICY].values:
-        r = rates.sel({POLICY: p})
+    for p, colour in zip(rates[POLICY].values, colours(rates.sizes[POLICY])):
+        r = rates.sel({POLICY: p}).sortby("sparsity")
         data = [
             (float(x), float(y), float(s))
             for x, y, s in zip(r.proxy.values, r.answer.values, r.sparsity.values)
+            if np.isfinite(x) and np.isfinite(y)
         ]
-        points.append(hv.Scatter(data, kdims=["proxy"], vdims=["answer", "sparsity"], label=str(p)))
+        line = hv.Curve(data, kdims=["proxy"], vdims=["answer", "sparsity"])  # unlabelled: not in the legend
+        points.append(line.opts(color=colour, alpha=0.5, show_legend=False, backend=backend))
+        points.append(
+            hv.Scatter(data, kdims=["proxy"], vdims=["answer", "sparsity"], label=str(p)).opts(
+                color=colour, backend=backend
+            )
+        )
+        labels = hv.Labels([(x, y, f"{s:g}") for x, y, s in data], kdims=["proxy", "answer"], vdims="text")
+        if backend == "matplotlib":
+            points.append(
+                labels.opts(
+                    color=colour, size=7, xoffset=0.012, yoffset=0.012, show_legend=False, backend=backend
+                )
+            )
+        else:
+            points.append(
+                labels.opts(
+                    text_color=colour, text_font_size="8pt", xoffset=0.012, yoffset=0.012, backend=backend
+                )
+            )
     diagonal = hv.Curve([(0, 0), (1, 1)], "proxy", "answer", label="calibrated").opts(
         color="grey", backend=backend
     )
@@ -59,6 +89,7 @@ def figure(results: xr.Dataset, backend: str = "bokeh") -> hv.Overlay:
                 xlabel=XLABEL,
                 ylabel=YLABEL,
                 legend_position="right",
+                legend_limit=200,  # three elements a policy: holoviews hides legends past 25
                 fig_size=150,
                 backend="matplotlib",
             ),
@@ -74,6 +105,7 @@ def figure(results: xr.Dataset, backend: str = "bokeh") -> hv.Overlay:
             xlabel=XLABEL,
             ylabel=YLABEL,
             legend_position="right",
+            legend_limit=200,
             backend="bokeh",
         ),
     )
