@@ -22,12 +22,14 @@ than the prompt is not pruned: it keeps the model's own attention.
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import torch
 
 from analyze import keptsets
 from core import schema, settings, tasks
+from core.cluster import CORES_ENV
 from core.errors import UsageError
 from core.lm import decode, models, pruned
 from core.runstore import CorruptChunk, _open, read_checked
@@ -48,11 +50,11 @@ def check_supported(config, name: str) -> None:
 def load_model(name: str, rope_scaling: str | None = None, device: str = "cpu", dtype: str = "float32"):
     """The dump's model with the pruned attention, in the dump's dtype on `device` (the one loader,
     `models.load`, keeps it for every document of a worker); the kept-set attention is float32 math."""
-    try:  # a Dask worker process has one core's share: torch's own threads would oversubscribe it
+    try:  # a Dask worker process: its share of the host's cores (a local cluster says it), else one
         from distributed import get_worker
 
         get_worker()
-        torch.set_num_threads(1)
+        torch.set_num_threads(int(os.environ.get(CORES_ENV, "1")))
     except (ImportError, ValueError):
         pass
     lm = models.load(name, models.DTYPES[dtype], device, pruned.NAME, rope_scaling)

@@ -9,6 +9,16 @@ from contextlib import contextmanager
 
 from core.errors import UsageError
 
+CORES_ENV = "NIAH_WORKER_CORES"  # set in a local cluster's worker processes: their share of the cores
+
+
+def _cores() -> int:
+    """The cores this process may use: OMP_NUM_THREADS where it is set, else the host's."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    except ValueError:
+        return os.cpu_count() or 1
+
 
 @contextmanager
 def client_for(
@@ -46,6 +56,9 @@ def client_for(
             # a task's error reaches the client as its exception, which the CLI prints as one sentence;
             # the workers' own "Compute Failed" log lines would repeat it with a traceback
             silence_logs=logging.CRITICAL,
+            # each worker process's share of this host's cores, for torch's threads (the answer
+            # pass); Dask's nanny would otherwise pin every worker's BLAS to one thread
+            env={CORES_ENV: str(max(1, _cores() // n))},
         ) as cluster,
         Client(cluster) as client,
     ):

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # real weights
 
 def _dump(model, out, *extra):
     r = run_cli(
-        "dump", "--model", model, "--lengths", "2k", "--depths", "0.5", "--samples", "1",
+        "dump", "--model", model, "--lengths", "1k", "--depths", "0.5", "--samples", "1",
         "--window", "32", "--block", "64", "--out", str(out), "--no-progress", *extra,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -24,7 +24,7 @@ def _dump(model, out, *extra):
 
 @pytest.fixture(scope="module")
 def stores(smollm2_dir, tmp_path_factory):
-    """The real SmolLM2 at 2k, dumped with all 32 rows whole and with the default 8."""
+    """The real SmolLM2 at 1k, dumped with all 32 rows whole and with the default 8."""
     d = tmp_path_factory.mktemp("storage")
     every, few = d / "every.zarr", d / "few.zarr"
     _dump(smollm2_dir, every, "--window-rows", "32")
@@ -43,7 +43,7 @@ def _analyze(store, out, methods):
 
 def test_snapkv_scores_the_same_from_the_stored_sum_as_from_every_row(stores, tmp_path):
     every, few = stores
-    g_every, g_few = (zarr.open_group(str(p), mode="r")["len_2048"] for p in (every, few))
+    g_every, g_few = (zarr.open_group(str(p), mode="r")["len_1024"] for p in (every, few))
     assert g_every["window"].shape[-2] == 32 and g_few["window"].shape[-2] == 8
     assert g_few.attrs["window"] == 32 and g_few.attrs["window_rows"] == 8
     # the sum is of the rows as stored (float16), so the votes do not depend on how many are kept
