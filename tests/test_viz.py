@@ -382,21 +382,10 @@ def test_calibration_figure_one_colour_per_policy_and_each_point_labelled_with_i
     import holoviews as hv
     import xarray as xr
 
+    from analyze.options import DEFAULT_POLICIES
     from viz import calibration
 
-    names = [
-        "full",
-        "oracle",
-        "random",
-        "streaming",
-        "h2o",
-        "snapkv",
-        "tova",
-        "cab",
-        "cab_high",
-        "cab_3c",
-        "x",
-    ]
+    names = list(DEFAULT_POLICIES)  # 11 policies: more than a 10-colour palette holds
     grid = np.linspace(0, 1, len(names) * 3).reshape(len(names), 3)
     rates = xr.Dataset(
         {"proxy": (("policy", "sparsity"), grid), "answer": (("policy", "sparsity"), grid[::-1])},

@@ -180,7 +180,6 @@ def _convert(gguf: Path, target: Path) -> None:
     model.config.quantization_config = None
     del model.config.quantization_config
     model.hf_quantizer = None
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp", dir=target.parent))
     try:
         model.save_pretrained(tmp)

@@ -38,10 +38,15 @@ def _band_start(i, SLIDE, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _scores(q, K, kvh, sk_h, sk_n, rows, cols, d, N, SLIDE, scale_log2, FP32: tl.constexpr):
-    """Scores (log2 units) of the query rows against key block `cols`, and which of them are
-    visible: causal, inside the band (k > q - SLIDE), inside the prompt."""
-    k = tl.load(K + kvh * sk_h + cols[:, None] * sk_n + d[None, :], mask=cols[:, None] < N, other=0.0)
+def _rows_of(X, head, s_h, s_n, idx, d, N):
+    """The (len(idx), D) tile of head `head` of X at positions `idx` (zeros past the prompt)."""
+    return tl.load(X + head * s_h + idx[:, None] * s_n + d[None, :], mask=idx[:, None] < N, other=0.0)
+
+
+@triton.jit
+def _scores(q, k, rows, cols, N, SLIDE, scale_log2, FP32: tl.constexpr):
+    """Scores (log2 units) of the query tile against the key tile of block `cols`, and which of them
+    are visible: causal, inside the band (k > q - SLIDE), inside the prompt."""
     if FP32:
         s = tl.dot(q, tl.trans(k), input_precision="tf32x3") * scale_log2
     else:
@@ -73,12 +78,13 @@ def _lse_kernel(
     kvh = h // G
     rows = i * BLOCK + tl.arange(0, BLOCK)
     d = tl.arange(0, D)
-    q = tl.load(Q + h * sq_h + rows[:, None] * sq_n + d[None, :], mask=rows[:, None] < N, other=0.0)
+    q = _rows_of(Q, h, sq_h, sq_n, rows, d, N)
     m = tl.full([BLOCK], float("-inf"), tl.float32)
     acc = tl.zeros([BLOCK], tl.float32)
     for j in range(_band_start(i, SLIDE, BLOCK), i + 1):
         cols = j * BLOCK + tl.arange(0, BLOCK)
-        s, valid = _scores(q, K, kvh, sk_h, sk_n, rows, cols, d, N, SLIDE, scale_log2, FP32)
+        k = _rows_of(K, kvh, sk_h, sk_n, cols, d, N)
+        s, valid = _scores(q, k, rows, cols, N, SLIDE, scale_log2, FP32)
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -128,19 +134,14 @@ def _stats_kernel(
     kvh = h // G
     cols = j * BLOCK + tl.arange(0, BLOCK)
     d = tl.arange(0, D)
-    k = tl.load(K + kvh * sk_h + cols[:, None] * sk_n + d[None, :], mask=cols[:, None] < N, other=0.0)
+    k = _rows_of(K, kvh, sk_h, sk_n, cols, d, N)
     acc = tl.zeros([BLOCK], tl.float32)
     win_lo = N - W
     for i in range(j, _band_end(j, SLIDE, M, BLOCK)):
         rows = i * BLOCK + tl.arange(0, BLOCK)
-        q = tl.load(Q + h * sq_h + rows[:, None] * sq_n + d[None, :], mask=rows[:, None] < N, other=0.0)
+        q = _rows_of(Q, h, sq_h, sq_n, rows, d, N)
         lse = tl.load(LSE + h * N + rows, mask=rows < N, other=float("inf"))
-        if FP32:
-            s = tl.dot(q, tl.trans(k), input_precision="tf32x3") * scale_log2
-        else:
-            s = tl.dot(q, tl.trans(k)) * scale_log2
-        valid = (cols[None, :] <= rows[:, None]) & (cols[None, :] > rows[:, None] - SLIDE)
-        valid = valid & (cols[None, :] < N) & (rows[:, None] < N)
+        s, valid = _scores(q, k, rows, cols, N, SLIDE, scale_log2, FP32)
         p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
         tl.store(BLOCKS + (h * M + i) * M + j, tl.sum(tl.sum(p, 1), 0))
         acc += tl.sum(p, 0)
@@ -215,48 +216,12 @@ def fused_stats(
     grid = (m, heads)
     scale_log2 = float(scaling) * LOG2E
     slide = n + 1 if sliding is None else int(sliding)  # n + 1: every earlier key is in the band
-    warps = WARPS
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1))
     stages = max(1, min(STAGES, SHARED_BYTES // _stage_bytes(block, d, q.element_size(), fp32)))
+    meta = dict(BLOCK=block, D=d, FP32=fp32, num_warps=WARPS, num_stages=stages)
     if not given:
-        _lse_kernel[grid](
-            q,
-            k,
-            lse,
-            q.stride(0),
-            q.stride(1),
-            k.stride(0),
-            k.stride(1),
-            n,
-            heads // kv,
-            slide,
-            scale_log2,
-            BLOCK=block,
-            D=d,
-            FP32=fp32,
-            num_warps=warps,
-            num_stages=stages,
-        )
+        _lse_kernel[grid](q, k, lse, *strides, n, heads // kv, slide, scale_log2, **meta)
     _stats_kernel[grid](
-        q,
-        k,
-        lse,
-        colsum,
-        blocks,
-        rows,
-        q.stride(0),
-        q.stride(1),
-        k.stride(0),
-        k.stride(1),
-        n,
-        heads // kv,
-        w,
-        m,
-        slide,
-        scale_log2,
-        BLOCK=block,
-        D=d,
-        FP32=fp32,
-        num_warps=warps,
-        num_stages=stages,
+        q, k, lse, colsum, blocks, rows, *strides, n, heads // kv, w, m, slide, scale_log2, **meta
     )
     return colsum, rows, blocks
