@@ -62,18 +62,12 @@ def figure(results: xr.Dataset, backend: str = "bokeh") -> hv.Overlay:
             )
         )
         labels = hv.Labels([(x, y, f"{s:g}") for x, y, s in data], kdims=["proxy", "answer"], vdims="text")
-        if backend == "matplotlib":
-            points.append(
-                labels.opts(
-                    color=colour, size=7, xoffset=0.012, yoffset=0.012, show_legend=False, backend=backend
-                )
-            )
-        else:
-            points.append(
-                labels.opts(
-                    text_color=colour, text_font_size="8pt", xoffset=0.012, yoffset=0.012, backend=backend
-                )
-            )
+        style = (  # the same look, in each backend's own option names
+            {"color": colour, "size": 7, "show_legend": False}
+            if backend == "matplotlib"
+            else {"text_color": colour, "text_font_size": "8pt"}
+        )
+        points.append(labels.opts(xoffset=0.012, yoffset=0.012, backend=backend, **style))
     diagonal = hv.Curve([(0, 0), (1, 1)], "proxy", "answer", label="calibrated").opts(
         color="grey", backend=backend
     )
