@@ -11,12 +11,16 @@ is added without touching them.
 
 from __future__ import annotations
 
+import copy
+import functools
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from core.errors import UsageError
-from core.tasks import haystack
+from core.tasks import haystack, values
 
 ROLES = ("target", "distractor")
 
@@ -55,13 +59,99 @@ class Document:
         """The values a correct answer gives: those of the target needles."""
         return tuple(x.value for x in self.needles if x.role == "target")
 
+    def _role_mask(self, role: str) -> np.ndarray:
+        out = np.zeros(self.length, dtype=bool)
+        for x in self.needles:
+            if x.role == role:
+                for a, b in x.spans:
+                    out[a:b] = True
+        return out
+
+    @property
+    def target(self) -> np.ndarray:
+        """(key,) bool: every copy of every target value (RUN.zarr `target`)."""
+        return self._role_mask("target")
+
+    @property
+    def distractor(self) -> np.ndarray:
+        """(key,) bool: every distractor value (RUN.zarr `distractor`)."""
+        return self._role_mask("distractor")
+
+    @property
+    def needle_table(self) -> str:
+        """Every needle as JSON: key, value, role and token spans (RUN.zarr `needle_table`)."""
+        return json.dumps(
+            [{"key": x.key, "value": x.value, "role": x.role, "spans": [list(s) for s in x.spans]} for x in self.needles]
+        )
+
+
+def needles_from_table(table: str) -> tuple[Needle, ...]:
+    """RUN.zarr `needle_table` -> the needles."""
+    return tuple(
+        Needle(x["key"], x["value"], x["role"], tuple(tuple(s) for s in x["spans"])) for x in json.loads(table or "[]")
+    )
+
+
+HAYSTACKS = ("noise", "essay", "needles")
+NEEDLE_HAYSTACK = "One of the special magic {kind} for {key} is: {value}."  # RULER's needle, and its needle haystack
+
 
 class Task:
-    """Base of all tasks. Subclasses set `name`, `templates` and implement `build`."""
+    """Base of all tasks. Subclasses set `name`, `templates` and implement `build`.
+
+    A task is configured by its spec `NAME[:COUNT][,key=TYPE][,value=TYPE][,haystack=KIND]`
+    (`get`): COUNT for tasks that take one (`takes_count`: distractors, values or queries), key and
+    value types from `values.TYPES` where the task has them (`typed`), and the haystack: `noise`
+    (RULER's repeated sentences, the `ruler` filler), `essay` (the `nature` filler, or --filler's text
+    file) or `needles` (needle sentences with other keys: RULER's all-needle haystack); without it
+    the --filler decides."""
 
     name = "task"
     answer_tokens = 8  # greedy tokens decoded after the prompt (schema.ANSWER_TOKENS for the passkey)
     templates: dict = {}  # recorded in RUN.zarr provenance
+    takes_count = False
+    typed = False  # the key and value types can be chosen
+    summary = ""  # one line for --list-tasks
+    count = 1
+    key_type = "word"
+    value_type = "number"
+    haystack: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The canonical spec (what RUN.zarr records as its task)."""
+        out = self.name + (f":{self.count}" if self.takes_count else "")
+        proto = REGISTRY.get(self.name, self)
+        if self.typed and self.key_type != proto.key_type:
+            out += f",key={self.key_type}"
+        if self.typed and self.value_type != proto.value_type:
+            out += f",value={self.value_type}"
+        return out + (f",haystack={self.haystack}" if self.haystack else "")
+
+    def configured(self, count=None, key=None, value=None, haystack=None) -> Task:
+        out = copy.copy(self)
+        for attr, v in (("count", count), ("key_type", key), ("value_type", value), ("haystack", haystack)):
+            if v is not None:
+                setattr(out, attr, v)
+        return out
+
+    def sentences(self, filler: str, rng: np.random.Generator, length: int) -> list[str]:
+        """The haystack's sentences (`haystack` when the spec sets it, else the --filler)."""
+        if self.haystack == "noise":
+            return list(haystack.RULER_SENTENCES)
+        if self.haystack == "essay":
+            return haystack.filler_sentences(filler if Path(filler).is_file() else "nature", rng)
+        if self.haystack == "needles":  # fresh needles with other keys, enough to fill the prompt
+            kind = values.PLURAL[self.value_type]
+            out = []
+            while sum(len(x) + 1 for x in out) < 8 * length + 64:
+                out.append(
+                    NEEDLE_HAYSTACK.format(
+                        kind=kind, key=values.draw(self.key_type, rng), value=values.draw(self.value_type, rng)
+                    )
+                )
+            return out
+        return haystack.filler_sentences(filler, rng)
 
     def build(self, tokenizer, length: int, depth: float, rng: np.random.Generator, filler: str) -> Document:
         raise NotImplementedError  # pragma: no cover - interface
@@ -86,21 +176,89 @@ def register(task: type[Task]) -> type[Task]:
     if not (isinstance(task, type) and issubclass(task, Task)):
         raise TypeError(f"{task!r} is not a subclass of Task")
     REGISTRY[task.name] = task()
+    _configured.cache_clear()
     return task
 
 
-def get(name: str) -> Task:
+# RULER's named needle configurations (scripts/synthetic.yaml of NVIDIA/RULER): its niah_multikey_1
+# has 4 keys (1 target + 3 distractors); multikey_2 and _3 hide one needle among needle sentences
+RULER = {
+    "niah_single_1": "single,haystack=noise",
+    "niah_single_2": "single,haystack=essay",
+    "niah_single_3": "single,value=uuid,haystack=essay",
+    "niah_multikey_1": "multikey:3,haystack=essay",
+    "niah_multikey_2": "single,haystack=needles",
+    "niah_multikey_3": "single,key=uuid,value=uuid,haystack=needles",
+    "niah_multivalue": "multivalue:4,haystack=essay",
+    "niah_multiquery": "multiquery:4,haystack=essay",
+}
+SPEC_HELP = "NAME[:COUNT][,key=TYPE][,value=TYPE][,haystack=noise|essay|needles] or ruler:NAME"
+
+
+@functools.lru_cache(maxsize=256)
+def _configured(spec: str) -> Task:
+    text = spec.strip()
+    if text.startswith("ruler:"):
+        if text[6:] not in RULER:
+            raise UsageError(f"unknown RULER task {text[6:]!r}: use one of {', '.join(RULER)}")
+        text = RULER[text[6:]]
+    head, *opts = [x.strip() for x in text.split(",")]
+    name, colon, arg = head.partition(":")
     if name not in REGISTRY:
-        raise UsageError(f"unknown task {name!r}: use one of {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]
+        raise UsageError(
+            f"unknown task {name!r}: use one of {', '.join(sorted(REGISTRY))} or ruler:NAME ({', '.join(RULER)})"
+        )
+    proto = REGISTRY[name]
+    kw: dict = {}
+    if colon:
+        if not proto.takes_count:
+            raise UsageError(f"task {name!r} takes no count (':{arg}'): write it as {name!r}")
+        if not arg.isdigit() or not 1 <= int(arg) <= 16:
+            raise UsageError(f"task {name!r} needs a count from 1 to 16 after ':', not {arg!r}")
+        kw["count"] = int(arg)
+    for opt in opts:
+        key, eq, value = opt.partition("=")
+        allowed = {"key": values.TYPES, "value": values.TYPES, "haystack": HAYSTACKS}
+        if not eq or key not in allowed:
+            raise UsageError(f"task option {opt!r} is not key=, value= or haystack= (spec: {SPEC_HELP})")
+        if value not in allowed[key]:
+            raise UsageError(f"task option {key}={value!r}: use one of {', '.join(allowed[key])}")
+        if key in ("key", "value") and not proto.typed:
+            raise UsageError(f"task {name!r} has no {key} type to choose ({key}={value})")
+        kw[key] = value
+    return proto.configured(**kw)
+
+
+def get(spec: str) -> Task:
+    """The task a spec names, configured (see `Task`; `ruler:NAME` for RULER's configurations)."""
+    return _configured(str(spec))
 
 
 def parse_task(value: str) -> str:
-    """A registered task name (option parser: ValueError saying what is allowed)."""
-    value = str(value).strip()
-    if value not in REGISTRY:
-        raise ValueError(f"is not a task: use one of {', '.join(sorted(REGISTRY))}")
-    return value
+    """A task spec, as its canonical label (option parser: ValueError saying what is allowed)."""
+    try:
+        return get(value).label
+    except UsageError as err:
+        raise ValueError(f"is not a task: {err}") from None
+
+
+def with_options(spec: str, needle_type: str | None = None, haystack_kind: str | None = None) -> str:
+    """The spec with `--needle-type` (the values' type) and `--haystack` folded in."""
+    task = get(spec)
+    if needle_type is not None and not task.typed:
+        raise UsageError(f"--needle-type {needle_type}: the {task.name} task's value has no type to choose")
+    return task.configured(value=needle_type, haystack=haystack_kind).label
+
+
+def listing() -> str:
+    """`dump --list-tasks`: every task, its spec, and RULER's named configurations."""
+    lines = [f"task spec: {SPEC_HELP}", f"types: {', '.join(values.TYPES)}; haystacks: {', '.join(HAYSTACKS)}", ""]
+    for name in sorted(REGISTRY):
+        t = REGISTRY[name]
+        lines.append(f"  {name + (':COUNT' if t.takes_count else ''):<16} {t.summary}")
+    lines += ["", "RULER configurations (ruler:NAME):"]
+    lines += [f"  ruler:{k:<18} = {v}" for k, v in RULER.items()]
+    return "\n".join(lines)
 
 
 def document(
@@ -125,6 +283,24 @@ def document(
     return get(task).build(tokenizer, length, depth, rng, filler)
 
 
-from core.tasks import passkey  # noqa: E402  (registers the built-in tasks)
+from core.tasks import multikey, multiquery, multivalue, passkey, single  # noqa: E402  (the built-in tasks)
 
-__all__ = ["Document", "Needle", "Task", "REGISTRY", "register", "get", "document", "parse_task", "passkey"]
+__all__ = [
+    "Document",
+    "Needle",
+    "Task",
+    "REGISTRY",
+    "RULER",
+    "register",
+    "get",
+    "document",
+    "parse_task",
+    "with_options",
+    "listing",
+    "needles_from_table",
+    "passkey",
+    "single",
+    "multikey",
+    "multivalue",
+    "multiquery",
+]

@@ -145,6 +145,7 @@ class Fitted:
     needle_at: int
     question_at: int
     header_len: int
+    needles_at: tuple[int, ...] = ()  # every needle's char start (`fit_many`)
 
     def spans(self, start: int, end: int) -> np.ndarray:
         """(key,) bool: the tokens whose characters overlap [start, end) of the text."""
@@ -157,14 +158,76 @@ def fit(
     """The prompt header + haystack (needle inserted at `depth`) + question of exactly `length` tokens
     (special tokens included), by cutting the haystack at a word boundary (inside a word if need be)."""
 
-    def render(cut: int) -> tuple[str, int]:
-        hay, at = _insert_needle(long_hay[:cut].rstrip(), depth, needle)
+    def render(hay: str) -> tuple[str, int]:
+        hay, at = _insert_needle(hay, depth, needle)
         return header + hay + question, len(header) + at
 
-    def count(cut: int) -> int:
-        return len(tokenizer(render(cut)[0], add_special_tokens=True)["input_ids"])
+    text, at, ids, offsets = _fit(tokenizer, length, _long_haystack(sentences, 8 * length + 64), render)
+    return Fitted(text, ids, offsets, at, len(text) - len(question), len(header))
 
-    long_hay = _long_haystack(sentences, min_chars=8 * length + 64)
+
+def _insert_needles(haystack: str, placed: list[tuple[float, str]]) -> tuple[str, list[int]]:
+    """Several needles, each at the sentence start nearest its depth that no other needle took (the
+    nearest free one; a shared start only when the haystack has fewer starts than needles), so that
+    no needle ever splits another. Returns (text, each needle's char start, in the order given)."""
+    if len(placed) == 1:
+        text, at = _insert_needle(haystack, placed[0][0], placed[0][1])
+        return text, [at]
+    starts = [0] + [m.end() for m in re.finditer(r"(?<=[.!?]) ", haystack)] + [len(haystack)]
+    taken: dict[int, int] = {}
+    where = []
+    for i, (depth, _) in enumerate(placed):
+        order = sorted(starts, key=lambda s: (abs(s - depth * len(haystack)), s))
+        free = [s for s in order if s not in taken] or order
+        taken[free[0]] = i
+        where.append(free[0])
+    pieces, prev, out_at = [], 0, [0] * len(placed)
+    size = 0
+    for i in sorted(range(len(placed)), key=lambda i: (where[i], i)):
+        at, needle = where[i], placed[i][1]
+        piece = haystack[prev:at]
+        if at == len(haystack) and haystack:
+            out_at[i] = size + len(piece.rstrip()) + 1
+            piece = piece.rstrip() + " " + needle
+        elif at == 0 and prev == 0:
+            out_at[i] = size
+            piece = needle + (" " if haystack else "")
+        else:
+            out_at[i] = size + len(piece)
+            piece = piece + needle + " "
+        pieces.append(piece)
+        size += len(piece)
+        prev = at
+    pieces.append(haystack[prev:])
+    return "".join(pieces).rstrip(), out_at
+
+
+def fit_many(
+    tokenizer,
+    length: int,
+    placed: list[tuple[float, str]],
+    sentences: list[str],
+    header: str,
+    question: str,
+) -> Fitted:
+    """`fit` with several needles, each (depth, text); `Fitted.needles_at` holds their char starts
+    (`needle_at` is the first's)."""
+
+    def render(hay: str) -> tuple[str, list[int]]:
+        hay, at = _insert_needles(hay, placed)
+        return header + hay + question, [len(header) + a for a in at]
+
+    text, at, ids, offsets = _fit(tokenizer, length, _long_haystack(sentences, 8 * length + 64), render)
+    return Fitted(text, ids, offsets, at[0], len(text) - len(question), len(header), tuple(at))
+
+
+def _fit(tokenizer, length: int, long_hay: str, render):
+    """The cut of `long_hay` whose rendered prompt (`render(haystack) -> (text, needle starts)`) is
+    exactly `length` tokens: (text, needle starts, ids, offsets)."""
+
+    def count(cut: int) -> int:
+        return len(tokenizer(render(long_hay[:cut].rstrip())[0], add_special_tokens=True)["input_ids"])
+
     fixed = count(0)
     if fixed > length:
         raise HaystackError(
@@ -207,7 +270,7 @@ def fit(
             raise HaystackError(
                 f"cannot build a prompt of exactly {length} tokens with this tokenizer and filler"
             )
-    text, needle_at = render(cut)
+    text, needle_at = render(long_hay[:cut].rstrip())
     enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
     ids = np.asarray(enc["input_ids"], dtype=np.int32)
     offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
@@ -216,7 +279,7 @@ def fit(
             f"the tokenizer gives {ids.shape[0]} tokens for a prompt cut at {length}: it does not "
             f"tokenize a prefix of the text as a prefix of the ids; try another --filler"
         )
-    return Fitted(text, ids, offsets, needle_at, len(text) - len(question), len(header))
+    return text, needle_at, ids, offsets
 
 
 def parse_depths(value: str) -> list[float]:

@@ -84,11 +84,12 @@ class Passkey(Task):
     """One 5-digit passkey in repeated filler, asked for once."""
 
     name = "passkey"
+    summary = "one 5-digit pass key stated twice in one sentence (the classic passkey retrieval)"
     templates = {"header": HEADER, "needle": NEEDLE, "question": QUESTION}
 
     def build(self, tokenizer, length, depth, rng, filler) -> Document:
         passkey = make_passkey(rng)  # drawn before the filler order: documents as dumped since schema 1
-        return build_document(tokenizer, length, depth, passkey, haystack.filler_sentences(filler, rng))
+        return build_document(tokenizer, length, depth, passkey, self.sentences(filler, rng, length))
 
     def score(self, text: str, doc: Document) -> float:
         return float(contains_passkey(text, doc.passkey))
