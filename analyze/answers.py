@@ -12,7 +12,12 @@ For one document of a RUN.zarr (one Dask task):
    (`core.lm.decode.greedy`) for as many tokens as the dump's own answer, each layer and query head
    attending only to its kept prompt keys plus the tokens decoded so far (`core.lm.pruned`);
 4. score `answer` and `answer_digits` with the task's rules (`score`, `partial`; for the passkey:
-   the text contains its digits in order, and the fraction of its digits reproduced in place).
+   the text contains its digits in order, and the fraction of its digits reproduced in place; for
+   RULER's tasks: the fraction of expected values the text contains).
+
+In the agnostic setting (`core.settings.Agnostic`) step 2 prefills the context alone, and the question's
+tokens are fed through the pruned cache (attending to the kept context and to themselves) before the
+answer is decoded: a cache compressed before the question was known.
 
 Models with attention features the pruned attention does not implement (logit softcapping, sinks,
 chunked attention) are refused, never approximated. A sliding-window layer whose window is shorter
@@ -88,8 +93,10 @@ def check_model(path: str) -> str:
             f"store {path!r} was dumped before answers were recorded (schema 1): re-run `python -m dump` into a new --out to use --answers"
         )
     task = dict(root.attrs.get("settings", {})).get("task", "passkey")
-    if task not in tasks.REGISTRY:
-        raise UsageError(f"store {path!r} was dumped with the task {task!r}, which is not registered here")
+    try:
+        tasks.get(task)
+    except UsageError:
+        raise UsageError(f"store {path!r} was dumped with the task {task!r}, which is not registered here") from None
     check_supported(models.load_config(name, rope_scaling), name)
     return name
 
@@ -158,7 +165,7 @@ def answer_document(path: str, plan, job, spec) -> dict:
             masks[i, j, layer] = kept
     answer = np.zeros((len(pols), len(sparsities)), dtype=bool)
     digits = np.zeros((len(pols), len(sparsities)), dtype=np.float32)
-    out_ids = np.full((len(pols), len(sparsities), schema.ANSWER_TOKENS), -1, dtype=np.int32)
+    out_ids = np.full((len(pols), len(sparsities), g["answer_ids"].shape[-1]), -1, dtype=np.int32)
     with torch.no_grad():
         prompt = torch.as_tensor(ids[:cut], dtype=torch.long, device=device)[None]
         store = pruned.prompt_store(decode.prefill(lm.model, prompt)[1], cut, windows)

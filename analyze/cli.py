@@ -65,18 +65,21 @@ def _main(args) -> int:
             file=sys.stderr,
         )
     outputs.write_dataset(ds, out)
-    hit = ds.needle_hit_mean.sel(subset="all").mean(["length", "depth"])
     print(
-        f"analyze: {ds.sizes[schema.POLICY]} policies x {len(ds.sparsity)} sparsities over "
-        f"{int(ds.done.sum())} documents -> {out}"
+        f"analyze: {ds.sizes[schema.POLICY]} policies x {len(ds.sparsity)} sparsities x "
+        f"{ds.sizes[schema.SETTING]} setting(s) over {int(ds.done.sum())} documents -> {out}"
     )
-    for s in ds.sparsity.values:
-        row = ", ".join(
-            f"{m}={float(hit.sel({schema.POLICY: m, 'sparsity': s})):.2f}" for m in ds[schema.POLICY].values
-        )
-        print(f"  needle_hit (all heads) @ sparsity {s:g}: {row}")
-    if "answer" in ds:
-        print_answers(ds)
+    for setting in ds[schema.SETTING].values:
+        one = engine.in_setting(ds, str(setting))
+        print(f" setting {setting}:")
+        hit = one.needle_hit_mean.sel(subset="all").mean(["length", "depth"])
+        for s in one.sparsity.values:
+            row = ", ".join(
+                f"{m}={float(hit.sel({schema.POLICY: m, 'sparsity': s})):.2f}" for m in one[schema.POLICY].values
+            )
+            print(f"  needle_hit (all heads) @ sparsity {s:g}: {row}")
+        if "answer" in one:
+            print_answers(one)
     return 0
 
 

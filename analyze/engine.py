@@ -64,7 +64,8 @@ class Spec:
     skip_corrupt: bool = False  # a document with a missing or corrupt chunk is left out and listed
     answers: bool = False  # also decode the model's answer under every pruned cache (analyze/answers.py)
     answer_device: str = "cpu"  # where the answer pass runs (in the dump's dtype): cpu, cuda, cuda:N or auto
-    setting: str = "aware"  # which query rows a policy may see (core.settings)
+    setting: str = "aware"  # which query rows a policy may see (core.settings): the one being scored
+    settings: tuple[str, ...] = ()  # every setting of the run (RESULTS' `setting` dimension); () = (setting,)
     labels: tuple[str, ...] = field(init=False)
 
     def __post_init__(self):
@@ -96,7 +97,8 @@ def spec_from(opt) -> Spec:
         skip_corrupt=opt.skip_corrupt,
         answers=opt.answers,
         answer_device=opt.answer_device,
-        setting=opt.setting,
+        setting=opt.setting[0],
+        settings=tuple(opt.setting),
     )
 
 
@@ -133,7 +135,7 @@ def analyze_doclayer(path: str, plan: StorePlan, job: LayerJob, spec: Spec) -> d
     x, masks = keptsets.load_layer(path, length, d, s, layer, kv_heads, spec.seed, spec.reads, spec.setting)
     load = keptsets.loader(path, length, d, s, kv_heads, spec.seed, spec.reads, spec.setting)
     doc = keptsets.document_of(plan, length, load)
-    final = x.final_row.astype(np.float64)
+    final = masks["answer_row"].astype(np.float64)  # the answer position, whatever the policy saw
     nsp = len(spec.sparsities)
     out = np.zeros((len(schema.METRICS), len(spec.policies), nsp, x.heads))
     pairs = spec.pairs
@@ -217,7 +219,8 @@ def assemble(
     if answers is not None:
         ans = np.full((nm, nsp, nl, D, S), np.nan, dtype=np.float32)
         dig = np.full((nm, nsp, nl, D, S), np.nan, dtype=np.float32)
-        ids = np.full((nm, nsp, nl, D, S, schema.ANSWER_TOKENS), -1, dtype=np.int32)
+        width = next(iter(answers.values()))["ids"].shape[-1] if answers else schema.ANSWER_TOKENS
+        ids = np.full((nm, nsp, nl, D, S, width), -1, dtype=np.int32)
         for (n, d, s), r in answers.items():
             li = plan.lengths.index(n)
             ans[:, :, li, d, s] = r["answer"]
@@ -340,8 +343,17 @@ def check_budgets(spec: Spec, plan: StorePlan) -> list[str]:
     return warnings_
 
 
-def check_setting(spec: Spec) -> None:
-    """A policy that reads what its setting hides is refused up front (reading it raises anyway)."""
+def check_setting(spec: Spec, plan: StorePlan | None = None) -> None:
+    """A policy that reads what its setting hides is refused up front (reading it raises anyway); the
+    agnostic setting needs a store with the context's own statistics (RUN schema 2.3)."""
+    from core.runstore import has_context
+
+    for name in settings_of(spec):
+        if settings.get(name).context_only and plan is not None and not has_context(plan.path):
+            raise UsageError(
+                f"store {plan.path!r} has no context-only statistics (dumped before RUN schema 2.3): the "
+                f"{name} setting needs them; re-dump it with `python -m dump` into a new --out"
+            )
     hidden = set(settings.get(spec.setting).hides)
     for m, lab in zip(spec.policies, spec.labels):
         seen = hidden & set(m.reads)
@@ -362,7 +374,7 @@ def preflight(path: str, spec: Spec, plan: StorePlan) -> Spec:
     check_blocks(spec, plan)
     check_rows(spec, plan)
     check_budgets(spec, plan)
-    check_setting(spec)
+    check_setting(spec, plan)
     if not documents_of(plan):
         raise UsageError(f"store {path!r} has no finished documents to analyze")
     if spec.answers:
@@ -403,15 +415,83 @@ def provenance(path: str, spec: Spec, retrieval_heads: int = RETRIEVAL_HEADS) ->
         "sparsities": list(spec.sparsities),
         "gqa": spec.gqa,
         "seed": spec.seed,
-        "setting": spec.setting,
+        "setting": list(settings_of(spec)),
         "answers": spec.answers,
         "retrieval_heads": retrieval_heads,
     }
     return json.dumps({"run": run_identity(path), "analysis": analysis}, sort_keys=True)
 
 
+def settings_of(spec: Spec) -> tuple[str, ...]:
+    return spec.settings or (spec.setting,)
+
+
 def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: int = RETRIEVAL_HEADS):
-    """Analyze a store with a Dask client; returns (Dataset, number of unfinished documents)."""
+    """Analyze a store with a Dask client in every setting of `spec`; returns (Dataset with a
+    `setting` dimension, number of unfinished documents). A policy defined only in some settings
+    (`Policy.settings`: the oracle reads the answer position's row, which the agnostic setting
+    does not have) is NaN in the others."""
+    import pandas as pd
+
+    names = settings_of(spec)
+    made_from = provenance(path, spec, retrieval_heads)
+    parts, by_setting, unfinished = [], {}, 0
+    for name in names:
+        sub = dataclasses.replace(
+            spec, setting=name, settings=(name,), policies=tuple(p for p in spec.policies if name in p.settings)
+        )
+        if not sub.policies:
+            raise UsageError(f"none of the policies {', '.join(spec.labels)} is defined in the {name} setting")
+        ds, unfinished = _run_setting(path, sub, client, progress, retrieval_heads)
+        ds = ds.reindex(
+            {schema.POLICY: list(spec.labels), "pair": [f"{a}|{b}" for a, b in spec.pairs], "variant": spec.curvature_variants},
+            fill_value={"answer_ids": -1} if "answer_ids" in ds else np.nan,
+        )
+        keep = ("calibration_best_rule", "full_answer_agrees_with_dump", "answer_peak_gpu_gb", "budget_warnings")
+        by_setting[name] = {k: ds.attrs[k] for k in keep if k in ds.attrs}
+        if "calibration" in ds:
+            by_setting[name]["calibration_attrs"] = dict(ds.calibration.attrs)
+        parts.append(ds)
+    varying = [v for v in parts[0].data_vars if v not in schema.SETTING_FREE]
+    out = xr.concat(
+        parts,
+        dim=pd.Index(list(names), name=schema.SETTING),
+        data_vars=varying,
+        coords="minimal",
+        compat="override",
+        combine_attrs="override",
+    )
+    for v in schema.SETTING_FREE:  # keep their attributes (the retrieval-head rule)
+        if v in parts[0]:
+            out[v] = parts[0][v]
+    for name in ("budget_warnings", "calibration_best_rule", "full_answer_agrees_with_dump", "answer_peak_gpu_gb"):
+        out.attrs.pop(name, None)
+    out.attrs.pop("setting", None)
+    out.attrs.update(
+        {
+            "settings": list(names),
+            "by_setting": by_setting,
+            "provenance": made_from,
+            "budget_warnings": sorted({w for b in by_setting.values() for w in b.get("budget_warnings", [])}),
+            "budget_rule": "k = round((1 - sparsity) * N) keys per head of every prunable layer (aware); agnostic: "
+            "k = round((1 - sparsity) * C) of the C context keys, the question's tokens kept on top",
+        }
+    )
+    return out, unfinished
+
+
+def in_setting(results: xr.Dataset, setting: str) -> xr.Dataset:
+    """RESULTS of one setting (no `setting` dimension), with that setting's attributes."""
+    ds = results.sel({schema.SETTING: setting})
+    ds.attrs = {**results.attrs, **dict(results.attrs.get("by_setting", {}).get(setting, {})), "setting": setting}
+    cal = ds.attrs.pop("calibration_attrs", None)
+    if cal is not None and "calibration" in ds:
+        ds["calibration"].attrs = dict(cal)
+    return ds
+
+
+def _run_setting(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: int = RETRIEVAL_HEADS):
+    """Analyze a store with a Dask client in one setting (`spec.setting`)."""
     from distributed import as_completed
     from tqdm.auto import tqdm
 

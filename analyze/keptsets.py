@@ -42,8 +42,12 @@ def kept(
     setting=None,
 ) -> np.ndarray:
     """(head, key) bool: the keys `policy` keeps under the fixed budget k (`heads_budget`: the
-    allocated budget of each head of this layer; None: k each)."""
-    return keep(policy, policy_view(policy, x), k, gqa, reference, heads_budget, setting)
+    allocated budget of each head of this layer; None: k each). On a context-only view (the agnostic
+    setting) the question's keys, appended after pruning, are kept on top: the mask covers the prompt."""
+    out = keep(policy, policy_view(policy, x), k, gqa, reference, heads_budget, setting)
+    if x.full_n > x.n:
+        out = np.pad(out, ((0, 0), (0, x.full_n - x.n)), constant_values=True)
+    return out
 
 
 def document_of(plan, n: int, load=None) -> budgets.Document:
@@ -63,9 +67,9 @@ def load_layer(
     path: str, n: int, d: int, s: int, layer: int, kv_heads: int, seed: int, reads, setting="aware"
 ):
     """(statistics, token masks) of one document-layer, as `setting` reads them, with the layer's seed."""
-    stored = settings.get(setting).stored
+    shown = settings.get(setting)
     return runstore.load_doclayer(
-        path, n, d, s, layer, kv_heads, doclayer_seed(seed, d, s, layer), reads, stored
+        path, n, d, s, layer, kv_heads, doclayer_seed(seed, d, s, layer), reads, shown.stored, shown.context_only
     )
 
 
@@ -94,6 +98,7 @@ def iter_kept(
         doc, layer = budgets.Document(x.n, 1, x.heads, x.kv_heads, (0,), lambda _: x), 0
         doc._cache[0] = x
     shown = settings.get(setting)
+    doc.n = x.n  # the cache being pruned: the context alone in the agnostic setting
     for j, sp in enumerate(sparsities):
         k = budget(sp, x.n)
         for i, p in enumerate(pols):
@@ -142,7 +147,7 @@ def kept_sets(
     return xr.Dataset(
         {
             "kept": ((schema.POLICY, "sparsity", "head", "key"), masks),
-            **{name: (("key",), mask) for name, mask in token_masks.items()},
+            **{name: (("key",), mask) for name, mask in token_masks.items() if name in schema.document_masks()},
         },
         coords={
             schema.POLICY: [policies.label(p) for p in pols],
@@ -158,7 +163,7 @@ def kept_sets(
             "gqa": gqa,
             "seed": seed,
             "setting": setting,
-            "budgets": [budget(sp, x.n) for sp in sparsities],
+            "budgets": [budget(sp, x.n) for sp in sparsities],  # of the context alone, agnostic
         },
     )
 

@@ -63,11 +63,13 @@ class AnalyzeOptions:
         "kv", "kv: one kept set per kv head (a real cache); head: per query head", choice("kv", "head")
     )
     seed: int = option(0, "seed of the random policy", integer(minimum=0))
-    setting: str = option(
-        "aware",
-        "which query rows a policy may see: aware (the question's rows are in every statistic; the cache "
-        "is pruned after the question was read)",
-        parse_setting,
+    setting: list[str] = option(
+        ["aware"],
+        "settings, comma-separated (RESULTS' setting dimension): aware (the question's rows are in every "
+        "statistic; the cache is pruned after the question was read) and agnostic (the context compressed "
+        "before the question is known, from the context's own statistics)",
+        comma_list(parse_setting),
+        metavar="SETTINGS",
     )
     retrieval_heads: int = option(10, "how many heads count as retrieval heads", integer(minimum=1))
     scheduler: str | None = option(

@@ -39,6 +39,7 @@ class DocLayer:
     kpool: np.ndarray | None = None  # (head, kblock, dim)
 
     hidden: frozenset = frozenset()  # fields the policy's setting hides (`core.settings`)
+    full_n: int = 0  # the prompt's length when this is a context-only view (its n is the context's)
 
     def __getattribute__(self, name):
         if name in _GUARDED and name in object.__getattribute__(self, "hidden"):
@@ -227,6 +228,40 @@ def _checked(g, var: str, index: tuple, path: str, length: int) -> np.ndarray:
     return a
 
 
+def has_context(path: str) -> bool:
+    """Whether a RUN.zarr holds the context's own statistics (RUN schema 2.3 on)."""
+    root = _open(path)
+    lengths = schema.lengths_in(root)
+    return bool(lengths) and "colsum" + schema.CONTEXT in root[schema.group_name(lengths[0])]
+
+
+def document_masks(g, path: str, length: int, d: int, s: int) -> dict:
+    """A document's token masks (`schema.document_masks`: name -> (key,) bool) and `target_spans`:
+    for every target needle, the token spans its value can be copied from. Stores before RUN 2.3
+    record only the first copy of the passkey: their `target` is `needle`, with no distractors."""
+    masks = {}
+    for name in schema.document_masks():
+        if name in g:
+            masks[name] = _read(g, name, (d, s), path, length).astype(bool)
+    if not masks["needle"].any():
+        raise CorruptChunk(
+            f"store {path!r}: the needle mask `needle` of {_where(length, (d, s))} is empty (its chunk is "
+            f"missing on disk); " + _advice(g, length, (d, s))
+        )
+    if "needle_table" in g:
+        from core.tasks import needles_from_table
+
+        table = needles_from_table(str(_read(g, "needle_table", (d, s), path, length)))
+        masks["target_spans"] = [x.spans for x in table if x.role == "target"]
+    else:
+        from core.tasks.passkey import runs
+
+        masks["target"] = masks["needle"]
+        masks["distractor"] = np.zeros_like(masks["needle"])
+        masks["target_spans"] = [runs(masks["needle"])]
+    return masks
+
+
 def load_doclayer(
     path: str,
     length: int,
@@ -237,12 +272,17 @@ def load_doclayer(
     seed: int,
     reads=STATISTICS,
     stored: dict | None = None,
+    context_only: bool = False,
 ) -> tuple[DocLayer, dict]:
     """The statistics `reads` of one document-layer (float16 ones as float32), and its token masks
-    (`schema.document_masks`: name -> (key,) bool). `stored` maps a statistic to the RUN variable a
-    setting reads it from (`core.settings.Setting.stored`; default: its own name)."""
+    (`document_masks`) with `answer_row`, the answer position's attention row (head, N) the metrics
+    read. `stored` maps a statistic to the RUN variable a setting reads it from
+    (`core.settings.Setting.stored`; default: its own name). `context_only`: the view of the context
+    alone, cut at the question's first token C (its n is C, its final row the last context row,
+    `full_n` the prompt's length): no question row or key is in it."""
     g = _open(path)[schema.group_name(length)]
     index = (d, s, layer)
+    masks = document_masks(g, path, length, d, s)
     stats = {}
     for var in STATISTICS:
         name = (stored or {}).get(var, var)
@@ -252,22 +292,29 @@ def load_doclayer(
         elif var in reads:
             a = _checked(g, name, index, path, length)
             stats[var] = a.astype(np.float32) if a.dtype == np.float16 else a
-    if "window" in stats:
-        final = stats["window"][:, -1, :]
+    if "window" in stats and not stored:
+        answer_row = stats["window"][:, -1, :]
     else:
-        final = _checked(g, "window", (d, s, layer, slice(None), -1), path, length).astype(np.float32)
-    masks = {name: _read(g, name, (d, s), path, length).astype(bool) for name in schema.document_masks()}
-    if not masks["needle"].any():
-        raise CorruptChunk(
-            f"store {path!r}: the passkey mask `needle` of {_where(length, (d, s))} is empty (its chunk is "
-            f"missing on disk); " + _advice(g, length, (d, s))
-        )
+        answer_row = _checked(g, "window", (d, s, layer, slice(None), -1), path, length).astype(np.float32)
+    masks["answer_row"] = answer_row
+    final, full_n = answer_row, 0
+    if context_only:
+        c = int(np.flatnonzero(masks["question"])[0])
+        block = int(g.attrs["block"])
+        mc = -(-c // block)
+        last = (stored or {}).get("window", "window")
+        final = _checked(g, last, (d, s, layer, slice(None), -1), path, length).astype(np.float32)[:, :c]
+        cut = {"colsum": np.s_[:, :c], "window_sum": np.s_[:, :c], "window": np.s_[:, :, :c]}
+        cut.update({"blocks": np.s_[:, :mc, :mc], "qpool": np.s_[:, :mc], "kpool": np.s_[:, :mc]})
+        stats = {k: np.ascontiguousarray(v[cut[k]]) for k, v in stats.items()}
+        full_n = length
     x = DocLayer(
         final_row=final,
         block=int(g.attrs["block"]),
         kv_heads=kv_heads,
         seed=seed,
         observed=int(g.attrs["window"]),
+        full_n=full_n,
         **stats,
     )
     return x, masks

@@ -39,9 +39,12 @@ KIND_ATTR = "niah_store"
 RUN_KIND, RESULTS_KIND = "run", "results"
 # 2.1: window_sum, and only the last R (--window-rows) of the W rows stored whole
 # 2.2: a document's passkey and haystack are seeded by its depth *value* (before: its index in the grid)
-RUN_VERSION = "2.2"
-RESULTS_VERSION = "2.0"
-READABLE_MAJOR = {RUN_KIND: ("1", "2"), RESULTS_KIND: ("2",)}
+# 2.3: every needle (`target`, `distractor`, `needle_table`), the context's own statistics (`*_ctx`),
+#      answers as long as the task's (`answer_token`)
+RUN_VERSION = "2.3"
+# 3.0: a `setting` dimension (aware, agnostic); needle metrics over every target span; distractor_kept
+RESULTS_VERSION = "3.0"
+READABLE_MAJOR = {RUN_KIND: ("1", "2"), RESULTS_KIND: ("3",)}
 
 _GROUP = re.compile(r"^len_(\d+)$")
 
@@ -85,10 +88,13 @@ RUN_COORDS: dict[str, Var] = {
 }
 RUN_DOCUMENT: dict[str, Var] = {
     "input_ids": Var((*DOC, "key"), "int32", "prompt token ids"),
-    "needle": Var((*DOC, "key"), "bool", "passkey tokens", False),
+    "needle": Var((*DOC, "key"), "bool", "the first target value's tokens (first copy)", False),
+    "target": Var((*DOC, "key"), "bool", "every copy of every target value (what an answer copies)", False),
+    "distractor": Var((*DOC, "key"), "bool", "every distractor needle's value", False),
+    "needle_table": Var(DOC, "str", "every needle as JSON: key, value, role, token spans [start, end)", ""),
     "needle_sentence": Var((*DOC, "key"), "bool", "whole needle sentence", False),
     "question": Var((*DOC, "key"), "bool", "question and answer cue", False),
-    "passkey": Var(DOC, "int64", "the passkey hidden in the document"),
+    "passkey": Var(DOC, "int64", "the first target value as a number (-1: not a number)"),
     "depth_actual": Var(DOC, "float32", "filler tokens before the needle / all filler tokens", NAN),
     "retrieved": Var(DOC, "bool", "the model's greedy answer contains the passkey", False),
     "answer_ids": Var((*DOC, "answer_token"), "int32", "the model's greedy answer under full attention", -1),
@@ -103,6 +109,12 @@ RUN_STATISTICS: dict[str, Var] = {
     "blocks": Var((*LAYER, "qblock", "kblock"), "float32", "sum of attention over BxB blocks", NAN),
     "qpool": Var((*LAYER, "kblock", "dim"), "float16", "post-RoPE query of largest L2 norm per block", NAN),
     "kpool": Var((*LAYER, "kblock", "dim"), "float16", "post-RoPE key of largest L2 norm per block", NAN),
+}
+CONTEXT = "_ctx"
+# the same statistics of the context's own rows: the question's rows left out (the agnostic setting)
+RUN_CONTEXT: dict[str, Var] = {
+    name + CONTEXT: Var(v.dims, v.dtype, v.long_name + ", context rows only (before the question)", v.fill)
+    for name, v in RUN_STATISTICS.items()
 }
 RUN_FULL: dict[str, Var] = {  # only with --store full
     "attn_layer": Var(("attn_layer",), "int32", "layers whose full matrices are stored"),
@@ -119,7 +131,7 @@ def document_masks() -> tuple[str, ...]:
 
 def run_vars(full: bool) -> dict[str, Var]:
     """Every variable of a `len_{N}` group, in creation order."""
-    return {**RUN_COORDS, **RUN_DOCUMENT, **RUN_STATISTICS, **(RUN_FULL if full else {})}
+    return {**RUN_COORDS, **RUN_DOCUMENT, **RUN_STATISTICS, **RUN_CONTEXT, **(RUN_FULL if full else {})}
 
 
 def run_sizes(
@@ -131,8 +143,10 @@ def run_sizes(
     block: int,
     full_layers,
     window_rows: int | None = None,
+    answer_tokens: int = 8,
 ) -> dict:
-    """The size of every RUN dimension of one length group (`window_rows` None: all W rows)."""
+    """The size of every RUN dimension of one length group (`window_rows` None: all W rows;
+    `answer_tokens`: the task's)."""
     return {
         "depth": depths,
         "sample": samples,
@@ -145,7 +159,7 @@ def run_sizes(
         "kblock": -(-length // block),
         "dim": cfg["head_dim"],
         "attn_layer": len(full_layers),
-        "answer_token": ANSWER_TOKENS,
+        "answer_token": answer_tokens,
     }
 
 
@@ -161,17 +175,24 @@ def chunks_of(var: Var, sizes: dict, tile: int) -> tuple[int, ...]:
 # -- RESULTS.zarr ------------------------------------------------------------------------------
 POLICY = "policy"
 RESULT_DIMS = (POLICY, "sparsity", "length", "depth", "sample", "layer", "head")
-METRICS = ("needle_hit", "needle_recall", "mass_kept", "kept")
-HEAD_METRICS = ("needle_hit", "needle_recall", "mass_kept")  # averaged over head subsets and shown
+METRICS = ("needle_hit", "needle_recall", "mass_kept", "distractor_kept", "kept")
+HEAD_METRICS = ("needle_hit", "needle_recall", "mass_kept", "distractor_kept")  # averaged over head subsets and shown
+SETTING = "setting"  # aware / agnostic (`core.settings`): every variable a policy's kept sets change has it first
+SETTING_FREE = ("needle_mass", "budget", "done", "retrieved", "retrieval_head")
 SUBSETS = ("all", "retrieval")
 SUMMARIES = ("mean", "lo", "hi")
 RESULT_VARS: dict[str, Var] = {
-    "needle_hit": Var(RESULT_DIMS, "float32", "1 if every passkey token is kept", NAN),
-    "needle_recall": Var(RESULT_DIMS, "float32", "fraction of passkey tokens kept", NAN),
+    "needle_hit": Var(
+        RESULT_DIMS, "float32", "fraction of target values with one copy kept whole (1/0 for one value)", NAN
+    ),
+    "needle_recall": Var(RESULT_DIMS, "float32", "fraction of target-value tokens kept, every copy", NAN),
     "mass_kept": Var(RESULT_DIMS, "float32", "final query row attention mass on the kept keys", NAN),
-    "kept": Var(RESULT_DIMS, "float32", "keys kept (equals the budget; N for full)", NAN),
+    "distractor_kept": Var(RESULT_DIMS, "float32", "fraction of distractor-needle tokens kept (NaN: none)", NAN),
+    "kept": Var(
+        RESULT_DIMS, "float32", "keys kept (the budget; agnostic: of the context, plus the question's; N for full)", NAN
+    ),
     "needle_mass": Var(
-        RESULT_DIMS[2:], "float32", "final query row attention on the passkey under full attention", NAN
+        RESULT_DIMS[2:], "float32", "final query row attention on the target values under full attention", NAN
     ),
     "jaccard": Var(
         ("pair", *RESULT_DIMS[1:]), "float32", "Jaccard overlap of kept sets (policy|reference)", NAN
@@ -192,11 +213,12 @@ ANSWER_VARS: dict[str, Var] = {  # with `analyze --answers`
     "answer": Var(
         RESULT_DIMS[:5],
         "float32",
-        "1 if the model's greedy answer under the pruned cache contains the passkey",
+        "the task's score of the model's greedy answer under the pruned cache (RULER's string_match_all: "
+        "the fraction of expected values it contains; 1/0 for one value)",
         NAN,
     ),
     "answer_digits": Var(
-        RESULT_DIMS[:5], "float32", "fraction of the passkey's digits the answer reproduces in place", NAN
+        RESULT_DIMS[:5], "float32", "the task's finer score (passkey: its digits reproduced in place)", NAN
     ),
     "answer_ids": Var(
         (*RESULT_DIMS[:5], "answer_token"),
@@ -207,7 +229,7 @@ ANSWER_VARS: dict[str, Var] = {  # with `analyze --answers`
 }
 ANSWER_METRICS = ("answer", "answer_digits")
 SUBSET_DIM = "subset"
-RESULT_COORDS = (*RESULT_DIMS, "pair", "variant", SUBSET_DIM)
+RESULT_COORDS = (SETTING, *RESULT_DIMS, "pair", "variant", SUBSET_DIM)
 
 
 def heads_name(metric: str) -> str:
@@ -225,7 +247,13 @@ def summary_dims() -> tuple[str, ...]:
 
 
 def result_vars(answers: bool = False) -> dict[str, tuple[tuple[str, ...], str]]:
-    """Every RESULTS variable -> (dims, dtype), the summaries included (`answers`: with --answers)."""
+    """Every RESULTS variable -> (dims, dtype), the summaries included (`answers`: with --answers);
+    all but `SETTING_FREE` have the `setting` dimension first."""
+    out = _result_vars(answers)
+    return {k: ((dims if k in SETTING_FREE else (SETTING, *dims)), t) for k, (dims, t) in out.items()}
+
+
+def _result_vars(answers: bool) -> dict[str, tuple[tuple[str, ...], str]]:
     out = {name: (v.dims, v.dtype) for name, v in RESULT_VARS.items()}
     if answers:
         out.update({name: (v.dims, v.dtype) for name, v in ANSWER_VARS.items()})
@@ -301,7 +329,7 @@ def run_group_differences(group, full: bool) -> list[str]:
         a = group[name]
         if tuple(a.metadata.dimension_names or ()) != var.dims:
             out.append(f"{name}: dims {a.metadata.dimension_names} != {var.dims}")
-        if str(a.dtype) != var.dtype:
+        if str(a.dtype) != var.dtype and not (var.dtype == "str" and "String" in str(a.dtype)):
             out.append(f"{name}: dtype {a.dtype} != {var.dtype}")
     return out
 
@@ -330,6 +358,11 @@ def open_results(path: str):
         raise UsageError(
             f"results {path!r} do not exist or are not a RESULTS.zarr: make them with `python -m analyze`"
         ) from None
+    if SETTING not in ds.dims and POLICY in ds.dims:
+        raise UsageError(
+            f"results {path!r} predate the setting dimension (RESULTS schema 2): "
+            f"re-run `python -m analyze RUN.zarr` to rebuild them"
+        )
     if "method" in ds.dims and POLICY not in ds.dims:
         raise UsageError(
             f"results {path!r} use schema 1 (dimension `method`, now `policy`): "

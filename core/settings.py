@@ -4,11 +4,15 @@ A setting is one `Setting` subclass registered by name. It says which statistics
 document-layer a policy may read (`hides`: `DocLayer` fields; reading one raises `HiddenRows`),
 which stored variables they are read from (`stored`: e.g. statistics of the context's own rows),
 and how many prompt tokens the answer pass prefills before the cache is pruned (`prune_after`).
-- `aware` (the lab's only setting so far): the question's rows are in every statistic, and the
-  cache is pruned after the prompt, the question included, was prefilled (all but its last token,
-  which the answer pass decodes through the pruned cache).
-The query-agnostic setting (compress the context before the question is known) lands here as a
-second subclass, with context-only statistics recorded by the dump.
+- `aware`: the question's rows are in every statistic, and the cache is pruned after the prompt,
+  the question included, was prefilled (all but its last token, which the answer pass decodes
+  through the pruned cache).
+- `agnostic` (kvpress's default): the cache of the context is compressed before any question is
+  seen. A policy sees the context alone (`context_only`): the statistics of the context's own rows
+  (RUN.zarr `*_ctx`, recorded by the same forward), cut at the question's first token C, its final
+  row the last context row; no question row or key exists in its view. It keeps k = round((1 - s) C)
+  context keys per head; the answer pass prefills the context, prunes, then feeds the question
+  (attending to the kept context and itself) and decodes. The question's tokens are always kept.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class Setting:
     name = "setting"
     hides: tuple[str, ...] = ()  # DocLayer fields (statistics, final_row) a policy may not read
     stored: dict = {}  # statistic -> the RUN variable it is read from in this setting (default: its name)
+    context_only = False  # policies see the context alone (cut at the question's first token)
 
     def prune_after(self, n: int, question: np.ndarray) -> int:
         """Prompt tokens prefilled with the full cache before the kept sets apply."""
@@ -39,6 +44,22 @@ class Aware(Setting):
 
     def prune_after(self, n: int, question: np.ndarray) -> int:
         return n - 1
+
+
+class Agnostic(Setting):
+    """Query-agnostic: the context's own statistics, cut before the question; pruned before it is read."""
+
+    name = "agnostic"
+    context_only = True
+
+    @property
+    def stored(self) -> dict:  # type: ignore[override]
+        from core import schema
+
+        return {name: name + schema.CONTEXT for name in schema.RUN_STATISTICS}
+
+    def prune_after(self, n: int, question: np.ndarray) -> int:
+        return int(np.flatnonzero(question)[0])
 
 
 REGISTRY: dict[str, Setting] = {}
@@ -65,3 +86,4 @@ def parse_setting(value: str) -> str:
 
 
 register(Aware)
+register(Agnostic)

@@ -15,7 +15,7 @@ from dump.options import DumpOptions
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m dump",
-        description="Run a causal LM once per NIAH passkey document and stream per-layer attention "
+        description="Run a causal LM once per NIAH document (passkey or RULER's needle tasks) and stream per-layer attention "
         "statistics (colsum, last-W rows, BxB block sums, pooled Q/K) into a Zarr store.",
     )
     optionkit.add_arguments(p, DumpOptions)
@@ -27,6 +27,11 @@ def main(argv=None) -> int:
 
     def body() -> int:
         opt = optionkit.from_args(DumpOptions, args)
+        if opt.list_tasks:
+            from core import tasks
+
+            print(tasks.listing())
+            return 0
         from dump.run import run_dump  # heavy imports after --help and option checks
 
         print(run_dump(opt).line())

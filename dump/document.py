@@ -38,6 +38,7 @@ def dump_document(store: RunStore, lm, opt: DumpOptions, doc, item: DocPlan, pro
         full_layers=frozenset(slots) if opt.store == "full" else frozenset(),
         on_rows=lambda layer, q0, q1, p: store.write_rows(n, d, s, slots[layer], q0, q1, p),
         tile=item.tile,
+        context=int(np.flatnonzero(doc.question)[0]) if doc.question.any() else None,
     )
     ids = torch.as_tensor(doc.input_ids, dtype=torch.long, device=lm.model.device)[None]
     with torch.no_grad():

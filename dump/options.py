@@ -19,7 +19,7 @@ from core.optionkit import (
     scheduler,
     text,
 )
-from core.tasks import haystack
+from core.tasks import haystack, values
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
 
@@ -88,8 +88,18 @@ class DumpOptions:
     )
     task: str = option(
         "passkey",
-        "what each document asks (a registered task: passkey is the built-in one)",
+        "what each document asks: passkey, single, multikey:K, multivalue:V, multiquery:Q, or ruler:NAME "
+        "(RULER's configurations); see --list-tasks",
         tasks.parse_task,
+    )
+    needle_type: str | None = option(
+        None, "the needles' values: word, number (7 digits) or uuid (RULER tasks)", optional(choice(*values.TYPES))
+    )
+    haystack: str | None = option(
+        None,
+        "noise (RULER's repeated sentences), essay (the nature filler, or --filler's text file) or needles "
+        "(needle sentences with other keys); default: --filler",
+        optional(choice(*tasks.HAYSTACKS)),
     )
     lengths: list[int] = option([1024], "prompt lengths in tokens, e.g. 4k,16K,1500 (k = 1024)", lengths)
     depths: list[float] = option(
@@ -151,3 +161,4 @@ class DumpOptions:
     )
     max_gb: float = option(20.0, "refuse --store full above this many GB", number(above=0))
     progress: bool = option(True, "no progress bars", flag=True, config=False)
+    list_tasks: bool = option(False, "list the tasks and RULER's configurations and exit", flag=True, config=False)

@@ -113,6 +113,9 @@ def estimate_full_bytes(opt: DumpOptions, cfg: dict) -> int:
 def validate(opt: DumpOptions) -> Checked:
     """Every check that can fail on user input, before anything is loaded or written."""
     # each value was parsed and range-checked by dump.options; what is left needs the model or the disk
+    if opt.needle_type or opt.haystack:  # folded into the task's spec: what the store records
+        task = tasks.with_options(opt.task, opt.needle_type, opt.haystack)
+        opt = dataclasses.replace(opt, task=task, needle_type=None, haystack=None)
     device = resolve_device(opt.device)
     config = models.load_config(opt.model, opt.rope_scaling)
     cfg = models.model_limits(config)
@@ -168,7 +171,9 @@ def root_attributes(opt: DumpOptions, cfg: dict, info: dict, device: str) -> dic
             "window": opt.window,
             "window_rows": min(opt.window_rows, opt.window),
             "block": opt.block,
-            "stored": list(schema.RUN_STATISTICS) + (["attn"] if opt.store == "full" else []),
+            "stored": list(schema.RUN_STATISTICS)
+            + list(schema.RUN_CONTEXT)
+            + (["attn"] if opt.store == "full" else []),
             "pool": {"qpool": "max_l2", "kpool": "max_l2"},
             "attn_layers": list(opt.layers or []),
             "device": device,

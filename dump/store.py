@@ -133,8 +133,18 @@ class RunStore:
         if name in self.root:
             return self.root[name]
         s = self.settings
+        from core import tasks
+
         sizes = schema.run_sizes(
-            length, len(s["depths"]), s["samples"], cfg, window, block, full_layers, window_rows
+            length,
+            len(s["depths"]),
+            s["samples"],
+            cfg,
+            window,
+            block,
+            full_layers,
+            window_rows,
+            tasks.get(s.get("task", "passkey")).answer_tokens,
         )
         attrs = {"length": length, "window": min(window, length), "window_rows": sizes["wq"]}
         g = self.root.create_group(name, attributes={**attrs, "block": block, "tile": tile})
@@ -196,19 +206,13 @@ class RunStore:
 
     def write_layer(self, length: int, d: int, s: int, layer: int, stats: LayerStats) -> None:
         g = self.root[schema.group_name(length)]
-        # the W rows at stored precision; their sum (SnapKV's votes) whole, only the last R rows kept
-        rows = stats.window.detach().to(TORCH_DTYPES["float16"])
-        tensors = {
-            "colsum": stats.colsum,
-            "window_sum": rows.double().sum(dim=1),
-            "window": rows[:, rows.shape[1] - g["window"].shape[-2] :],
-            "blocks": stats.blocks,
-            "qpool": stats.qpool,
-            "kpool": stats.kpool,
-        }
+        r = g["window"].shape[-2]
+        tensors = _layer_tensors(stats, r)
+        if stats.context is not None:
+            tensors.update({k + schema.CONTEXT: v for k, v in _layer_tensors(stats.context, r).items()})
         # cast on the device: torch converts to float16 far faster than numpy does
         arrays = {
-            var: tensors[var].detach().to(TORCH_DTYPES[str(g[var].dtype)]).cpu().numpy() for var in PER_LAYER
+            var: t.detach().to(TORCH_DTYPES[str(g[var].dtype)]).cpu().numpy() for var, t in tensors.items()
         }
         self._submit(self._write_layer, schema.group_name(length), d, s, layer, arrays)
 
@@ -251,6 +255,25 @@ class RunStore:
             return 0
         root = local_path(self.path)
         return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+def _layer_tensors(stats: LayerStats, r: int) -> dict:
+    """The stored statistics of one layer: the W rows at stored precision, their sum (SnapKV's votes)
+    whole, only the last R rows kept (fewer rows than R: zero rows in front)."""
+    import torch
+
+    rows = stats.window.detach().to(TORCH_DTYPES["float16"])
+    last = rows[:, max(0, rows.shape[1] - r) :]
+    if last.shape[1] < r:
+        last = torch.nn.functional.pad(last, (0, 0, r - last.shape[1], 0))
+    return {
+        "colsum": stats.colsum,
+        "window_sum": rows.double().sum(dim=1),
+        "window": last,
+        "blocks": stats.blocks,
+        "qpool": stats.qpool,
+        "kpool": stats.kpool,
+    }
 
 
 def consolidate(root) -> None:

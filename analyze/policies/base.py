@@ -216,7 +216,8 @@ class Policy:
     - `block_scores`: it has `scores(x) -> (head, kblock)`, and RESULTS report their rank correlation
       with block attention mass (`curvature_mass_spearman`); `keeps_lowest`: lower scores are kept;
     - `compare_with`: registry names of policies whose kept sets RESULTS compare to this one's
-      (`jaccard`, pair "this|that").
+      (`jaccard`, pair "this|that");
+    - `settings`: the settings it is defined in (NaN in RESULTS elsewhere).
     """
 
     name = "policy"
@@ -227,6 +228,7 @@ class Policy:
     block_scores = False
     keeps_lowest = False
     compare_with: tuple[str, ...] = ()
+    settings: tuple[str, ...] = ("aware", "agnostic")  # where it is defined (`core.settings`)
 
     def check(self) -> str | None:
         """What is wrong with this combination of parameters, or None (each one alone is checked by

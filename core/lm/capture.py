@@ -20,7 +20,7 @@ from transformers.masking_utils import sdpa_mask
 
 from core.errors import UsageError
 from core.lm import kernels
-from core.lm.stats import LayerStats, attention_stats, attention_stats_fused
+from core.lm.stats import LayerStats, attention_stats, attention_stats_fused, with_context
 
 NAME = "niah_capture"
 
@@ -36,6 +36,7 @@ class Recorder:
     on_rows: Callable[[int, int, int, torch.Tensor], None] | None = None  # (layer, q0, q1, A tile)
     tile: int | None = None
     fused: bool = True  # use the Triton kernels where supported (CUDA); False forces the torch reference
+    context: int | None = None  # where the question starts: also record the context's own statistics
     layers_seen: list[int] = field(default_factory=list)
 
 
@@ -108,6 +109,10 @@ def capture_attention(module, query, key, value, attention_mask, scaling=None, d
             tile=recorder.tile,
             on_rows=on_rows,
             sliding=sliding,
+        )
+    if recorder.context:
+        stats = with_context(
+            stats, query[0], key[0], scaling, recorder.context, recorder.window, recorder.block, sliding, mask
         )
     recorder.layers_seen.append(layer)
     recorder.on_layer(layer, stats)

@@ -31,6 +31,59 @@ class LayerStats:
     blocks: torch.Tensor  # (head, qblock, kblock) fp32
     qpool: torch.Tensor  # (head, kblock, dim) max-L2 pooled
     kpool: torch.Tensor
+    context: LayerStats | None = None  # the same statistics of the context's own rows (`with_context`)
+
+
+def with_context(stats: LayerStats, query, key, scaling, context: int, window: int, block: int, sliding=None, mask=None):
+    """`stats` with the statistics of the context's own rows (queries 0 .. context - 1, the question's
+    rows left out: the query-agnostic setting), from the same forward: the attention rows of the last
+    W context queries and of the question are computed exactly (fp32, the layer's causal or sliding
+    band or mask), the window statistics taken from the former and the question rows' share taken out of
+    `colsum` and `blocks`. O((W + question) x N) per layer, on either capture path.
+
+    Keys at or after `context` get 0 (no context query sees them): the agnostic view cuts them off."""
+    heads, n, d = query.shape
+    kv = key.shape[0]
+    g = heads // kv
+    c = int(context)
+    wc = min(window, c)
+    r0 = c - wc
+    dev = query.device
+    scores = torch.matmul(query[:, r0:].float().view(kv, g, n - r0, d), key.float().transpose(-1, -2)[:, None])
+    scores = scores.mul_(scaling).view(heads, n - r0, n)
+    pos_q = torch.arange(r0, n, device=dev)[:, None]
+    pos_k = torch.arange(n, device=dev)[None, :]
+    if mask is None:
+        visible = pos_k <= pos_q
+        if sliding is not None:
+            visible &= pos_k > pos_q - sliding
+        scores.masked_fill_(~visible, float("-inf"))
+    elif mask.dtype == torch.bool:
+        scores.masked_fill_(~mask[r0:n, :n], float("-inf"))
+    else:
+        scores.add_(mask[r0:n, :n].float())
+    probs = torch.softmax(scores, dim=-1)
+    del scores
+    question = probs[:, wc:]  # rows c .. n-1
+    m = num_blocks(n, block)
+    mc = num_blocks(c, block)
+    colsum = (stats.colsum - question.sum(dim=1)).clamp_min_(0)
+    colsum[:, c:] = 0
+    share = _pad_to(question, 2, m * block).view(heads, n - c, m, block).sum(dim=-1)  # (head, Q, kblock)
+    rows_of = torch.arange(c, n, device=dev) // block
+    blocks = stats.blocks - torch.zeros_like(stats.blocks).index_add_(1, rows_of, share)
+    blocks = blocks.clamp_min_(0)
+    blocks[:, mc:] = 0
+    blocks[:, :, mc:] = 0
+    expand = torch.arange(heads, device=dev) // g
+
+    def pooled(x):
+        out = torch.zeros(x.shape[0], m, x.shape[-1], dtype=torch.float32, device=dev)
+        out[:, :mc] = pool_blocks(x[:, :c], block)
+        return out
+
+    stats.context = LayerStats(colsum, probs[:, :wc], blocks, pooled(query), pooled(key)[expand])
+    return stats
 
 
 def num_blocks(n: int, block: int) -> int:
