@@ -482,6 +482,8 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
 
 def in_setting(results: xr.Dataset, setting: str) -> xr.Dataset:
     """RESULTS of one setting (no `setting` dimension), with that setting's attributes."""
+    if schema.SETTING not in results.dims:  # already one setting's
+        return results
     ds = results.sel({schema.SETTING: setting})
     ds.attrs = {**results.attrs, **dict(results.attrs.get("by_setting", {}).get(setting, {})), "setting": setting}
     cal = ds.attrs.pop("calibration_attrs", None)

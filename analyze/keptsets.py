@@ -140,7 +140,7 @@ def kept_sets(
     plan = runstore.plan_store(store)
     reads = reads_of(pols)
     x, token_masks = load_layer(store, length, depth, sample, layer, plan.kv_heads, seed, reads, setting)
-    masks = np.zeros((len(pols), len(sparsities), x.heads, x.n), dtype=bool)
+    masks = np.zeros((len(pols), len(sparsities), x.heads, x.full_n or x.n), dtype=bool)
     doc = document_of(plan, length, loader(store, length, depth, sample, plan.kv_heads, seed, reads, setting))
     for j, i, m in iter_kept(x, pols, sparsities, gqa, doc=doc, layer=layer, setting=setting):
         masks[i, j] = m
@@ -153,7 +153,7 @@ def kept_sets(
             schema.POLICY: [policies.label(p) for p in pols],
             "sparsity": list(sparsities),
             "head": np.arange(x.heads),
-            "key": np.arange(x.n),
+            "key": np.arange(x.full_n or x.n),
         },
         attrs={
             "length": length,

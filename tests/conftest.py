@@ -355,3 +355,12 @@ def answer_document(store: str, n: int, d: int, s: int, methods, sparsities, gqa
 
     spec = engine.Spec(tuple(policies.parse_method(m) for m in methods), tuple(sparsities), gqa=gqa)
     return answers.answer_document(store, plan_store(store), engine.AnswerJob(n, d, s), spec)
+
+
+def one_setting(ds, setting: str | None = None):
+    """RESULTS of one setting (the only one, or `setting`), without the `setting` dimension."""
+    from analyze.engine import in_setting
+
+    if "setting" not in ds.dims:
+        return ds
+    return in_setting(ds, setting or str(ds.setting.values[0]))

@@ -21,7 +21,7 @@ import xarray as xr
 import yaml
 import zarr
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, one_setting
 
 SMALL = ["--lengths", "256", "--depths", "0.3,0.7", "--samples", "1", "--window", "8", "--block", "32"]
 
@@ -396,7 +396,7 @@ def test_skip_corrupt_scores_the_rest_and_lists_what_it_skipped(base, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert "skipped 1 corrupt document" in r.stderr and "depth 1" in r.stderr
-    ds = xr.open_zarr(out)
+    ds = one_setting(xr.open_zarr(out))
     assert bool(ds.done.sel(length=256).isel(depth=0, sample=0)) and not bool(
         ds.done.isel(depth=1, sample=0).squeeze()
     )
@@ -623,7 +623,7 @@ def test_a_redumped_document_reruns_analyze_and_viz_options_rerun_viz(base, tmp_
     (study / "report").rename(tmp_path / "old_report")  # the viz stage reruns with analyze
     r = run_cli("pipelines", "run", cfg, "--no-progress")  # the store changed? no: same documents
     assert "up to date" in r.stdout  # nothing was re-dumped: the results are those of these documents
-    res = xr.open_zarr(study / "results.zarr")
+    res = one_setting(xr.open_zarr(study / "results.zarr"))
     assert bool(res.done.all())  # they were scored before the damage
     shutil.rmtree(study / "results.zarr")
     r = run_cli("pipelines", "run", cfg, "--no-progress")  # scored now: the damaged document is skipped
@@ -667,7 +667,7 @@ def test_viz_refuses_the_kept_sets_of_another_study(base, tmp_path):
 
 
 def test_results_record_an_absolute_source_and_viz_says_when_it_is_gone(base, tmp_path):
-    res = xr.open_zarr(base["results"])
+    res = one_setting(xr.open_zarr(base["results"]))
     assert Path(res.attrs["source_store"]).is_absolute()
     made = json.loads(res.attrs["provenance"])
     assert made["run"]["path"] == str(Path(base["store"]).resolve()) and made["analysis"]["policies"] == [

@@ -13,7 +13,7 @@ import zarr
 from analyze import answers, policies
 from core import schema
 from core.lm import decode, pruned
-from tests.conftest import decode_with, run_cli
+from tests.conftest import decode_with, run_cli, one_setting
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def hybrid(tiny_gemma3_dir, tmp_path_factory):
         "--no-progress",
     )
     assert r.returncode == 0, r.stderr
-    return str(store), xr.open_zarr(results).load()
+    return str(store), one_setting(xr.open_zarr(results).load())
 
 
 def test_layer_types_are_recorded(hybrid):
@@ -196,7 +196,7 @@ def test_lengths_beyond_the_context_need_rope_scaling_which_is_recorded(tiny_gem
         "--out", str(out), "--no-progress",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    ds = xr.open_zarr(out)
+    ds = one_setting(xr.open_zarr(out))
     np.testing.assert_array_equal(
         ds.answer_ids.sel(policy="full", length=2100).values[0], root["len_2100"]["answer_ids"][:]
     )

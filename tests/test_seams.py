@@ -16,7 +16,7 @@ from analyze.policies.base import keep
 from core import schema, settings, tasks
 from core.runstore import DocLayer
 from core.tasks import Document, Needle, Task, haystack, passkey
-from tests.conftest import run_cli
+from tests.conftest import run_cli, one_setting
 
 COLOURS = ("crimson", "turquoise", "ochre", "violet", "amber", "teal")
 
@@ -108,10 +108,11 @@ def test_a_task_registered_from_outside_is_dumped_rebuilt_and_answered(
     # the answer pass rebuilds each document through the task and scores with its rule
     spec = engine.Spec((policies.default("full"), policies.default("h2o")), (0.5,), answers=True)
     ds, _ = engine.run(str(out), spec, thread_client, progress=False)
-    full = ds.answer.sel(policy="full", sparsity=0.5, length=160).values
+    ds = one_setting(ds)
+    full = ds.answer.sel(setting="aware", policy="full", sparsity=0.5, length=160).values
     np.testing.assert_array_equal(full, np.asarray(g["retrieved"][:], dtype=np.float32))
     np.testing.assert_array_equal(
-        ds.answer_ids.sel(policy="full", sparsity=0.5, length=160).values, g["answer_ids"][:]
+        ds.answer_ids.sel(setting="aware", policy="full", sparsity=0.5, length=160).values, g["answer_ids"][:]
     )
     # and a rebuild with another task's rule is caught: the passkey task does not make these prompts
     from analyze import answers
@@ -170,6 +171,7 @@ def test_a_budget_allocation_registered_from_outside_spreads_the_same_total(tiny
     try:
         spec = engine.Spec((policies.default("h2o"), policies.default("h2o_front")), (0.5, 0.9))
         ds, _ = engine.run(tiny_store, spec, thread_client, progress=False)
+        ds = one_setting(ds)
     finally:
         policies.REGISTRY.pop("h2o_front", None)
     kept = ds.kept.isel(depth=0, sample=0)
@@ -248,7 +250,8 @@ def test_a_policy_cannot_read_rows_its_setting_hides(blind, tiny_store, thread_c
         thread_client,
         progress=False,
     )
-    assert ds.attrs["setting"] == "blind"
+    ds = one_setting(ds)
+    assert ds.attrs["setting"] == "blind" and ds.attrs["settings"] == ["blind"]
     ks = keptsets.kept_sets_scored(ds, tiny_store, 256, 0, 0, 1)
     assert ks.attrs["setting"] == "blind"
 
@@ -274,6 +277,7 @@ def test_the_answer_pass_prunes_where_the_setting_says(tiny_store, thread_client
     finally:
         settings.REGISTRY.pop("early", None)
     g = zarr.open_group(tiny_store, mode="r")
+    aware, early = one_setting(aware), one_setting(early)
     for n in (200, 256):
         dumped = g[schema.group_name(n)]["answer_ids"][:]
         for ds in (aware, early):  # every key kept: the model's own answer, wherever the prefill stops

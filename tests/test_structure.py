@@ -15,7 +15,7 @@ import zarr
 from analyze import engine, policies
 from analyze.policies import DocLayer, Policy, Ranking
 from core import optionkit, schema
-from tests.conftest import TINY_DUMP, run_cli
+from tests.conftest import TINY_DUMP, run_cli, one_setting
 
 DUMP = TINY_DUMP  # the shared store's arguments
 
@@ -52,6 +52,7 @@ def test_dumped_store_matches_the_schema_exactly(store):
 
 def test_results_match_the_schema_exactly_and_select_by_policy(store, client):
     ds, _ = engine.run(store, spec(["full", "h2o", "cab", "cab_3c"]), client, progress=False)
+    ds = one_setting(ds)
     assert schema.results_differences(ds) == []
     assert ds.attrs[schema.KIND_ATTR] == schema.RESULTS_KIND
     assert "method" not in ds.dims
@@ -96,6 +97,7 @@ def test_a_policy_registered_from_outside_is_scored_without_touching_the_engine(
     try:
         assert "every_other" in policies.describe()[-1]
         ds, _ = engine.run(store, spec(["every_other", "every_other:offset=1"]), client, progress=False)
+        ds = one_setting(ds)
         kept = ds.kept.sel(policy="every_other", sparsity=0.5, length=256)
         assert (kept == 128).all()
         # brute force: with k = N/2 the even keys are exactly the kept set; recall = share of even needle keys

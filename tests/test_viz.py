@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, one_setting
 
 METHODS = "full,oracle,h2o,snapkv,cab,cab_high"
 
@@ -87,7 +87,7 @@ def test_report_files_and_offline_html(report):
 def test_summary_csv_rows_and_values(report, study):
     df = pd.read_csv(report / "summary.csv")
     assert len(df) == 6 * 2 * 2  # method x sparsity x length
-    ds = xr.open_zarr(study[1])
+    ds = one_setting(xr.open_zarr(study[1]))
     # independent: mean over layer, head, then samples, then depths
     expected = (
         ds.needle_hit.sel({"policy": "h2o"})
@@ -107,7 +107,7 @@ def test_heatmap_cells_equal_results(study):
     from viz import heatmaps
 
     hv.extension("bokeh", logo=False)
-    ds = xr.open_zarr(study[1]).load()
+    ds = one_setting(xr.open_zarr(study[1]).load())
     layout = heatmaps.figure(ds, 0.9, "needle_recall", "all")
     hm = layout.values()[METHODS.split(",").index("snapkv")].get(0)
     cells = {(r[0], r[1]): r[2] for r in hm.dframe().itertuples(index=False)}
@@ -119,7 +119,7 @@ def test_interactive_page_carries_every_frame(study):
     from viz import heatmaps
     from viz.select import subsets
 
-    ds = xr.open_zarr(study[1]).load()
+    ds = one_setting(xr.open_zarr(study[1]).load())
     doc = heatmaps.interactive(ds)
     sources = [r.data_source for fig in doc.children[1].children for r in getattr(fig[0], "renderers", [])]
     keys = {
@@ -172,7 +172,7 @@ def test_picture_kept_sets_are_the_scored_ones_random_and_gqa_head(study, tmp_pa
         "--no-progress",
     )
     assert r.returncode == 0, r.stderr
-    res = xr.open_zarr(out).load()
+    res = one_setting(xr.open_zarr(out).load())
     assert res.attrs["gqa"] == "head" and res.attrs["seed"] == 3
     for layer in (0, 2):
         sets = kept_sets_scored(res, str(store), 320, 1, 0, layer)
@@ -266,7 +266,7 @@ def test_heatmap_numbers_follow_every_widget(report, study, tmp_path):
     is the value its colour shows, and both are the selected frame's means from RESULTS."""
     from viz.select import cell_mean
 
-    res = xr.open_zarr(study[1]).load()
+    res = one_setting(xr.open_zarr(study[1]).load())
     driver = _driver(tmp_path)
     try:
         driver.get((report / "heatmaps.html").as_uri())

@@ -12,9 +12,20 @@ from viz import curves, heatmaps
 from viz.select import metrics_of, subsets
 
 
-def explorer(results: xr.Dataset) -> pn.viewable.Viewable:
+def explorer(everything: xr.Dataset) -> pn.viewable.Viewable:
+    """Widgets for setting, sparsity, metric, head subset and policies over a RESULTS dataset."""
+    from analyze.engine import in_setting
+
     hv.extension("bokeh", logo=False)
     pn.extension()
+    names = (
+        [str(x) for x in everything[schema.SETTING].values]
+        if schema.SETTING in everything.dims
+        else [str(everything.attrs.get("setting", "aware"))]
+    )
+    views = {name: in_setting(everything, name) for name in names}
+    results = views[names[0]]
+    setting = pn.widgets.Select(name="setting", options=names)
     sparsity = pn.widgets.Select(name="sparsity", options=[float(s) for s in results.sparsity.values])
     metric = pn.widgets.Select(name="metric", options=list(metrics_of(results)))
     subset = pn.widgets.Select(name="heads", options=subsets(results))
@@ -24,16 +35,17 @@ def explorer(results: xr.Dataset) -> pn.viewable.Viewable:
         value=list(map(str, results[POLICY].values)),
     )
 
-    def heatmap(s, m, h, ms):
-        return pn.pane.HoloViews(heatmaps.figure(results, s, m, h, methods=ms or None), name="heatmap")
+    def heatmap(st, s, m, h, ms):
+        return pn.pane.HoloViews(heatmaps.figure(views[st], s, m, h, methods=ms or None), name="heatmap")
 
-    def curve(s, m, h):
-        return pn.pane.HoloViews(curves.vs_length(results, s, m, h))
+    def curve(st, s, m, h):
+        return pn.pane.HoloViews(curves.vs_length(views[st], s, m, h))
 
     return pn.Row(
-        pn.Column("## NIAH explorer", sparsity, metric, subset, methods, width=280),
+        pn.Column("## NIAH explorer", setting, sparsity, metric, subset, methods, width=280),
         pn.Column(
-            pn.bind(heatmap, sparsity, metric, subset, methods), pn.bind(curve, sparsity, metric, subset)
+            pn.bind(heatmap, setting, sparsity, metric, subset, methods),
+            pn.bind(curve, setting, sparsity, metric, subset),
         ),
     )
 

@@ -124,9 +124,31 @@ def build_atomic(
     return target / "index.html"
 
 
+def side_by_side(everything: xr.Dataset) -> pd.DataFrame:
+    """Per policy and sparsity, each setting's answer accuracy (with --answers) and needle_hit (all
+    heads, retrieval heads), means over lengths, depths and samples: aware and agnostic side by side."""
+    from analyze.engine import in_setting
+
+    cols = {}
+    for name in map(str, everything[schema.SETTING].values):
+        one = in_setting(everything, name)
+        metrics = (["answer"] if "answer" in one else []) + ["needle_hit"]
+        for metric in metrics:
+            for subset in ("all", "retrieval") if metric != "answer" else ("all",):
+                label = metric if metric == "answer" else f"{metric} {subset}"
+                grid = cell_mean(one, metric, subset).mean(["length", "depth"])
+                cols[f"{label} ({name})"] = grid.drop_vars("subset", errors="ignore")
+    df = xr.Dataset(cols).to_dataframe().reset_index()
+    return df.sort_values([schema.POLICY, "sparsity"], key=lambda c: c.map(_order(everything, c.name)))
+
+
 def build(results_path: str, out: str, store: str | None = None, dpi: int = 150, progress=print) -> Path:
+    from analyze.engine import in_setting
+
     hv.extension("bokeh", "matplotlib", logo=False)
-    results = schema.open_results(results_path).load()
+    everything = schema.open_results(results_path).load()
+    names = [str(x) for x in everything[schema.SETTING].values]
+    results = in_setting(everything, names[0])  # the first setting drives the figures; the others follow
     outdir = Path(out)
     outdir.mkdir(parents=True, exist_ok=True)
     figures: list[tuple[str, Path, str]] = []  # (title, file, explanation)
@@ -151,6 +173,20 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
                 dpi,
             )
             pngs.append((f"needle_hit, {subset} heads, sparsity {s:g}", p))
+    for name in names[1:]:  # every other setting: its interactive heatmaps and its answer / needle_hit maps
+        other = in_setting(everything, name)
+        save_bokeh(heatmaps.interactive(other), outdir / f"heatmaps_{name}.html", f"NIAH heatmaps ({name})")
+        figures.append(
+            (f"Heatmaps, {name} setting", outdir / f"heatmaps_{name}.html", f"As the heatmaps above, {name} setting.")
+        )
+        for s in sparsities:
+            metric = "answer" if "answer" in other else "needle_hit"
+            p = save_png(
+                heatmaps.figure(other, s, metric, "all", backend="matplotlib"),
+                outdir / f"heatmap_{metric}_{name}_s{s:g}.png",
+                dpi,
+            )
+            pngs.append((f"{metric}, {name} setting, sparsity {s:g}", p))
 
     progress("viz: curves")
     methods = list(results[schema.POLICY].values)
@@ -235,9 +271,14 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
             )
         )
 
-    table = summary_table(results)
+    table = pd.concat(
+        [summary_table(in_setting(everything, name)).assign(setting=name) for name in names], ignore_index=True
+    )
+    table = table[["setting", *[c for c in table.columns if c != "setting"]]]
     table.to_csv(outdir / "summary.csv", index=False, float_format="%.4f")
-    write_index(results, outdir, figures, pngs, table)
+    settings_table = side_by_side(everything)
+    settings_table.to_csv(outdir / "settings.csv", index=False, float_format="%.4f")
+    write_index(results, outdir, figures, pngs, table, settings_table)
     return outdir / "index.html"
 
 
@@ -246,7 +287,7 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}" style="max-width:100%">'
 
 
-def write_index(results, outdir: Path, figures, pngs, table: pd.DataFrame) -> None:
+def write_index(results, outdir: Path, figures, pngs, table: pd.DataFrame, settings_table=None) -> None:
     rho = results.curvature_mass_spearman.mean(["length", "depth", "sample", "layer", "head"]).to_pandas()
     jac = results.jaccard.mean(["length", "depth", "sample", "layer", "head"]).to_pandas()
     parts = [
@@ -259,10 +300,18 @@ def write_index(results, outdir: Path, figures, pngs, table: pd.DataFrame) -> No
         f"<code>{html.escape(str(results.attrs.get('source_store', '')))}</code>. Budget rule: "
         f"{html.escape(str(results.attrs.get('budget_rule', '')))}; kept sets per {html.escape(str(results.attrs.get('gqa', '')))} head. "
         f"Retrieval heads: {html.escape(str(results.retrieval_head.attrs.get('rule', '')))}.</p>",
-        f"<p>The model itself answered with the passkey in {int(results.retrieved.sum())} of "
-        f"{int(results.done.sum())} documents under full attention.</p>",
-        "<h2>Interactive figures</h2><ul>",
+        f"<p>The model itself answered in {int(results.retrieved.sum())} of "
+        f"{int(results.done.sum())} documents under full attention. Figures below are of the "
+        f"<b>{html.escape(str(results.attrs.get('setting', 'aware')))}</b> setting unless they say otherwise.</p>",
     ]
+    if settings_table is not None:
+        parts.append(
+            "<h2>Settings side by side</h2><p>aware: the question's rows are in every statistic and the cache is "
+            "pruned after the question; agnostic: the context is compressed before the question is known "
+            "(means over lengths, depths and samples; also in <a href='settings.csv'>settings.csv</a>).</p>"
+        )
+        parts.append(settings_table.to_html(index=False, float_format="%.3f", na_rep="n/a"))
+    parts.append("<h2>Interactive figures</h2><ul>")
     parts += [f"<li><a href='{f.name}'>{html.escape(t)}</a>: {html.escape(e)}</li>" for t, f, e in figures]
     parts.append("</ul><h2>Heatmaps</h2>")
     for title, p in pngs:
