@@ -21,6 +21,6 @@ class DumpSummary:
         rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
         return (
             f"dump: {self.documents} documents written ({self.skipped} already done), "
-            f"model retrieved the passkey in {self.retrieved}/{self.documents}, "
+            f"model answered (full cache) {self.retrieved}/{self.documents}, "
             f"{rate:,.0f} tokens/s, store {self.store_bytes / 2**20:,.1f} MiB at {self.path}"
         )
