@@ -96,7 +96,9 @@ def check_model(path: str) -> str:
     try:
         tasks.get(task)
     except UsageError:
-        raise UsageError(f"store {path!r} was dumped with the task {task!r}, which is not registered here") from None
+        raise UsageError(
+            f"store {path!r} was dumped with the task {task!r}, which is not registered here"
+        ) from None
     check_supported(models.load_config(name, rope_scaling), name)
     return name
 

@@ -70,12 +70,13 @@ def _main(args) -> int:
         f"{ds.sizes[schema.SETTING]} setting(s) over {int(ds.done.sum())} documents -> {out}"
     )
     for setting in ds[schema.SETTING].values:
-        one = engine.in_setting(ds, str(setting))
+        one = schema.in_setting(ds, str(setting))
         print(f" setting {setting}:")
         hit = one.needle_hit_mean.sel(subset="all").mean(["length", "depth"])
         for s in one.sparsity.values:
             row = ", ".join(
-                f"{m}={float(hit.sel({schema.POLICY: m, 'sparsity': s})):.2f}" for m in one[schema.POLICY].values
+                f"{m}={float(hit.sel({schema.POLICY: m, 'sparsity': s})):.2f}"
+                for m in one[schema.POLICY].values
             )
             print(f"  needle_hit (all heads) @ sparsity {s:g}: {row}")
         if "answer" in one:

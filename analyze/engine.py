@@ -354,14 +354,18 @@ def check_setting(spec: Spec, plan: StorePlan | None = None) -> None:
                 f"store {plan.path!r} has no context-only statistics (dumped before RUN schema 2.3): the "
                 f"{name} setting needs them; re-dump it with `python -m dump` into a new --out"
             )
-    hidden = set(settings.get(spec.setting).hides)
-    for m, lab in zip(spec.policies, spec.labels):
-        seen = hidden & set(m.reads)
-        if seen:
+        if not defined_in(spec.policies, name):
             raise UsageError(
-                f"{lab} reads {', '.join(sorted(seen))}, which the {spec.setting} setting hides: "
-                f"choose policies that do not read it, or another --setting"
+                f"none of the policies {', '.join(spec.labels)} can be scored in the {name} setting"
             )
+        hidden = set(settings.get(name).hides)
+        for m in defined_in(spec.policies, name):
+            seen = hidden & set(m.reads)
+            if seen:
+                raise UsageError(
+                    f"{policies.label(m)} reads {', '.join(sorted(seen))}, which the {name} setting hides: "
+                    f"choose policies that do not read it, or another --setting"
+                )
 
 
 def preflight(path: str, spec: Spec, plan: StorePlan) -> Spec:
@@ -422,33 +426,50 @@ def provenance(path: str, spec: Spec, retrieval_heads: int = RETRIEVAL_HEADS) ->
     return json.dumps({"run": run_identity(path), "analysis": analysis}, sort_keys=True)
 
 
+# RESULTS attributes that differ between settings: kept per setting in `by_setting` (schema.in_setting)
+PER_SETTING_ATTRS = (
+    "calibration_best_rule",
+    "full_answer_agrees_with_dump",
+    "answer_peak_gpu_gb",
+    "budget_warnings",
+)
+
+
+def defined_in(pols, setting: str) -> tuple:
+    """The policies that can be scored in `setting`."""
+    alone = settings.get(setting).context_only
+    return tuple(p for p in pols if not (alone and p.reads_answer_row))
+
+
 def settings_of(spec: Spec) -> tuple[str, ...]:
     return spec.settings or (spec.setting,)
 
 
 def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: int = RETRIEVAL_HEADS):
     """Analyze a store with a Dask client in every setting of `spec`; returns (Dataset with a
-    `setting` dimension, number of unfinished documents). A policy defined only in some settings
-    (`Policy.settings`: the oracle reads the answer position's row, which the agnostic setting
-    does not have) is NaN in the others."""
+    `setting` dimension, number of unfinished documents). A policy that reads the answer position's
+    row (`Policy.reads_answer_row`: the oracle) is NaN in a setting whose policies see the context
+    alone."""
     import pandas as pd
 
     names = settings_of(spec)
-    made_from = provenance(path, spec, retrieval_heads)
+    spec = preflight(path, spec, plan_store(path))  # every setting checked before any work
+    made_from = provenance(path, spec, retrieval_heads)  # before any work: what the results will be of
     parts, by_setting, unfinished = [], {}, 0
     for name in names:
         sub = dataclasses.replace(
-            spec, setting=name, settings=(name,), policies=tuple(p for p in spec.policies if name in p.settings)
+            spec, setting=name, settings=(name,), policies=defined_in(spec.policies, name)
         )
-        if not sub.policies:
-            raise UsageError(f"none of the policies {', '.join(spec.labels)} is defined in the {name} setting")
         ds, unfinished = _run_setting(path, sub, client, progress, retrieval_heads)
         ds = ds.reindex(
-            {schema.POLICY: list(spec.labels), "pair": [f"{a}|{b}" for a, b in spec.pairs], "variant": spec.curvature_variants},
+            {
+                schema.POLICY: list(spec.labels),
+                "pair": [f"{a}|{b}" for a, b in spec.pairs],
+                "variant": spec.curvature_variants,
+            },
             fill_value={"answer_ids": -1} if "answer_ids" in ds else np.nan,
         )
-        keep = ("calibration_best_rule", "full_answer_agrees_with_dump", "answer_peak_gpu_gb", "budget_warnings")
-        by_setting[name] = {k: ds.attrs[k] for k in keep if k in ds.attrs}
+        by_setting[name] = {k: ds.attrs.pop(k) for k in PER_SETTING_ATTRS if k in ds.attrs}
         if "calibration" in ds:
             by_setting[name]["calibration_attrs"] = dict(ds.calibration.attrs)
         parts.append(ds)
@@ -464,8 +485,6 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
     for v in schema.SETTING_FREE:  # keep their attributes (the retrieval-head rule)
         if v in parts[0]:
             out[v] = parts[0][v]
-    for name in ("budget_warnings", "calibration_best_rule", "full_answer_agrees_with_dump", "answer_peak_gpu_gb"):
-        out.attrs.pop(name, None)
     out.attrs.pop("setting", None)
     out.attrs.update(
         {
@@ -480,26 +499,14 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
     return out, unfinished
 
 
-def in_setting(results: xr.Dataset, setting: str) -> xr.Dataset:
-    """RESULTS of one setting (no `setting` dimension), with that setting's attributes."""
-    if schema.SETTING not in results.dims:  # already one setting's
-        return results
-    ds = results.sel({schema.SETTING: setting})
-    ds.attrs = {**results.attrs, **dict(results.attrs.get("by_setting", {}).get(setting, {})), "setting": setting}
-    cal = ds.attrs.pop("calibration_attrs", None)
-    if cal is not None and "calibration" in ds:
-        ds["calibration"].attrs = dict(cal)
-    return ds
-
-
-def _run_setting(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: int = RETRIEVAL_HEADS):
-    """Analyze a store with a Dask client in one setting (`spec.setting`)."""
+def _run_setting(
+    path: str, spec: Spec, client, progress: bool = True, retrieval_heads: int = RETRIEVAL_HEADS
+):
+    """Analyze a store with a Dask client in one setting (`spec.setting`), its spec checked by `run`."""
     from distributed import as_completed
     from tqdm.auto import tqdm
 
-    plan = plan_store(path)
-    spec = preflight(path, spec, plan)
-    made_from = provenance(path, spec, retrieval_heads)  # before any work: what the results will be of
+    plan = plan_store(path)  # its own: a corrupt document is marked unfinished in it
     unfinished = plan.unfinished
     jobs = jobs_of(plan, spec)
     futures = client.map(
@@ -532,7 +539,6 @@ def _run_setting(path: str, spec: Spec, client, progress: bool = True, retrieval
             schema.KIND_ATTR: schema.RESULTS_KIND,
             "schema_version": schema.RESULTS_VERSION,
             "source_store": source_path(path),
-            "provenance": made_from,
             "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
             "model": str(plan.attrs.get("model", {}).get("name", "")),
             "gqa": spec.gqa,

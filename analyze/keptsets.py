@@ -69,7 +69,16 @@ def load_layer(
     """(statistics, token masks) of one document-layer, as `setting` reads them, with the layer's seed."""
     shown = settings.get(setting)
     return runstore.load_doclayer(
-        path, n, d, s, layer, kv_heads, doclayer_seed(seed, d, s, layer), reads, shown.stored, shown.context_only
+        path,
+        n,
+        d,
+        s,
+        layer,
+        kv_heads,
+        doclayer_seed(seed, d, s, layer),
+        reads,
+        shown.stored,
+        shown.context_only,
     )
 
 
@@ -147,7 +156,11 @@ def kept_sets(
     return xr.Dataset(
         {
             "kept": ((schema.POLICY, "sparsity", "head", "key"), masks),
-            **{name: (("key",), mask) for name, mask in token_masks.items() if name in schema.document_masks()},
+            **{
+                name: (("key",), mask)
+                for name, mask in token_masks.items()
+                if name in schema.document_masks()
+            },
         },
         coords={
             schema.POLICY: [policies.label(p) for p in pols],

@@ -110,7 +110,9 @@ def main():
         t_both = best(dumped(context), args.repeats)
         store.close()
     print(f"dump of one document, aware statistics only:      {t_aware:.3f} s")
-    print(f"dump of one document, + context-only statistics:  {t_both:.3f} s ({len(schema.RUN_CONTEXT)} more variables)")
+    print(
+        f"dump of one document, + context-only statistics:  {t_both:.3f} s ({len(schema.RUN_CONTEXT)} more variables)"
+    )
     print(f"agnostic_overhead_ratio {t_both / t_aware:.3f}")
     print(f"capture_overhead_ratio {t_capture / t_plain:.2f}")
 

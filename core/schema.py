@@ -176,8 +176,15 @@ def chunks_of(var: Var, sizes: dict, tile: int) -> tuple[int, ...]:
 POLICY = "policy"
 RESULT_DIMS = (POLICY, "sparsity", "length", "depth", "sample", "layer", "head")
 METRICS = ("needle_hit", "needle_recall", "mass_kept", "distractor_kept", "kept")
-HEAD_METRICS = ("needle_hit", "needle_recall", "mass_kept", "distractor_kept")  # averaged over head subsets and shown
-SETTING = "setting"  # aware / agnostic (`core.settings`): every variable a policy's kept sets change has it first
+HEAD_METRICS = (
+    "needle_hit",
+    "needle_recall",
+    "mass_kept",
+    "distractor_kept",
+)  # averaged over head subsets and shown
+SETTING = (
+    "setting"  # aware / agnostic (`core.settings`): every variable a policy's kept sets change has it first
+)
 SETTING_FREE = ("needle_mass", "budget", "done", "retrieved", "retrieval_head")
 SUBSETS = ("all", "retrieval")
 SUMMARIES = ("mean", "lo", "hi")
@@ -187,9 +194,14 @@ RESULT_VARS: dict[str, Var] = {
     ),
     "needle_recall": Var(RESULT_DIMS, "float32", "fraction of target-value tokens kept, every copy", NAN),
     "mass_kept": Var(RESULT_DIMS, "float32", "final query row attention mass on the kept keys", NAN),
-    "distractor_kept": Var(RESULT_DIMS, "float32", "fraction of distractor-needle tokens kept (NaN: none)", NAN),
+    "distractor_kept": Var(
+        RESULT_DIMS, "float32", "fraction of distractor-needle tokens kept (NaN: none)", NAN
+    ),
     "kept": Var(
-        RESULT_DIMS, "float32", "keys kept (the budget; agnostic: of the context, plus the question's; N for full)", NAN
+        RESULT_DIMS,
+        "float32",
+        "keys kept (the budget; agnostic: of the context, plus the question's; N for full)",
+        NAN,
     ),
     "needle_mass": Var(
         RESULT_DIMS[2:], "float32", "final query row attention on the target values under full attention", NAN
@@ -374,4 +386,20 @@ def open_results(path: str):
         raise UsageError(
             f"{path!r} is not a RESULTS.zarr from `python -m analyze` (missing {', '.join(missing)})"
         )
+    return ds
+
+
+def in_setting(results, setting: str):
+    """RESULTS of one setting (no `setting` dimension), with that setting's attributes."""
+    if SETTING not in results.dims:  # already one setting's
+        return results
+    ds = results.sel({SETTING: setting})
+    ds.attrs = {
+        **results.attrs,
+        **dict(results.attrs.get("by_setting", {}).get(setting, {})),
+        "setting": setting,
+    }
+    cal = ds.attrs.pop("calibration_attrs", None)
+    if cal is not None and "calibration" in ds:
+        ds["calibration"].attrs = dict(cal)
     return ds

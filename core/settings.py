@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core import schema
 from core.errors import UsageError
 
 
@@ -52,11 +53,7 @@ class Agnostic(Setting):
     name = "agnostic"
     context_only = True
 
-    @property
-    def stored(self) -> dict:  # type: ignore[override]
-        from core import schema
-
-        return {name: name + schema.CONTEXT for name in schema.RUN_STATISTICS}
+    stored = {name: name + schema.CONTEXT for name in schema.RUN_STATISTICS}
 
     def prune_after(self, n: int, question: np.ndarray) -> int:
         return int(np.flatnonzero(question)[0])

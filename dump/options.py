@@ -93,7 +93,9 @@ class DumpOptions:
         tasks.parse_task,
     )
     needle_type: str | None = option(
-        None, "the needles' values: word, number (7 digits) or uuid (RULER tasks)", optional(choice(*values.TYPES))
+        None,
+        "the needles' values: word, number (7 digits) or uuid (RULER tasks)",
+        optional(choice(*values.TYPES)),
     )
     haystack: str | None = option(
         None,
@@ -161,4 +163,6 @@ class DumpOptions:
     )
     max_gb: float = option(20.0, "refuse --store full above this many GB", number(above=0))
     progress: bool = option(True, "no progress bars", flag=True, config=False)
-    list_tasks: bool = option(False, "list the tasks and RULER's configurations and exit", flag=True, config=False)
+    list_tasks: bool = option(
+        False, "list the tasks and RULER's configurations and exit", flag=True, config=False
+    )

@@ -359,7 +359,7 @@ def answer_document(store: str, n: int, d: int, s: int, methods, sparsities, gqa
 
 def one_setting(ds, setting: str | None = None):
     """RESULTS of one setting (the only one, or `setting`), without the `setting` dimension."""
-    from analyze.engine import in_setting
+    from core.schema import in_setting
 
     if "setting" not in ds.dims:
         return ds

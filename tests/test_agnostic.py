@@ -18,7 +18,9 @@ from tests.conftest import one_setting
 
 def eager_vs_context(model_dir, n, context, window=16, block=32, tile=None):
     torch.manual_seed(1)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="eager"
+    ).eval()
     ids = torch.randint(0, model.config.vocab_size, (1, n))
     with torch.no_grad():
         ref = model(ids, output_attentions=True)
@@ -70,12 +72,23 @@ def test_no_question_row_reaches_a_policy(smol_store, tmp_path):
     """The agnostic view is the context alone: its statistics are the stored context-only ones cut at
     the question, and overwriting every statistic that includes the question's rows changes nothing."""
     pols = ["random", "streaming", "h2o", "snapkv", "tova", "cab"]
-    x, masks = keptsets.load_layer(smol_store, 512, 0, 0, 5, 3, 0, keptsets.reads_of(
-        [policies.parse_method(p) for p in pols]), "agnostic")
+    x, masks = keptsets.load_layer(
+        smol_store,
+        512,
+        0,
+        0,
+        5,
+        3,
+        0,
+        keptsets.reads_of([policies.parse_method(p) for p in pols]),
+        "agnostic",
+    )
     c = int(np.flatnonzero(masks["question"])[0])
     g = zarr.open_group(smol_store, mode="r")["len_512"]
     assert x.n == c and x.full_n == 512
-    np.testing.assert_array_equal(x.final_row, np.asarray(g["window_ctx"][0, 0, 5, :, -1, :c], dtype=np.float32))
+    np.testing.assert_array_equal(
+        x.final_row, np.asarray(g["window_ctx"][0, 0, 5, :, -1, :c], dtype=np.float32)
+    )
     np.testing.assert_array_equal(x.colsum, np.asarray(g["colsum_ctx"][0, 0, 5])[:, :c])
     before = keptsets.kept_sets(smol_store, 512, 0, 0, 5, pols, [0.5, 0.9], setting="agnostic")
     k = [round(0.5 * c), round(0.1 * c)]
@@ -92,7 +105,9 @@ def test_no_question_row_reaches_a_policy(smol_store, tmp_path):
     after = keptsets.kept_sets(str(copy), 512, 0, 0, 5, pols, [0.5, 0.9], setting="agnostic")
     np.testing.assert_array_equal(before.kept.values, after.kept.values)
     aware = keptsets.kept_sets(str(copy), 512, 0, 0, 5, pols, [0.5, 0.9], setting="aware")
-    assert not np.array_equal(aware.kept.values, keptsets.kept_sets(smol_store, 512, 0, 0, 5, pols, [0.5, 0.9]).kept.values)
+    assert not np.array_equal(
+        aware.kept.values, keptsets.kept_sets(smol_store, 512, 0, 0, 5, pols, [0.5, 0.9]).kept.values
+    )
 
 
 def test_both_settings_in_results_and_the_agnostic_full_cache_answers_as_the_model(smol_store, thread_client):
@@ -105,9 +120,14 @@ def test_both_settings_in_results_and_the_agnostic_full_cache_answers_as_the_mod
     ds, _ = engine.run(smol_store, spec, thread_client, progress=False)
     assert list(ds.setting.values) == ["aware", "agnostic"] and not schema.results_differences(ds)
     g = zarr.open_group(smol_store, mode="r")["len_512"]
-    for name in ("aware", "agnostic"):  # every key kept: the model's own answer, pruned before or after the question
+    for name in (
+        "aware",
+        "agnostic",
+    ):  # every key kept: the model's own answer, pruned before or after the question
         one = one_setting(ds, name)
-        np.testing.assert_array_equal(one.answer_ids.sel(policy="full", sparsity=0.5, length=512).values, g["answer_ids"][:])
+        np.testing.assert_array_equal(
+            one.answer_ids.sel(policy="full", sparsity=0.5, length=512).values, g["answer_ids"][:]
+        )
     agnostic = one_setting(ds, "agnostic")
     assert np.isnan(agnostic.needle_hit.sel(policy="oracle")).all()  # it reads the answer row: aware only
     assert not np.isnan(one_setting(ds, "aware").needle_hit.sel(policy="oracle")).any()

@@ -9,7 +9,7 @@ import zarr
 
 from analyze import engine, policies
 from core import schema
-from tests.conftest import run_cli, one_setting
+from tests.conftest import one_setting, run_cli
 
 METHODS = "full,oracle,random,streaming,h2o,snapkv,tova,cab,cab_high,cab_hybrid,cab_3c"
 

@@ -21,7 +21,7 @@ import xarray as xr
 import yaml
 import zarr
 
-from tests.conftest import ROOT, run_cli, one_setting
+from tests.conftest import ROOT, one_setting, run_cli
 
 SMALL = ["--lengths", "256", "--depths", "0.3,0.7", "--samples", "1", "--window", "8", "--block", "32"]
 

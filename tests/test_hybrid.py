@@ -13,7 +13,7 @@ import zarr
 from analyze import answers, policies
 from core import schema
 from core.lm import decode, pruned
-from tests.conftest import decode_with, run_cli, one_setting
+from tests.conftest import decode_with, one_setting, run_cli
 
 
 @pytest.fixture(scope="module")

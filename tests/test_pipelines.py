@@ -4,7 +4,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from tests.conftest import run_cli, one_setting
+from tests.conftest import one_setting, run_cli
 
 
 def write(tmp_path, **over):

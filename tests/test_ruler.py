@@ -48,13 +48,19 @@ def test_needles_placed_without_overlap_with_exact_spans(tokenizer, spec, depth)
     starts = sorted(s for s in sentences)
     assert all(a[1] <= b[0] for a, b in zip(starts, starts[1:]))
     # the masks RUN.zarr stores follow from the needles
-    assert (doc.target == (owner >= 0) & np.isin(owner, [i for i, x in enumerate(doc.needles) if x.role == "target"])).all()
+    assert (
+        doc.target
+        == (owner >= 0) & np.isin(owner, [i for i, x in enumerate(doc.needles) if x.role == "target"])
+    ).all()
     assert not (doc.target & doc.distractor).any() and not (doc.question & (owner >= 0)).any()
     assert tasks.needles_from_table(doc.needle_table) == doc.needles
 
 
 def test_the_first_target_follows_the_depth(tokenizer):
-    starts = [np.flatnonzero(tasks.document(tokenizer, "multikey:3", 0, "ruler", 1024, d, 0, 0).needle)[0] for d in (0.1, 0.5, 0.9)]
+    starts = [
+        np.flatnonzero(tasks.document(tokenizer, "multikey:3", 0, "ruler", 1024, d, 0, 0).needle)[0]
+        for d in (0.1, 0.5, 0.9)
+    ]
     assert starts[0] < starts[1] < starts[2]
 
 

@@ -16,7 +16,7 @@ from analyze.policies.base import keep
 from core import schema, settings, tasks
 from core.runstore import DocLayer
 from core.tasks import Document, Needle, Task, haystack, passkey
-from tests.conftest import run_cli, one_setting
+from tests.conftest import one_setting, run_cli
 
 COLOURS = ("crimson", "turquoise", "ochre", "violet", "amber", "teal")
 
@@ -109,10 +109,10 @@ def test_a_task_registered_from_outside_is_dumped_rebuilt_and_answered(
     spec = engine.Spec((policies.default("full"), policies.default("h2o")), (0.5,), answers=True)
     ds, _ = engine.run(str(out), spec, thread_client, progress=False)
     ds = one_setting(ds)
-    full = ds.answer.sel(setting="aware", policy="full", sparsity=0.5, length=160).values
+    full = ds.answer.sel(policy="full", sparsity=0.5, length=160).values
     np.testing.assert_array_equal(full, np.asarray(g["retrieved"][:], dtype=np.float32))
     np.testing.assert_array_equal(
-        ds.answer_ids.sel(setting="aware", policy="full", sparsity=0.5, length=160).values, g["answer_ids"][:]
+        ds.answer_ids.sel(policy="full", sparsity=0.5, length=160).values, g["answer_ids"][:]
     )
     # and a rebuild with another task's rule is caught: the passkey task does not make these prompts
     from analyze import answers

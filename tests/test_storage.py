@@ -9,7 +9,7 @@ import xarray as xr
 import zarr
 
 from core import schema
-from tests.conftest import run_cli, one_setting
+from tests.conftest import one_setting, run_cli
 
 pytestmark = pytest.mark.slow  # real weights
 

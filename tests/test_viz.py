@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from tests.conftest import ROOT, run_cli, one_setting
+from tests.conftest import ROOT, one_setting, run_cli
 
 METHODS = "full,oracle,h2o,snapkv,cab,cab_high"
 

@@ -14,7 +14,7 @@ from viz.select import metrics_of, subsets
 
 def explorer(everything: xr.Dataset) -> pn.viewable.Viewable:
     """Widgets for setting, sparsity, metric, head subset and policies over a RESULTS dataset."""
-    from analyze.engine import in_setting
+    from core.schema import in_setting
 
     hv.extension("bokeh", logo=False)
     pn.extension()

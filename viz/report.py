@@ -127,7 +127,7 @@ def build_atomic(
 def side_by_side(everything: xr.Dataset) -> pd.DataFrame:
     """Per policy and sparsity, each setting's answer accuracy (with --answers) and needle_hit (all
     heads, retrieval heads), means over lengths, depths and samples: aware and agnostic side by side."""
-    from analyze.engine import in_setting
+    from core.schema import in_setting
 
     cols = {}
     for name in map(str, everything[schema.SETTING].values):
@@ -143,7 +143,7 @@ def side_by_side(everything: xr.Dataset) -> pd.DataFrame:
 
 
 def build(results_path: str, out: str, store: str | None = None, dpi: int = 150, progress=print) -> Path:
-    from analyze.engine import in_setting
+    from core.schema import in_setting
 
     hv.extension("bokeh", "matplotlib", logo=False)
     everything = schema.open_results(results_path).load()
@@ -177,7 +177,11 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
         other = in_setting(everything, name)
         save_bokeh(heatmaps.interactive(other), outdir / f"heatmaps_{name}.html", f"NIAH heatmaps ({name})")
         figures.append(
-            (f"Heatmaps, {name} setting", outdir / f"heatmaps_{name}.html", f"As the heatmaps above, {name} setting.")
+            (
+                f"Heatmaps, {name} setting",
+                outdir / f"heatmaps_{name}.html",
+                f"As the heatmaps above, {name} setting.",
+            )
         )
         for s in sparsities:
             metric = "answer" if "answer" in other else "needle_hit"
@@ -272,7 +276,8 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
         )
 
     table = pd.concat(
-        [summary_table(in_setting(everything, name)).assign(setting=name) for name in names], ignore_index=True
+        [summary_table(in_setting(everything, name)).assign(setting=name) for name in names],
+        ignore_index=True,
     )
     table = table[["setting", *[c for c in table.columns if c != "setting"]]]
     table.to_csv(outdir / "summary.csv", index=False, float_format="%.4f")

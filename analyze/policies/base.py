@@ -217,7 +217,8 @@ class Policy:
       with block attention mass (`curvature_mass_spearman`); `keeps_lowest`: lower scores are kept;
     - `compare_with`: registry names of policies whose kept sets RESULTS compare to this one's
       (`jaccard`, pair "this|that");
-    - `settings`: the settings it is defined in (NaN in RESULTS elsewhere).
+    - `reads_answer_row`: it ranks by the answer position's own row (a ceiling), which a setting whose
+      policies see the context alone (`core.settings.Setting.context_only`) does not have: NaN there.
     """
 
     name = "policy"
@@ -228,7 +229,9 @@ class Policy:
     block_scores = False
     keeps_lowest = False
     compare_with: tuple[str, ...] = ()
-    settings: tuple[str, ...] = ("aware", "agnostic")  # where it is defined (`core.settings`)
+    reads_answer_row = (
+        False  # ranks by the answer position's row: undefined where policies see the context alone
+    )
 
     def check(self) -> str | None:
         """What is wrong with this combination of parameters, or None (each one alone is checked by

@@ -10,7 +10,7 @@ class Oracle(Policy):
 
     name = "oracle"
     sets = "head"
-    settings = ("aware",)  # it reads the answer position's row: the agnostic setting has none
+    reads_answer_row = True  # the agnostic setting has no answer row: NaN there
 
     def rank(self, x: DocLayer, k: int) -> Ranking:
         return Ranking(primary=x.final_row)

@@ -34,7 +34,9 @@ class LayerStats:
     context: LayerStats | None = None  # the same statistics of the context's own rows (`with_context`)
 
 
-def with_context(stats: LayerStats, query, key, scaling, context: int, window: int, block: int, sliding=None, mask=None):
+def with_context(
+    stats: LayerStats, query, key, scaling, context: int, window: int, block: int, sliding=None, mask=None
+):
     """`stats` with the statistics of the context's own rows (queries 0 .. context - 1, the question's
     rows left out: the query-agnostic setting), from the same forward: the attention rows of the last
     W context queries and of the question are computed exactly (fp32, the layer's causal or sliding
@@ -49,7 +51,9 @@ def with_context(stats: LayerStats, query, key, scaling, context: int, window: i
     wc = min(window, c)
     r0 = c - wc
     dev = query.device
-    scores = torch.matmul(query[:, r0:].float().view(kv, g, n - r0, d), key.float().transpose(-1, -2)[:, None])
+    scores = torch.matmul(
+        query[:, r0:].float().view(kv, g, n - r0, d), key.float().transpose(-1, -2)[:, None]
+    )
     scores = scores.mul_(scaling).view(heads, n - r0, n)
     pos_q = torch.arange(r0, n, device=dev)[:, None]
     pos_k = torch.arange(n, device=dev)[None, :]

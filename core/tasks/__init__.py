@@ -81,19 +81,25 @@ class Document:
     def needle_table(self) -> str:
         """Every needle as JSON: key, value, role and token spans (RUN.zarr `needle_table`)."""
         return json.dumps(
-            [{"key": x.key, "value": x.value, "role": x.role, "spans": [list(s) for s in x.spans]} for x in self.needles]
+            [
+                {"key": x.key, "value": x.value, "role": x.role, "spans": [list(s) for s in x.spans]}
+                for x in self.needles
+            ]
         )
 
 
 def needles_from_table(table: str) -> tuple[Needle, ...]:
     """RUN.zarr `needle_table` -> the needles."""
     return tuple(
-        Needle(x["key"], x["value"], x["role"], tuple(tuple(s) for s in x["spans"])) for x in json.loads(table or "[]")
+        Needle(x["key"], x["value"], x["role"], tuple(tuple(s) for s in x["spans"]))
+        for x in json.loads(table or "[]")
     )
 
 
 HAYSTACKS = ("noise", "essay", "needles")
-NEEDLE_HAYSTACK = "One of the special magic {kind} for {key} is: {value}."  # RULER's needle, and its needle haystack
+NEEDLE_HAYSTACK = (
+    "One of the special magic {kind} for {key} is: {value}."  # RULER's needle, and its needle haystack
+)
 
 
 class Task:
@@ -147,7 +153,9 @@ class Task:
             while sum(len(x) + 1 for x in out) < 8 * length + 64:
                 out.append(
                     NEEDLE_HAYSTACK.format(
-                        kind=kind, key=values.draw(self.key_type, rng), value=values.draw(self.value_type, rng)
+                        kind=kind,
+                        key=values.draw(self.key_type, rng),
+                        value=values.draw(self.value_type, rng),
                     )
                 )
             return out
@@ -252,7 +260,11 @@ def with_options(spec: str, needle_type: str | None = None, haystack_kind: str |
 
 def listing() -> str:
     """`dump --list-tasks`: every task, its spec, and RULER's named configurations."""
-    lines = [f"task spec: {SPEC_HELP}", f"types: {', '.join(values.TYPES)}; haystacks: {', '.join(HAYSTACKS)}", ""]
+    lines = [
+        f"task spec: {SPEC_HELP}",
+        f"types: {', '.join(values.TYPES)}; haystacks: {', '.join(HAYSTACKS)}",
+        "",
+    ]
     for name in sorted(REGISTRY):
         t = REGISTRY[name]
         lines.append(f"  {name + (':COUNT' if t.takes_count else ''):<16} {t.summary}")

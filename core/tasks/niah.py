@@ -72,10 +72,16 @@ class Niah(Task):
         needles = []
         for i, ((key, value), at, text) in enumerate(zip(pairs, f.needles_at, texts)):
             role = "target" if i < len(targets) else "distractor"
-            needles.append(Needle(key, value, role, value_spans(tokenizer, f, at + text.rindex(value), value)))
-        if self.haystack == "needles":  # the haystack's own needles are distractors too (RULER's multikey_2/3)
+            needles.append(
+                Needle(key, value, role, value_spans(tokenizer, f, at + text.rindex(value), value))
+            )
+        if (
+            self.haystack == "needles"
+        ):  # the haystack's own needles are distractors too (RULER's multikey_2/3)
             pattern = re.escape(NEEDLE).replace(r"\{kind\}", re.escape(kind))
-            pattern = pattern.replace(r"\{key\}", r"(?P<key>\S+)").replace(r"\{value\}", r"(?P<value>[^\s.]+(?:\.[^\s.]+)*)")
+            pattern = pattern.replace(r"\{key\}", r"(?P<key>\S+)").replace(
+                r"\{value\}", r"(?P<value>[^\s.]+(?:\.[^\s.]+)*)"
+            )
             placed_at = set(f.needles_at)
             for m in re.finditer(pattern, f.text):
                 if m.start() in placed_at or m.start() < f.header_len or m.end() > f.question_at:
