@@ -178,3 +178,46 @@ def test_tiny_gemma3_on_cuda_equals_eager(tiny_gemma3_dir):
     ref = cpu(logits=ref.logits.cpu(), attentions=[a.cpu() for a in ref.attentions])
     got = {layer: cpu(**{k: t.cpu() for k, t in vars(st).items()}) for layer, st in got.items()}
     check(ref, cpu(logits=out.logits.cpu()), got, 700, 16, 32)
+
+
+@pytest.mark.parametrize(
+    "heads,kv_heads,n,c,block,window,sliding,dtype,tol",
+    [
+        (9, 3, 1000, 970, 64, 64, None, torch.bfloat16, 1e-3),
+        (4, 1, 700, 651, 64, 32, 128, torch.bfloat16, 1e-3),
+        (9, 3, 513, 490, 32, 16, None, torch.float32, 1e-4),
+    ],
+)
+def test_context_statistics_on_the_fused_path_equal_float64(
+    heads, kv_heads, n, c, block, window, sliding, dtype, tol
+):
+    """The agnostic setting's statistics on the GPU path (fused kernels + `with_context`) equal the
+    float64 statistics of the context as its own prompt."""
+    import math
+
+    from core.lm.stats import attention_stats_fused, with_context
+
+    torch.manual_seed(c)
+    q = (torch.randn(heads, n, 64) * 1.5).to(dtype).cuda()
+    k = (torch.randn(kv_heads, n, 64) * 1.5).to(dtype).cuda()
+    v = torch.randn(kv_heads, n, 64).to(dtype).cuda()
+    _, st = attention_stats_fused(q, k, v, 0.125, window, block, sliding=sliding)
+    ctx = with_context(st, q, k, 0.125, c, window, block, sliding).context
+    _, r_col, r_win, r_blocks = reference(
+        q[:, :c].cpu().double(),
+        k[:, :c].cpu().double(),
+        v[:, :c].cpu().double(),
+        0.125,
+        window,
+        block,
+        sliding,
+    )
+    mc = math.ceil(c / block)
+
+    def rel(a, b):
+        return float(torch.linalg.norm(a.cpu().double() - b) / torch.linalg.norm(b))
+
+    errors = [rel(ctx.colsum[:, :c], r_col), rel(ctx.window, r_win), rel(ctx.blocks[:, :mc, :mc], r_blocks)]
+    print(f"context statistics, {dtype}, n={n}, c={c}, sliding={sliding}: relative errors {errors}")
+    assert max(errors) <= tol
+    assert not ctx.colsum[:, c:].any() and not ctx.blocks[:, mc:].any()

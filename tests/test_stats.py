@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from core.lm.stats import attention_stats, pool_blocks
+from core.lm.stats import attention_stats, pool_blocks, with_context
 
 
 def reference(q, k, v, scale, window, block, sliding=None):
@@ -103,3 +103,23 @@ def test_banded_sliding_output_matches_float64_reference(n, sliding, chunk):
     out = sliding_output(q, k, v, 0.25, sliding, chunk=chunk)
     ref = reference(q, k, v, 0.25, 8, 16, sliding=sliding)[0]
     assert float((out.double() - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "heads,kv_heads,n,c,block,window,sliding", [(6, 2, 100, 81, 16, 7, None), (4, 1, 130, 97, 32, 40, 48)]
+)
+def test_context_statistics_are_those_of_the_context_as_its_own_prompt(
+    heads, kv_heads, n, c, block, window, sliding
+):
+    """`with_context` on the whole prompt equals the float64 statistics of the first c tokens alone."""
+    torch.manual_seed(c)
+    q, k, v = torch.randn(heads, n, 16) * 2, torch.randn(kv_heads, n, 16) * 2, torch.randn(kv_heads, n, 16)
+    _, st = attention_stats(q, k, v, 0.25, window, block, tile=32, sliding=sliding)
+    ctx = with_context(st, q, k, 0.25, c, window, block, sliding).context
+    _, r_col, r_win, r_blocks = reference(q[:, :c], k[:, :c], v[:, :c], 0.25, window, block, sliding)
+    mc = math.ceil(c / block)
+    rel = lambda a, b: float((a.double() - b).abs().max() / b.abs().max())  # noqa: E731
+    assert rel(ctx.colsum[:, :c], r_col) < 1e-5
+    assert rel(ctx.window, r_win) < 1e-5
+    assert rel(ctx.blocks[:, :mc, :mc], r_blocks) < 1e-5
+    assert not ctx.colsum[:, c:].any() and not ctx.blocks[:, mc:].any() and not ctx.blocks[:, :, mc:].any()
