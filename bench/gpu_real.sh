@@ -17,6 +17,7 @@
 #   bash bench/gpu_real.sh kernel_errors            # fused statistics vs float64, random and model Q/K
 #   bash bench/gpu_real.sh stats128k                # statistics at 128k vs plain sdpa (no weights)
 #   bash bench/gpu_real.sh fp32 answers             # after piece 6: float32 vs bfloat16, GPU answer pass
+#   bash bench/gpu_real.sh ruler_gemma multikey:3   # after piece 6: one task of issue 16's Gemma table
 # On a 2-GPU machine (kind nvidia-h200-x2), after the pieces as above up to 3:
 #   bash bench/gpu_real.sh two_gpus                 # real SmolLM2 sharded over both GPUs == one GPU
 # Everything a step reports lands in $OUT.
@@ -141,6 +142,18 @@ study() {  # a config through dump and analyze; the results come back as a tarba
   tar -C runs/$name -czf "$OUT/$name.results.tgz" results.zarr
   du -sh runs/$name/* | tee -a "$OUT/$name.log"
 }
+ruler_gemma() {  # issue 16's GPU table: one task (passkey, multikey:3, multivalue:4) on real Gemma 3 at 4k
+  # and 16k, 10 documents per cell, both settings, answers on the GPU; the tables by bench/ruler_table.py
+  local task=$1 name
+  name=$(echo "$task" | tr ':' '_')
+  python3 -m dump --model gemma3-270m --task "$task" --lengths 4k,16k --depths 0.1,0.3,0.5,0.7,0.9 --samples 2 \
+    --window 64 --device cuda --dtype bfloat16 --out "runs/ruler_gemma/$name.zarr" --overwrite --no-progress 2>&1 \
+    | grep -E "^dump|rror" | tee -a "$OUT/ruler_gemma.log"
+  python3 -m analyze "runs/ruler_gemma/$name.zarr" --setting aware,agnostic --answers --answer-device cuda \
+    --sparsity 0.5,0.9 --retrieval-heads 4 --out "runs/ruler_gemma/$name.results.zarr" --no-progress 2>&1 \
+    | grep -v -i warning | tail -30 | tee -a "$OUT/ruler_gemma.log"
+  tar -C runs/ruler_gemma -czf "$OUT/$name.results.tgz" "$name.results.zarr"
+}
 study_smollm2() { study smollm2_gpu; }
 study_gemma() { study gemma3_gpu; }
 study_gemma_long() { study gemma3_gpu_long; }
@@ -149,6 +162,7 @@ while [ $# -gt 0 ]; do
   step=$1; shift
   case $step in
     piece) piece "$1"; shift ;;
+    ruler_gemma) echo "== ruler_gemma $1"; ruler_gemma "$1" || echo "!! ruler_gemma failed"; shift ;;
     *) echo "== $step"; $step || echo "!! $step failed" ;;
   esac
 done
