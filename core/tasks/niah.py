@@ -32,7 +32,9 @@ QUESTION = (
     "\nWhat are all the special magic {kind} for {query} mentioned in the provided text? "
     "The special magic {kind} for {query} mentioned in the provided text {verb}"
 )
-TOKENS_PER_VALUE = {"number": 10, "word": 12, "uuid": 48}  # greedy tokens an answer gets per value: its tokens (digits one by one in SmolLM2 and Gemma 3) and a separator
+# greedy tokens an answer gets per value: its tokens (SmolLM2 and Gemma 3 split digits one by one)
+# and a separator
+TOKENS_PER_VALUE = {"number": 10, "word": 12, "uuid": 48}
 
 
 def query_text(keys: list[str]) -> str:
