@@ -165,7 +165,7 @@ def answer_document(path: str, plan, job, spec) -> dict:
             x, pols, sparsities, spec.gqa, False, whole, layer, spec.setting
         ):
             masks[i, j, layer] = kept
-    answer = np.zeros((len(pols), len(sparsities)), dtype=bool)
+    answer = np.zeros((len(pols), len(sparsities)), dtype=np.float32)
     digits = np.zeros((len(pols), len(sparsities)), dtype=np.float32)
     out_ids = np.full((len(pols), len(sparsities), g["answer_ids"].shape[-1]), -1, dtype=np.int32)
     with torch.no_grad():
@@ -190,7 +190,7 @@ def answer_document(path: str, plan, job, spec) -> dict:
                 toks = decode.greedy(lm.model, cache, ids[cut:], cut, steps, batch=len(chunk))
             for row, (i, j) in enumerate(chunk):
                 text = lm.tokenizer.decode(toks[row].tolist())
-                answer[i, j] = task.score(text, doc) == 1.0
+                answer[i, j] = task.score(text, doc)  # a fraction: RULER's string_match_all
                 digits[i, j] = task.partial(text, doc)
                 out_ids[i, j, :steps] = toks[row]
     for group in same.values():

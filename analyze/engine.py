@@ -291,7 +291,7 @@ def summarize_answers(ds: xr.Dataset) -> None:
     if "full" in ds[schema.POLICY].values:  # the answer pass's own full cache against the dump's answer
         full = ds.answer.sel({schema.POLICY: "full"}).isel(sparsity=0)
         done = ds.done.astype(bool)
-        same = (full.astype(bool) == ds.retrieved.astype(bool)).where(done)
+        same = ((full == 1.0) == ds.retrieved.astype(bool)).where(done)  # every value given, as `retrieved`
         ds.attrs["full_answer_agrees_with_dump"] = float(same.mean())
     table, attrs = calibration.calibrate(ds)
     ds["calibration"] = table
