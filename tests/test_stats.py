@@ -123,3 +123,8 @@ def test_context_statistics_are_those_of_the_context_as_its_own_prompt(
     assert rel(ctx.window[..., :c], r_win) < 1e-5 and not ctx.window[..., c:].any()
     assert rel(ctx.blocks[:, :mc, :mc], r_blocks) < 1e-5
     assert not ctx.colsum[:, c:].any() and not ctx.blocks[:, mc:].any() and not ctx.blocks[:, :, mc:].any()
+    # pooled Q and K of the context's tokens only (the block the question starts in cut at c)
+    expand = torch.arange(heads) // (heads // kv_heads)
+    assert torch.equal(ctx.qpool[:, :mc], pool_blocks(q[:, :c], block))
+    assert torch.equal(ctx.kpool[:, :mc], pool_blocks(k[:, :c], block)[expand])
+    assert not ctx.qpool[:, mc:].any() and not ctx.kpool[:, mc:].any()

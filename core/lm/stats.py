@@ -80,13 +80,17 @@ def with_context(
     blocks[:, mc:] = 0
     blocks[:, :, mc:] = 0
     expand = torch.arange(heads, device=dev) // g
+    whole = c // block  # blocks wholly inside the context pool the same tokens as the prompt's own
 
-    def pooled(x):
-        out = torch.zeros(x.shape[0], m, x.shape[-1], dtype=torch.float32, device=dev)
-        out[:, :mc] = pool_blocks(x[:, :c], block)
+    def pooled(prompt, x, heads_of=slice(None)):
+        out = torch.zeros_like(prompt)
+        out[:, :whole] = prompt[:, :whole]
+        if whole < mc:  # the block the question starts in: its context tokens only
+            out[:, whole] = pool_blocks(x[:, whole * block : c], block)[heads_of, 0]
         return out
 
-    stats.context = LayerStats(colsum, probs[:, :wc], blocks, pooled(query), pooled(key)[expand])
+    qpool, kpool = pooled(stats.qpool, query), pooled(stats.kpool, key, expand)
+    stats.context = LayerStats(colsum, probs[:, :wc], blocks, qpool, kpool)
     return stats
 
 
