@@ -7,6 +7,7 @@ ever touches its own chunks: resuming rewrites it whole. `done[depth, sample]` i
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import shutil
 import warnings
@@ -15,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.sync import sync
 
 from core import schema
 from core.errors import UsageError
@@ -23,7 +25,6 @@ from core.outputs import is_local, local_path
 
 # zstd level 1: on real attention rows level 5 is 2.8x slower for 8% smaller chunks
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), Crc32cCodec())
-PER_LAYER = tuple(schema.RUN_STATISTICS)
 # what a chunk torn by a kill raises when read: a short Blosc frame, a crc32c mismatch, a bad header
 CHUNK_ERRORS = (ValueError, RuntimeError, OSError)
 
@@ -88,6 +89,7 @@ class RunStore:
         # chunks are independent files: several writers compress in parallel (GPU runs; `done` waits for all)
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="zarr-writer")
         self._pending: list[Future] = []
+        self._opened: dict = {}
 
     @classmethod
     def attach(cls, path: str, background: bool = False) -> RunStore:
@@ -99,6 +101,7 @@ class RunStore:
         self.settings = dict(self.root.attrs["settings"])
         self._writer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="zarr-writer")
         self._pending = []
+        self._opened = {}
         return self
 
     def _exists(self) -> bool:
@@ -204,22 +207,38 @@ class RunStore:
             if hasattr(doc, name):
                 g[name][d, s] = getattr(doc, name)
 
+    def _layer_arrays(self, length: int) -> dict:
+        """The per-layer arrays of a length group, opened once (each open reads its metadata)."""
+        name = schema.group_name(length)
+        if name not in self._opened:
+            g = self.root[name]
+            self._opened[name] = {var: g[var] for var in (*schema.RUN_STATISTICS, *schema.RUN_CONTEXT)}
+        return self._opened[name]
+
     def write_layer(self, length: int, d: int, s: int, layer: int, stats: LayerStats) -> None:
-        g = self.root[schema.group_name(length)]
-        r = g["window"].shape[-2]
+        targets = self._layer_arrays(length)
+        r = targets["window"].shape[-2]
         tensors = _layer_tensors(stats, r)
         if stats.context is not None:
             tensors.update({k + schema.CONTEXT: v for k, v in _layer_tensors(stats.context, r).items()})
         # cast on the device: torch converts to float16 far faster than numpy does
         arrays = {
-            var: t.detach().to(TORCH_DTYPES[str(g[var].dtype)]).cpu().numpy() for var, t in tensors.items()
+            var: t.detach().to(TORCH_DTYPES[str(targets[var].dtype)]).cpu().numpy()
+            for var, t in tensors.items()
         }
-        self._submit(self._write_layer, schema.group_name(length), d, s, layer, arrays)
+        self._submit(self._write_layer, targets, d, s, layer, arrays)
 
-    def _write_layer(self, name, d, s, layer, arrays) -> None:
-        g = self.root[name]
-        for var, value in arrays.items():
-            g[var][d, s, layer] = value
+    @staticmethod
+    def _write_layer(targets, d, s, layer, arrays) -> None:
+        """One layer's chunks written together on zarr's event loop: their compression and file
+        writes overlap (measured: half the time of writing them one by one)."""
+
+        async def write_all():
+            await asyncio.gather(
+                *(targets[var].async_array.setitem((d, s, layer), value) for var, value in arrays.items())
+            )
+
+        sync(write_all())
 
     def write_rows(self, length: int, d: int, s: int, slot: int, q0: int, q1: int, probs) -> None:
         tile = probs.detach().to(TORCH_DTYPES["float16"]).cpu().numpy()
