@@ -402,3 +402,15 @@ def test_calibration_figure_one_colour_per_policy_and_each_point_labelled_with_i
     labels = [e for e in fig if isinstance(e, hv.Labels)]
     assert len(labels) == len(names)
     assert all(list(lab.dimension_values("text")) == ["0.3", "0.5", "0.7"] for lab in labels)
+
+
+def test_heatmaps_of_several_tasks_behind_a_task_selector(study, tmp_path):
+    _, results = study
+    out = tmp_path / "tasks.html"
+    r = run_cli("viz", "tasks", f"passkey={results}", f"multikey:3={results}", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    page = out.read_text()
+    assert '"title":"task"' in page.replace(" ", "") and "multikey:3" in page and "passkey" in page
+    assert "<script src=" not in page  # self-contained
+    bad = run_cli("viz", "tasks", f"passkey{results}", "--out", str(tmp_path / "x.html"))
+    assert bad.returncode == 2 and "is not TASK=RESULTS" in bad.stderr and not (tmp_path / "x.html").exists()

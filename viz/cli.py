@@ -1,4 +1,6 @@
-"""`python -m viz RESULTS.zarr --out DIR` writes the report; `python -m viz serve RESULTS.zarr` explores."""
+"""`python -m viz RESULTS.zarr --out DIR` writes the report; `python -m viz serve RESULTS.zarr` explores;
+`python -m viz tasks TASK=RESULTS.zarr ... --out FILE.html` puts several tasks' heatmaps behind a
+task selector."""
 
 from __future__ import annotations
 
@@ -19,6 +21,18 @@ def check_results(path: str) -> None:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     serve_mode = bool(argv) and argv[0] == "serve"
+    if argv and argv[0] == "tasks":
+        p = OneLineParser(
+            prog="python -m viz tasks",
+            description="One self-contained HTML page of heatmaps for several RESULTS.zarr (one per task), "
+            "with a task selector and a setting selector.",
+        )
+        p.add_argument(
+            "results", nargs="+", metavar="TASK=RESULTS", help="e.g. multikey:3=runs/mk.results.zarr"
+        )
+        p.add_argument("--out", required=True, metavar="FILE", help="the HTML page to write")
+        args = p.parse_args(argv[1:])
+        return run_main(p.prog, lambda: _tasks(args))
     if serve_mode:
         p = OneLineParser(
             prog="python -m viz serve", description="Interactive explorer of a RESULTS.zarr on 127.0.0.1."
@@ -70,6 +84,36 @@ def _serve(args) -> int:
 
     print(f"viz: explorer on http://127.0.0.1:{args.port}")
     serve(args.results, args.port, args.show)
+    return 0
+
+
+def _tasks(args) -> int:
+    pairs = {}
+    for item in args.results:
+        task, eq, path = item.partition("=")
+        if not eq or not task or not path:
+            raise UsageError(f"{item!r} is not TASK=RESULTS (e.g. multikey:3=runs/mk.results.zarr)")
+        if task in pairs:
+            raise UsageError(f"task {task!r} is given twice: give each task's RESULTS once")
+        check_results(path)
+        pairs[task] = path
+    import holoviews as hv
+
+    from core import schema
+    from viz import heatmaps
+    from viz.report import save_bokeh
+
+    hv.extension("bokeh", logo=False)
+    page = heatmaps.by_task({task: schema.open_results(path).load() for task, path in pairs.items()})
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")  # written whole, then renamed: never a half page at --out
+    try:
+        save_bokeh(page, tmp, "NIAH heatmaps by task")
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"viz: {len(pairs)} tasks' heatmaps at {out}")
     return 0
 
 

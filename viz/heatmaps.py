@@ -136,4 +136,35 @@ def interactive(results: xr.Dataset):
     return column(row(*widgets), gridplot(figures, ncols=min(4, len(figures)), toolbar_location=None))
 
 
-__all__ = ["figure", "interactive", "frame_key", "method_panel", "METRICS"]
+def by_task(results: dict):
+    """One page of `interactive` heatmaps for several RESULTS (one per task: `{task: Dataset}`), with
+    a task selector and a setting selector (every setting any of them has); the panel of the chosen
+    (task, setting) is shown, the others hidden, all in the browser."""
+    from bokeh.layouts import column, row
+    from bokeh.models import CustomJS, Div, Select
+
+    from core import schema
+
+    panels, keys, settings = [], [], []
+    for task, ds in results.items():
+        names = [str(x) for x in ds[schema.SETTING].values] if schema.SETTING in ds.dims else ["aware"]
+        for name in names:
+            settings += [name] if name not in settings else []
+            panel = column(
+                Div(text=f"<b>{task}</b>, {name} setting"), interactive(schema.in_setting(ds, name))
+            )
+            panel.visible = not panels
+            panels.append(panel)
+            keys.append(f"{task}|{name}")
+    task = Select(title="task", value=next(iter(results)), options=list(results))
+    setting = Select(title="setting", value=keys[0].split("|", 1)[1], options=settings)
+    show = CustomJS(
+        args=dict(panels=panels, keys=keys, t=task, s=setting),
+        code="const k = t.value + '|' + s.value; panels.forEach((p, i) => { p.visible = keys[i] === k; });",
+    )
+    task.js_on_change("value", show)
+    setting.js_on_change("value", show)
+    return column(row(task, setting), *panels)
+
+
+__all__ = ["figure", "interactive", "by_task", "frame_key", "method_panel", "METRICS"]
