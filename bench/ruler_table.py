@@ -5,16 +5,16 @@
 Prints, per policy, the answer accuracy (the mean of `answer`, RULER's string_match_all for its
 tasks) at the sparsity, one column per task and setting, then the documents per cell and the
 full cache's own accuracy (`retrieved`), then each column's policy ranking (best first; `full`
-and the `oracle` ceiling left out).
+and the `oracle` ceiling left out). A config with `tasks:` writes the same table into its folder
+(`python -m pipelines run configs/ruler.yaml`).
 """
 
 from __future__ import annotations
 
 import argparse
 
-import pandas as pd
-
 from core import schema
+from viz import tasks
 
 
 def main() -> None:
@@ -23,31 +23,11 @@ def main() -> None:
     p.add_argument("--sparsity", type=float, default=0.9)
     p.add_argument("--metric", default="answer")
     args = p.parse_args()
-    cols, docs = {}, {}
+    results = {}
     for item in args.results:
         task, path = item.split("=", 1)
-        ds = schema.open_results(path).load()
-        for setting in map(str, ds[schema.SETTING].values):
-            one = schema.in_setting(ds, setting).sel(sparsity=args.sparsity)
-            values = one[args.metric]
-            if "layer" in values.dims:  # a proxy: its mean over the retrieval heads
-                values = one[schema.heads_name(args.metric)].sel({schema.SUBSET_DIM: "retrieval"})
-            cols[f"{task} {setting}"] = values.mean(["length", "depth", "sample"]).to_pandas()
-            docs[f"{task} {setting}"] = (int(one.done.sum()), float(one.retrieved.where(one.done).mean()))
-    table = pd.DataFrame(cols)
-    print(f"{args.metric} at sparsity {args.sparsity:g} (mean over documents)")
-    print(table.to_string(float_format=lambda v: f"{v:.2f}", na_rep="n/a"))
-    print(
-        "documents / full-cache accuracy: " + "; ".join(f"{k}: {n} / {a:.2f}" for k, (n, a) in docs.items())
-    )
-    for col in table:
-        order = (
-            table[col]
-            .drop(["full", "oracle"], errors="ignore")
-            .dropna()
-            .sort_values(ascending=False, kind="stable")
-        )
-        print(f"ranking {col}: " + " > ".join(f"{k} {v:.2f}" for k, v in order.items()))
+        results[task] = schema.open_results(path).load()
+    print(tasks.render(tasks.answer_table(results, args.sparsity, args.metric), args.sparsity, args.metric))
 
 
 if __name__ == "__main__":

@@ -37,10 +37,11 @@ def main(argv=None) -> int:
         if args.command == "check":
             from pathlib import Path
 
-            if Path(cfg.run_store).exists():  # resuming: what `run` would refuse, "other settings" too
-                import dump
+            import dump
 
-                dump.check(cfg.stage_options(progress=False)[0])
+            for study in [s for _, s in cfg.studies()] or [cfg]:
+                if Path(study.run_store).exists():  # resuming: what `run` would refuse, "other settings" too
+                    dump.check(study.stage_options(progress=False)[0])
             print(
                 f"pipelines: {args.config} is valid (output folder {cfg.out}, `out:` read relative to the config file)"
             )

@@ -15,10 +15,14 @@ def log(msg: str) -> None:
 
 
 def check_outputs(cfg: Config) -> None:
-    """The study's three outputs are free or ours, before any work."""
+    """The study's outputs are free or ours, before any work (a sweep's: every task's)."""
     from core import outputs, schema
 
     outputs.check_writable(cfg.out, option="out:")
+    if cfg.tasks:
+        for _, study in cfg.studies():
+            check_outputs(study)
+        return
     outputs.check_output(cfg.run_store, schema.RUN_KIND, option="out: (its run.zarr)")
     outputs.check_output(cfg.results_store, schema.RESULTS_KIND, option="out: (its results.zarr)")
     outputs.check_output(cfg.report_dir, "report", option="out: (its report)")
@@ -26,8 +30,10 @@ def check_outputs(cfg: Config) -> None:
 
 def run(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
     """The study's stages in order, up to and including `until` (dump, analyze or viz)."""
-    timings = {}
     check_outputs(cfg)
+    if cfg.tasks:
+        return sweep(cfg, progress, until)
+    timings = {}
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     dump_opt, analyze_opt, viz_opt = cfg.stage_options(progress)
 
@@ -76,6 +82,34 @@ def run(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
         build_report(v.results, v.out, store=v.store if v.keptset else None, dpi=v.dpi, progress=log)
     timings["viz"] = time.perf_counter() - t
     return _done(timings, f"open {index}")
+
+
+def sweep(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
+    """A task sweep: each task's study in turn (each resumable on its own), then the page of every
+    task's heatmaps and the answer table across tasks and settings."""
+    timings = {}
+    for task, study in cfg.studies():
+        log(f"task {task} -> {study.out}")
+        for stage, seconds in run(study, progress, until).items():
+            timings[stage] = timings.get(stage, 0.0) + seconds
+    if until != "viz":
+        return timings
+    from core import schema
+    from viz import tasks
+
+    t = time.perf_counter()
+    results = {task: schema.open_results(study.results_store).load() for task, study in cfg.studies()}
+    tasks.page(results, cfg.tasks_page)
+    # the model's answer where it was decoded, else the needle proxy (named in the table's header)
+    metric = "answer" if all("answer" in ds for ds in results.values()) else "needle_hit"
+    table = tasks.long_table(results, metric)
+    tmp = Path(cfg.tasks_table + ".tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(cfg.tasks_table)
+    for s in sorted(set(table.sparsity)):
+        log("\n" + tasks.render(tasks.answer_table(results, s, metric), s, metric))
+    timings["tasks"] = time.perf_counter() - t
+    return _done(timings, f"open {cfg.tasks_page}; the table: {cfg.tasks_table}")
 
 
 def _done(timings: dict, what: str) -> dict:

@@ -95,5 +95,55 @@ def test_missing_and_broken_config(tmp_path):
 
 def test_shipped_configs_are_valid():
     assert run_cli("pipelines", "check", "configs/demo.yaml").returncode == 0
-    r = run_cli("pipelines", "check", "configs/paper.yaml")
+    for name in ("paper", "ruler", "ruler_gemma_gpu"):
+        r = run_cli("pipelines", "check", f"configs/{name}.yaml")
+        assert r.returncode == 0, r.stderr
+
+
+def test_task_sweep_one_study_per_task_then_a_page_and_a_table(tiny_llama_dir, tmp_path):
+    """`tasks:` runs each task's study in its own folder, then writes the task-selector page and the
+    table across tasks and settings; a second run redoes nothing."""
+    cfg = write(
+        tmp_path,
+        model=tiny_llama_dir,
+        tasks=["passkey", "multikey:2"],
+        dump__depths=[0.5],
+        dump__samples=1,
+        analyze__setting=["aware", "agnostic"],
+        analyze__sparsity=[0.5],
+    )
+    r = run_cli("pipelines", "run", str(cfg), "--no-progress")
     assert r.returncode == 0, r.stderr
+    out = tmp_path / "study"
+    for folder, task in (("passkey", "passkey"), ("multikey-2", "multikey:2")):
+        assert (out / folder / "report" / "index.html").exists()
+        assert xr.open_zarr(out / folder / "run.zarr").attrs["haystack"]["task"] == task
+    page = (out / "tasks.html").read_text()
+    assert '"passkey"' in page and '"multikey:2"' in page and '"agnostic"' in page
+    import pandas as pd
+
+    table = pd.read_csv(out / "tasks.csv")
+    assert set(table.task) == {"passkey", "multikey:2"} and set(table.setting) == {"aware", "agnostic"}
+    assert set(table.policy) == {"full", "h2o", "cab"} and (table.documents == 1).all()
+    assert "ranking passkey aware:" in r.stdout
+    r = run_cli("pipelines", "run", str(cfg), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("0 documents written (1 already done)") == 2
+
+
+@pytest.mark.parametrize(
+    "over,words",
+    [
+        ({"tasks": ["passkey", "passkey"]}, "listed twice"),
+        ({"tasks": ["passkey", "multikeys:3"]}, "'multikeys:3'"),
+        ({"tasks": "passkey"}, "must be a non-empty list"),
+        ({"tasks": ["passkey"], "dump__task": "single"}, "not both"),
+        ({"tasks": ["passkey"], "dump__needle_type": "uuid"}, "no type to choose"),
+    ],
+)
+def test_task_sweep_errors(tmp_path, over, words):
+    cfg = write(tmp_path, model="smollm2-135m", **over)
+    r = run_cli("pipelines", "check", str(cfg))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert words in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "study").exists()

@@ -97,22 +97,10 @@ def _tasks(args) -> int:
             raise UsageError(f"task {task!r} is given twice: give each task's RESULTS once")
         check_results(path)
         pairs[task] = path
-    import holoviews as hv
-
     from core import schema
-    from viz import heatmaps
-    from viz.report import save_bokeh
+    from viz import tasks
 
-    hv.extension("bokeh", logo=False)
-    page = heatmaps.by_task({task: schema.open_results(path).load() for task, path in pairs.items()})
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")  # written whole, then renamed: never a half page at --out
-    try:
-        save_bokeh(page, tmp, "NIAH heatmaps by task")
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    out = tasks.page({task: schema.open_results(path).load() for task, path in pairs.items()}, args.out)
     print(f"viz: {len(pairs)} tasks' heatmaps at {out}")
     return 0
 

@@ -137,7 +137,7 @@ def side_by_side(everything: xr.Dataset) -> pd.DataFrame:
             for subset in ("all", "retrieval") if metric != "answer" else ("all",):
                 label = metric if metric == "answer" else f"{metric} {subset}"
                 grid = cell_mean(one, metric, subset).mean(["length", "depth"])
-                cols[f"{label} ({name})"] = grid.drop_vars("subset", errors="ignore")
+                cols[f"{label} ({name})"] = grid.drop_vars(["subset", schema.SETTING], errors="ignore")
     df = xr.Dataset(cols).to_dataframe().reset_index()
     return df.sort_values([schema.POLICY, "sparsity"], key=lambda c: c.map(_order(everything, c.name)))
 
