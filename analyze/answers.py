@@ -37,7 +37,7 @@ from core import schema, settings, tasks
 from core.cluster import CORES_ENV
 from core.errors import UsageError
 from core.lm import decode, models, pruned
-from core.runstore import CorruptChunk, _open, read_checked
+from core.runstore import CorruptChunk, _open, read_checked, read_floats
 
 BATCH_BYTES = 1 << 30  # the kept-set biases of the pairs decoded together (one forward step serves them all)
 
@@ -127,6 +127,21 @@ def rebuild(tokenizer, attrs: dict, path: str, n: int, d: int, s: int, ids: np.n
     return doc
 
 
+def stored_prompt(g, doc: tuple, path: str, n: int, cut: int, windows, dtype, device) -> pruned.Prompt:
+    """The prompt's cache up to `cut` as a prefill of `cut` tokens would leave it, read from a store
+    dumped with `--store stats,kv` (the dump's own forward: float32 on disk, exact in the model's
+    dtype): every position on a full layer, the last W - 1 on a sliding-window layer."""
+    keys = read_floats(g, "key_cache", doc, path, n)  # (layer, kv_head, N, dim)
+    values = read_floats(g, "value_cache", doc, path, n)
+    k_of, v_of, start = {}, {}, {}
+    for layer, w in enumerate(windows):
+        a = max(0, cut - (w - 1)) if w else 0
+        k_of[layer] = torch.from_numpy(keys[layer, :, a:cut]).to(device=device, dtype=dtype)
+        v_of[layer] = torch.from_numpy(values[layer, :, a:cut]).to(device=device, dtype=dtype)
+        start[layer] = a
+    return pruned.Prompt(k_of, v_of, start, cut, {i: w for i, w in enumerate(windows) if w})
+
+
 def answer_document(path: str, plan, job, spec) -> dict:
     """Every (policy, sparsity) answer of one document -> {"answer", "digits", "ids"} arrays, decoded
     on `spec.answer_device` in the dump's dtype."""
@@ -169,8 +184,11 @@ def answer_document(path: str, plan, job, spec) -> dict:
     digits = np.zeros((len(pols), len(sparsities)), dtype=np.float32)
     out_ids = np.full((len(pols), len(sparsities), g["answer_ids"].shape[-1]), -1, dtype=np.int32)
     with torch.no_grad():
-        prompt = torch.as_tensor(ids[:cut], dtype=torch.long, device=device)[None]
-        store = pruned.prompt_store(decode.prefill(lm.model, prompt)[1], cut, windows)
+        if "key_cache" in g:  # the dump's own forward stored the prompt's cache: no prefill here
+            store = stored_prompt(g, (d, s), path, n, cut, windows, lm.model.dtype, device)
+        else:
+            prompt = torch.as_tensor(ids[:cut], dtype=torch.long, device=device)[None]
+            store = pruned.prompt_store(decode.prefill(lm.model, prompt)[1], cut, windows)
         # pairs with the same kept sets on every layer (e.g. `full` at every sparsity) decode once
         same: dict[bytes, list] = {}
         for i in range(len(pols)):

@@ -1,15 +1,21 @@
 """The answer pass against the dump, on the CPU: same documents, same process, same threads.
 
     python bench/answer_bench.py [--lengths 512,1k,2k] [--depths 0.3,0.7] [--samples 1]
-                                 [--methods M,...] [--sparsity 0.5,0.9,0.95] [--profile FILE]
+                                 [--methods M,...] [--sparsity 0.5,0.9,0.95] [--setting aware]
+                                 [--profile FILE]
 
-Dumps the documents with `dump.run_dump` (the model loaded before the clock starts), then runs the
-answer pass of `analyze --answers` on each of them in turn (`analyze.answers.answer_document`, the
-function each Dask answer task runs; the model loaded before the clock starts), with the demo's
-policies and sparsities by default. Prints both times, the seconds per document, and last
-`answer_overhead_ratio R`: answer-pass seconds / dump seconds (target <= 0.5).
+Dumps the documents twice with `dump.run_dump` (the model loaded before the clocks start): with
+`--store stats` (the baseline: the answer pass prefills every prompt again) and with
+`--store stats,kv` (the dump's forward also stores the prompt's keys and values, and the answer pass
+reads them instead of a prefill). After each dump it runs the answer pass of `analyze --answers` on
+each document in turn (`analyze.answers.answer_document`, the function each Dask answer task runs),
+with the demo's policies and sparsities by default. Prints the times, the seconds per document,
+how many answers are identical on the two stores, the stores' sizes, `kv_dump_overhead` (dump with
+the cache / dump without), `answer_overhead_ratio_prefill` (the baseline) and last
+`answer_overhead_ratio R`: answer-pass seconds / dump seconds, both with `--store stats,kv`
+(target <= 0.5).
 
---profile FILE writes the cProfile of the answer pass (top 25 by own time) to FILE.
+--profile FILE writes both answer passes' cProfile (top 25 by own time) to FILE.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 DEMO_METHODS = "full,oracle,random,streaming,h2o,snapkv,tova,cab,cab_high,cab_hybrid,cab_3c"
@@ -34,62 +41,100 @@ def main():
     p.add_argument("--samples", type=int, default=1)
     p.add_argument("--methods", default=DEMO_METHODS)
     p.add_argument("--sparsity", default="0.5,0.9,0.95")
-    p.add_argument("--profile", default=None, help="write the answer pass's cProfile (top 25) here")
+    p.add_argument("--setting", default="aware", help="aware or agnostic: where the answer pass prunes")
+    p.add_argument("--profile", default=None, help="write both answer passes' cProfile (top 25) here")
     args = p.parse_args()
 
     from analyze import engine, policies
-    from analyze.answers import answer_document
     from core.lm import capture, models, pruned
-    from dump import DumpOptions, run_dump
     from dump.options import depths, lengths
 
     print(f"torch threads: {torch.get_num_threads()}")
     models.resolve(models.DEFAULT_MODEL)  # convert once (not timed)
     models.load(models.DEFAULT_MODEL, attn_implementation=capture.NAME)  # both loads before the clocks
     models.load(models.DEFAULT_MODEL, attn_implementation=pruned.NAME)
+    spec = engine.Spec(
+        tuple(policies.parse_method(m) for m in args.methods.split(",")),
+        tuple(float(x) for x in args.sparsity.split(",")),
+        answers=True,
+        setting=args.setting,
+    )
+    dump_kw = dict(lengths=lengths(args.lengths), depths=depths(args.depths), samples=args.samples)
+    profiles = io.StringIO()
     with tempfile.TemporaryDirectory() as tmp:
-        store = str(Path(tmp) / "run.zarr")
-        opt = DumpOptions(
-            out=store, lengths=lengths(args.lengths), depths=depths(args.depths), samples=args.samples,
-            window=16, block=64, device="cpu", progress=False,
-        )  # fmt: skip
-        t = time.perf_counter()
-        run_dump(opt)
-        dump_s = time.perf_counter() - t
-
-        spec = engine.Spec(
-            tuple(policies.parse_method(m) for m in args.methods.split(",")),
-            tuple(float(x) for x in args.sparsity.split(",")),
-            answers=True,
+        runs = {}
+        for store_setting in ("stats", "stats,kv"):  # the baseline first: a prefill per document
+            store = str(Path(tmp) / f"{store_setting.replace(',', '_')}.zarr")
+            dump_s = timed_dump(store, store_setting, dump_kw)
+            answer_s, per_doc, out, prof = timed_answers(store, spec, args.profile)
+            runs[store_setting] = (dump_s, answer_s, per_doc, out, store)
+            if prof:
+                profiles.write(f"=== answer pass, store {store_setting}\n")
+                pstats.Stats(prof, stream=profiles).sort_stats("tottime").print_stats(25)
+        pairs = len(spec.policies) * len(spec.sparsities)
+        base, kv = runs["stats"], runs["stats,kv"]
+        print(
+            f"documents: {len(kv[2])}; (policy, sparsity) pairs per document: {pairs}; setting {args.setting}"
         )
-        plan = engine.plan_store(store)
-        spec = engine.preflight(store, spec, plan)
-        jobs = [j for j in engine.jobs_of(plan, spec) if isinstance(j, engine.AnswerJob)]
-        prof = cProfile.Profile() if args.profile else None
-        per_doc = []
-        t = time.perf_counter()
-        for job in jobs:
-            t0 = time.perf_counter()
-            if prof:
-                prof.enable()
-            answer_document(store, plan, job, spec)
-            if prof:
-                prof.disable()
-            per_doc.append((tuple(job), time.perf_counter() - t0))
-        answer_s = time.perf_counter() - t
-
-    pairs = len(spec.policies) * len(spec.sparsities)
-    print(f"documents: {len(jobs)}; (policy, sparsity) pairs per document: {pairs}")
-    for (n, d, s), sec in per_doc:
-        print(f"  answer pass, length {n}, depth {d}, sample {s}: {sec:.2f} s")
-    print(f"dump seconds: {dump_s:.2f}")
-    print(f"answer-pass seconds: {answer_s:.2f}")
-    if prof:
-        out = io.StringIO()
-        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
-        Path(args.profile).write_text(out.getvalue())
+        for ((n, d, s), sec_b), (_, sec_k) in zip(base[2], kv[2]):
+            print(
+                f"  answer pass, length {n}, depth {d}, sample {s}: {sec_b:.2f} s with a prefill, {sec_k:.2f} s from the stored cache"
+            )
+        same = sum(
+            int(np.array_equal(a["ids"][i, j], b["ids"][i, j]))
+            for a, b in zip(base[3], kv[3])
+            for i, j in np.ndindex(a["ids"].shape[:2])
+        )
+        cells = sum(a["ids"].shape[0] * a["ids"].shape[1] for a in base[3])
+        print(
+            f"answer ids identical, stored cache vs prefill: {same} of {cells} (document, policy, sparsity) cells"
+        )
+        sizes = {
+            k: sum(f.stat().st_size for f in Path(v[4]).rglob("*") if f.is_file()) for k, v in runs.items()
+        }
+        print(
+            f"store size: {sizes['stats'] / 2**20:.1f} MiB (stats), {sizes['stats,kv'] / 2**20:.1f} MiB (stats,kv)"
+        )
+    print(f"dump seconds: {base[0]:.2f} (--store stats), {kv[0]:.2f} (--store stats,kv)")
+    print(f"kv_dump_overhead {kv[0] / base[0]:.3f}")
+    print(f"answer-pass seconds: {base[1]:.2f} (prefill), {kv[1]:.2f} (stored cache)")
+    print(f"answer_overhead_ratio_prefill {base[1] / base[0]:.3f}")
+    if args.profile:
+        Path(args.profile).write_text(profiles.getvalue())
         print(f"profile: {args.profile}")
-    print(f"answer_overhead_ratio {answer_s / dump_s:.3f}")
+    print(f"answer_overhead_ratio {kv[1] / kv[0]:.3f}")
+
+
+def timed_dump(store: str, store_setting: str, dump_kw: dict) -> float:
+    from dump import DumpOptions, run_dump
+
+    opt = DumpOptions(
+        out=store, window=16, block=64, device="cpu", progress=False, store=store_setting, **dump_kw
+    )
+    t = time.perf_counter()
+    run_dump(opt)
+    return time.perf_counter() - t
+
+
+def timed_answers(store: str, spec, profile: bool):
+    from analyze import engine
+    from analyze.answers import answer_document
+
+    plan = engine.plan_store(store)
+    spec = engine.preflight(store, spec, plan)
+    jobs = [j for j in engine.jobs_of(plan, spec) if isinstance(j, engine.AnswerJob)]
+    prof = cProfile.Profile() if profile else None
+    per_doc, outs = [], []
+    t = time.perf_counter()
+    for job in jobs:
+        t0 = time.perf_counter()
+        if prof:
+            prof.enable()
+        outs.append(answer_document(store, plan, job, spec))
+        if prof:
+            prof.disable()
+        per_doc.append((tuple(job), time.perf_counter() - t0))
+    return time.perf_counter() - t, per_doc, outs, prof
 
 
 if __name__ == "__main__":

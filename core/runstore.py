@@ -205,6 +205,11 @@ def read_checked(g, var: str, index: tuple, path: str, length: int) -> np.ndarra
     return _read(g, var, index, path, length)
 
 
+def read_floats(g, var: str, index: tuple, path: str, length: int) -> np.ndarray:
+    """`_checked` for readers outside this module: a NaN (the fill value) means a missing chunk."""
+    return _checked(g, var, index, path, length)
+
+
 def _read(g, var: str, index: tuple, path: str, length: int) -> np.ndarray:
     """One chunk-aligned read; a checksum failure or unreadable chunk names what it was."""
     try:

@@ -120,6 +120,36 @@ RUN_FULL: dict[str, Var] = {  # only with --store full
     "attn_layer": Var(("attn_layer",), "int32", "layers whose full matrices are stored"),
     "attn": Var((*DOC, "attn_layer", "head", "query", "key"), "float16", "full causal attention", NAN),
 }
+RUN_KV: dict[
+    str, Var
+] = {  # only with --store ...,kv: the prompt's KV cache, so the answer pass needs no prefill
+    "key_cache": Var(
+        (*DOC, "layer", "kv_head", "key", "dim"),
+        "float32",
+        "post-RoPE keys of every prompt token, from the dump's forward (exact in the model's dtype)",
+        NAN,
+    ),
+    "value_cache": Var(
+        (*DOC, "layer", "kv_head", "key", "dim"),
+        "float32",
+        "values of every prompt token, from the dump's forward (exact in the model's dtype)",
+        NAN,
+    ),
+}
+STORE_PARTS = ("stats", "full", "kv")  # what `dump --store` writes: statistics always
+
+
+def store_parts(store: str) -> frozenset[str]:
+    """The parts a store setting names: 'stats', 'full' (stats + full matrices), 'stats,kv', 'full,kv'."""
+    return frozenset(p.strip() for p in str(store).split(",") if p.strip()) | {"stats"}
+
+
+def store_label(parts) -> str:
+    """The canonical store setting of a set of parts (what RUN.zarr's settings record)."""
+    parts = set(parts)
+    return ("full" if "full" in parts else "stats") + (",kv" if "kv" in parts else "")
+
+
 ANSWER_TOKENS = 8  # greedy tokens decoded after the prompt under full attention
 
 
@@ -129,9 +159,16 @@ def document_masks() -> tuple[str, ...]:
     return tuple(name for name, v in RUN_DOCUMENT.items() if v.dims == (*DOC, "key") and v.dtype == "bool")
 
 
-def run_vars(full: bool) -> dict[str, Var]:
+def run_vars(full: bool, kv: bool = False) -> dict[str, Var]:
     """Every variable of a `len_{N}` group, in creation order."""
-    return {**RUN_COORDS, **RUN_DOCUMENT, **RUN_STATISTICS, **RUN_CONTEXT, **(RUN_FULL if full else {})}
+    return {
+        **RUN_COORDS,
+        **RUN_DOCUMENT,
+        **RUN_STATISTICS,
+        **RUN_CONTEXT,
+        **(RUN_FULL if full else {}),
+        **(RUN_KV if kv else {}),
+    }
 
 
 def run_sizes(
@@ -152,6 +189,7 @@ def run_sizes(
         "sample": samples,
         "layer": cfg["layers"],
         "head": cfg["heads"],
+        "kv_head": cfg.get("kv_heads", cfg["heads"]),
         "key": length,
         "query": length,
         "wq": min(window, length, window_rows or window),
@@ -329,9 +367,9 @@ def prunable(window: int | None, length: int) -> bool:
     return window is None or window >= length
 
 
-def run_group_differences(group, full: bool) -> list[str]:
+def run_group_differences(group, full: bool, kv: bool = False) -> list[str]:
     """What in one `len_{N}` zarr group departs from RUN_VARS (empty when it matches exactly)."""
-    expected = run_vars(full)
+    expected = run_vars(full, kv)
     found = set(group.array_keys())
     out = [f"missing variable {v}" for v in expected if v not in found]
     out += [f"unexpected variable {v}" for v in sorted(found - set(expected))]

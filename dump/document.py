@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from core import tasks
+from core import schema, tasks
 from core.lm import capture, decode
 from dump.options import DumpOptions
 from dump.plan import DocPlan
@@ -35,10 +35,13 @@ def dump_document(store: RunStore, lm, opt: DumpOptions, doc, item: DocPlan, pro
         window=opt.window,
         block=item.block,
         on_layer=on_layer,
-        full_layers=frozenset(slots) if opt.store == "full" else frozenset(),
+        full_layers=frozenset(slots) if "full" in schema.store_parts(opt.store) else frozenset(),
         on_rows=lambda layer, q0, q1, p: store.write_rows(n, d, s, slots[layer], q0, q1, p),
         tile=item.tile,
         context=int(np.flatnonzero(doc.question)[0]) if doc.question.any() else None,
+        on_kv=(lambda layer, k, v: store.write_kv(n, d, s, layer, k, v))
+        if "kv" in schema.store_parts(opt.store)
+        else None,
     )
     ids = torch.as_tensor(doc.input_ids, dtype=torch.long, device=lm.model.device)[None]
     with torch.no_grad():

@@ -62,6 +62,17 @@ def block(value: str) -> int | str:
     return integer(minimum=1)(value)
 
 
+def store_parts(value: str) -> str:
+    """`stats`, `full`, `kv` comma-separated -> the canonical setting (`stats`, `full`, `stats,kv`, `full,kv`)."""
+    from core import schema
+
+    parts = [p.strip() for p in str(value).split(",") if p.strip()]
+    bad = [p for p in parts if p not in schema.STORE_PARTS]
+    if not parts or bad:
+        raise ValueError(f"is not a list of {', '.join(schema.STORE_PARTS)} (e.g. stats,kv)")
+    return schema.store_label(parts)
+
+
 def document_coordinates(value: str) -> tuple[int, float, int]:
     """`4096,0.5,0` -> (4096, 0.5, 0): one document by its length, depth value and sample index."""
     parts = str(value).split(",")
@@ -125,7 +136,11 @@ class DumpOptions:
         block,
     )
     store: str = option(
-        "stats", "stats, or full: also whole attention matrices of --layers", choice("stats", "full")
+        "stats",
+        "what is stored besides the statistics, comma-separated: full (whole attention matrices of "
+        "--layers), kv (the prompt's keys and values: `analyze --answers` then needs no prefill); "
+        "e.g. stats, full, stats,kv",
+        store_parts,
     )
     layers: list[int] | None = option(
         None, "layers of full matrices with --store full, e.g. 18,20-23 (default all)", optional(layers)

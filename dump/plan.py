@@ -121,7 +121,7 @@ def validate(opt: DumpOptions) -> Checked:
     cfg = models.model_limits(config)
     models.check_attention(opt.model, config)
     models.check_lengths(opt.model, config, opt.lengths)
-    if opt.store == "full":
+    if "full" in schema.store_parts(opt.store):
         layers = list(range(cfg["layers"])) if opt.layers is None else list(opt.layers)
         bad = [x for x in layers if not 0 <= x < cfg["layers"]]
         if bad:
@@ -173,7 +173,8 @@ def root_attributes(opt: DumpOptions, cfg: dict, info: dict, device: str) -> dic
             "block": opt.block,
             "stored": list(schema.RUN_STATISTICS)
             + list(schema.RUN_CONTEXT)
-            + (["attn"] if opt.store == "full" else []),
+            + (["attn"] if "full" in schema.store_parts(opt.store) else [])
+            + (list(schema.RUN_KV) if "kv" in schema.store_parts(opt.store) else []),
             "pool": {"qpool": "max_l2", "kpool": "max_l2"},
             "attn_layers": list(opt.layers or []),
             "device": device,

@@ -151,7 +151,8 @@ class RunStore:
         )
         attrs = {"length": length, "window": min(window, length), "window_rows": sizes["wq"]}
         g = self.root.create_group(name, attributes={**attrs, "block": block, "tile": tile})
-        for var, spec in schema.run_vars(bool(full_layers)).items():
+        kv = "kv" in schema.store_parts(s.get("store", "stats"))
+        for var, spec in schema.run_vars(bool(full_layers), kv).items():
             g.create_array(
                 var,
                 shape=tuple(sizes[d] for d in spec.dims),
@@ -239,6 +240,15 @@ class RunStore:
             )
 
         sync(write_all())
+
+    def write_kv(self, length: int, d: int, s: int, layer: int, keys, values) -> None:
+        """One layer's prompt keys and values (kv_head, N, dim), as float32 (exact for every model dtype)."""
+        g = self.root[schema.group_name(length)]
+        arrays = {
+            "key_cache": keys.detach().float().cpu().numpy(),
+            "value_cache": values.detach().float().cpu().numpy(),
+        }
+        self._submit(self._write_layer, {v: g[v] for v in arrays}, d, s, layer, arrays)
 
     def write_rows(self, length: int, d: int, s: int, slot: int, q0: int, q1: int, probs) -> None:
         tile = probs.detach().to(TORCH_DTYPES["float16"]).cpu().numpy()

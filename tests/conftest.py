@@ -348,12 +348,16 @@ def greedy_with(model, prompt, first: int, count: int, masks):
     )
 
 
-def answer_document(store: str, n: int, d: int, s: int, methods, sparsities, gqa: str = "kv"):
+def answer_document(
+    store: str, n: int, d: int, s: int, methods, sparsities, gqa: str = "kv", setting: str = "aware"
+):
     """The answer pass on one document of `store`, for policies by label."""
     from analyze import answers, engine, policies
     from core.runstore import plan_store
 
-    spec = engine.Spec(tuple(policies.parse_method(m) for m in methods), tuple(sparsities), gqa=gqa)
+    spec = engine.Spec(
+        tuple(policies.parse_method(m) for m in methods), tuple(sparsities), gqa=gqa, setting=setting
+    )
     return answers.answer_document(store, plan_store(store), engine.AnswerJob(n, d, s), spec)
 
 

@@ -146,3 +146,42 @@ def test_cli_answers_end_to_end(smol_store, tmp_path):
         np.testing.assert_array_equal(full.sel(sparsity=sp).values, ds.retrieved.values.astype(np.float32))
     assert ds.attrs["calibration_best_rule"] in list(ds.calibration.rule.values)
     assert set(ds.calibration.stat.values) == set(calibration.STATS)
+
+
+@pytest.mark.slow
+def test_stored_cache_replaces_the_prefill(smol_store, tmp_path):
+    """`dump --store stats,kv` stores the prompt's keys and values from the dump's own forward; the
+    answer pass reads them instead of a prefill. They equal a prefill's within float32 rounding (the
+    capture's attention output rounds unlike sdpa's), the statistics are unchanged, and every answer
+    is the same in both settings."""
+    kv = str(tmp_path / "kv.zarr")
+    argv = ["--lengths", "512", "--depths", "0.3,0.7", "--samples", "2", "--window", "16", "--no-progress"]
+    r = run_cli("dump", *argv, "--store", "stats,kv", "--out", kv)
+    assert r.returncode == 0, r.stderr
+    g = zarr.open_group(kv, mode="r")["len_512"]
+    plain = zarr.open_group(smol_store, mode="r")["len_512"]
+    assert schema.run_group_differences(g, full=False, kv=True) == []
+    assert "key_cache" not in plain
+    np.testing.assert_array_equal(g["input_ids"][:], plain["input_ids"][:])
+    for var in ("colsum", "window", "blocks", "colsum_ctx"):  # the statistics are bit-identical
+        np.testing.assert_array_equal(g[var][0, 0], plain[var][0, 0])
+    lm = answers.load_model("smollm2-135m")
+    ids = np.asarray(g["input_ids"][0, 0])
+    with torch.no_grad():
+        cache = decode.prefill(lm.model, torch.as_tensor(ids[:-1])[None])[1]
+    keys, values = np.asarray(g["key_cache"][0, 0]), np.asarray(g["value_cache"][0, 0])
+    assert keys.shape == (30, 3, 512, 64)
+    for layer, cached in enumerate(cache.layers):
+        for got, want in ((keys[layer, :, :511], cached.keys[0]), (values[layer, :, :511], cached.values[0])):
+            want = want.numpy()
+            assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max(), layer
+    methods = ("full", "random", "streaming", "h2o", "snapkv", "tova", "cab")
+    for setting in ("aware", "agnostic"):
+        for d, s in ((0, 0), (1, 1)):
+            a = answer_document(kv, 512, d, s, methods, [0.5, 0.9], setting=setting)
+            b = answer_document(smol_store, 512, d, s, methods, [0.5, 0.9], setting=setting)
+            np.testing.assert_array_equal(a["ids"], b["ids"])
+            np.testing.assert_array_equal(a["answer"], b["answer"])
+    bad = run_cli("dump", *argv, "--store", "stats,keyz", "--out", str(tmp_path / "bad.zarr"))
+    assert bad.returncode == 2 and "keyz" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "bad.zarr").exists()
