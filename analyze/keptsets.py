@@ -108,12 +108,21 @@ def iter_kept(
         doc._cache[0] = x
     shown = settings.get(setting)
     doc.n = x.n  # the cache being pruned: the context alone in the agnostic setting
+    doc.setting = shown
+    if layer in doc.prunable:
+        doc._cache.setdefault(layer, x)  # an allocation reading this layer reuses what is loaded
     for j, sp in enumerate(sparsities):
         k = budget(sp, x.n)
         for i, p in enumerate(pols):
-            key = ("budgets", policies.label(p), k)
+            key = ("budgets", policies.label(p), k, reference)
+            if getattr(p, "allocation", budgets.UNIFORM).per_layer:  # reads this layer alone
+                key += (layer,)
+                if key not in doc._cache:
+                    doc._cache[key] = budgets.allocate_layer(p, doc, k, layer, reference)
+                yield j, i, kept(p, x, k, gqa, reference, doc._cache[key], shown)
+                continue
             if key not in doc._cache:
-                doc._cache[key] = budgets.allocate(p, doc, k)
+                doc._cache[key] = budgets.allocate(p, doc, k, reference)
             yield j, i, kept(p, x, k, gqa, reference, doc._cache[key][layer], shown)
 
 

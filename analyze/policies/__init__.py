@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from analyze.policies.adakv import AdaKV
 from analyze.policies.base import DocLayer, Policy, Ranking, budget, keep, select, select_reference
 from analyze.policies.block_mass import BlockMass
 from analyze.policies.cab import CAB
@@ -15,6 +16,7 @@ from analyze.policies.cab_hybrid import CABHybrid
 from analyze.policies.full import Full
 from analyze.policies.h2o import H2O
 from analyze.policies.oracle import Oracle
+from analyze.policies.pyramidkv import PyramidKV
 from analyze.policies.random_keys import RandomKeys
 from analyze.policies.snapkv import SnapKV
 from analyze.policies.streaming import Streaming
@@ -37,6 +39,8 @@ REGISTRY: dict[str, type[Policy]] = {
         CABHybrid,
         CAB3C,
         BlockMass,
+        PyramidKV,
+        AdaKV,
     )
 }
 ALL_METHODS = list(REGISTRY)
