@@ -184,7 +184,7 @@ def answer_document(path: str, plan, job, spec) -> dict:
     digits = np.zeros((len(pols), len(sparsities)), dtype=np.float32)
     out_ids = np.full((len(pols), len(sparsities), g["answer_ids"].shape[-1]), -1, dtype=np.int32)
     with torch.no_grad():
-        if "key_cache" in g:  # the dump's own forward stored the prompt's cache: no prefill here
+        if "value_cache" in g:  # the dump's own forward stored the prompt's cache: no prefill here
             store = stored_prompt(g, (d, s), path, n, cut, windows, lm.model.dtype, device)
         else:
             prompt = torch.as_tensor(ids[:cut], dtype=torch.long, device=device)[None]

@@ -116,6 +116,19 @@ def check_rows(spec: Spec, plan: StorePlan) -> None:
                 )
 
 
+def check_keys(spec: Spec, plan: StorePlan) -> None:
+    """A key scorer on a store dumped without its keys is refused up front."""
+    from core.runstore import KEYS
+
+    needs = [lab for m, lab in zip(spec.policies, spec.labels) if KEYS in m.reads]
+    stored = schema.store_parts(dict(plan.attrs.get("settings", {})).get("store", "stats"))
+    if needs and "keys" not in stored:
+        raise UsageError(
+            f"{needs[0]} scores keys from the keys themselves, but {plan.path!r} was dumped without them: "
+            "re-dump with --store stats,keys"
+        )
+
+
 def skipped_doclayer(spec: Spec, heads: int) -> dict:
     """A layer that is not pruned (a sliding window shorter than the prompt): every metric NaN, so it
     is left out of head means and can never be a retrieval head."""
@@ -377,6 +390,7 @@ def preflight(path: str, spec: Spec, plan: StorePlan) -> Spec:
     check_not_being_written(path)
     check_blocks(spec, plan)
     check_rows(spec, plan)
+    check_keys(spec, plan)
     check_budgets(spec, plan)
     check_setting(spec, plan)
     if not documents_of(plan):

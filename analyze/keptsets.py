@@ -17,7 +17,7 @@ import xarray as xr
 from analyze import budgets, policies
 from analyze.policies import DocLayer, Policy, budget, keep
 from core import runstore, schema, settings
-from core.runstore import STATISTICS
+from core.runstore import READABLE
 
 
 def doclayer_seed(seed: int, depth: int, sample: int, layer: int) -> int:
@@ -133,7 +133,7 @@ def reads_of(pols: Sequence[Policy]) -> tuple[str, ...]:
         need.update(p.reads)
         for ref in p.compare_with:
             need.update(policies.default(ref).reads)
-    return tuple(s for s in STATISTICS if s in need)
+    return tuple(s for s in READABLE if s in need)
 
 
 def _parse(pols) -> list[Policy]:

@@ -15,7 +15,9 @@ from core import schema
 from core.errors import UsageError
 from core.outputs import is_local, local_path
 
-STATISTICS = tuple(schema.RUN_STATISTICS)  # what a policy may read, in the schema's order
+STATISTICS = tuple(schema.RUN_STATISTICS)  # the attention statistics, in the schema's order
+KEYS = "key_cache"  # post-RoPE keys (kv_head, key, dim): key scorers read them (dump --store stats,keys)
+READABLE = (*STATISTICS, KEYS)  # what a policy may read
 _GUARDED = frozenset((*STATISTICS, "final_row"))
 
 
@@ -37,6 +39,7 @@ class DocLayer:
     blocks: np.ndarray | None = None  # (head, qblock, kblock) Σ of A over B×B blocks
     qpool: np.ndarray | None = None  # (head, kblock, dim) post-RoPE Q pooled per block (max L2)
     kpool: np.ndarray | None = None  # (head, kblock, dim)
+    key_cache: np.ndarray | None = None  # (kv_head, key, dim) post-RoPE keys, float32 (per kv head)
 
     hidden: frozenset = frozenset()  # fields the policy's setting hides (`core.settings`)
     full_n: int = 0  # the prompt's length when this is a context-only view (its n is the context's)
@@ -275,7 +278,7 @@ def load_doclayer(
     layer: int,
     kv_heads: int,
     seed: int,
-    reads=STATISTICS,
+    reads=READABLE,
     stored: dict | None = None,
     context_only: bool = False,
 ) -> tuple[DocLayer, dict]:
@@ -297,6 +300,10 @@ def load_doclayer(
         elif var in reads:
             a = _checked(g, name, index, path, length)
             stats[var] = a.astype(np.float32) if a.dtype == np.float16 else a
+    if KEYS in reads:  # the keys of the context do not depend on the question: every setting reads them
+        if KEYS not in g:
+            raise UsageError(f"store {path!r} has no post-RoPE keys: re-dump it with --store stats,keys")
+        stats[KEYS] = _checked(g, KEYS, index, path, length)
     if "window" in stats and not stored:
         answer_row = stats["window"][:, -1, :]
     else:
@@ -314,6 +321,7 @@ def load_doclayer(
             final = _checked(g, last, (d, s, layer, slice(None), -1), path, length).astype(np.float32)[:, :c]
         cut = {"colsum": np.s_[:, :c], "window_sum": np.s_[:, :c], "window": np.s_[:, :, :c]}
         cut.update({"blocks": np.s_[:, :mc, :mc], "qpool": np.s_[:, :mc], "kpool": np.s_[:, :mc]})
+        cut[KEYS] = np.s_[:, :c]
         stats = {k: np.ascontiguousarray(v[cut[k]]) for k, v in stats.items()}
         full_n = length
     x = DocLayer(

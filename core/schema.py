@@ -120,15 +120,18 @@ RUN_FULL: dict[str, Var] = {  # only with --store full
     "attn_layer": Var(("attn_layer",), "int32", "layers whose full matrices are stored"),
     "attn": Var((*DOC, "attn_layer", "head", "query", "key"), "float16", "full causal attention", NAN),
 }
-RUN_KV: dict[
-    str, Var
-] = {  # only with --store ...,kv: the prompt's KV cache, so the answer pass needs no prefill
+# with --store ...,keys or ...,kv: the post-RoPE keys key scorers read (knorm, keydiff)
+RUN_KEYS: dict[str, Var] = {
     "key_cache": Var(
         (*DOC, "layer", "kv_head", "key", "dim"),
         "float32",
         "post-RoPE keys of every prompt token, from the dump's forward (exact in the model's dtype)",
         NAN,
     ),
+}
+# with --store ...,kv: the whole prompt cache, so the answer pass needs no prefill
+RUN_KV: dict[str, Var] = {
+    **RUN_KEYS,
     "value_cache": Var(
         (*DOC, "layer", "kv_head", "key", "dim"),
         "float32",
@@ -136,18 +139,22 @@ RUN_KV: dict[
         NAN,
     ),
 }
-STORE_PARTS = ("stats", "full", "kv")  # what `dump --store` writes: statistics always
+STORE_PARTS = ("stats", "full", "keys", "kv")  # what `dump --store` writes: statistics always
 
 
 def store_parts(store: str) -> frozenset[str]:
-    """The parts a store setting names: 'stats', 'full' (stats + full matrices), 'stats,kv', 'full,kv'."""
-    return frozenset(p.strip() for p in str(store).split(",") if p.strip()) | {"stats"}
+    """The parts a store setting names ('stats', 'full' = stats + full matrices, 'keys', 'kv' =
+    keys + values); `kv` includes `keys`."""
+    parts = frozenset(p.strip() for p in str(store).split(",") if p.strip()) | {"stats"}
+    return parts | {"keys"} if "kv" in parts else parts
 
 
 def store_label(parts) -> str:
-    """The canonical store setting of a set of parts (what RUN.zarr's settings record)."""
+    """The canonical store setting of a set of parts (what RUN.zarr's settings record): stats or
+    full, then ,kv or ,keys."""
     parts = set(parts)
-    return ("full" if "full" in parts else "stats") + (",kv" if "kv" in parts else "")
+    extra = ",kv" if "kv" in parts else ",keys" if "keys" in parts else ""
+    return ("full" if "full" in parts else "stats") + extra
 
 
 ANSWER_TOKENS = 8  # greedy tokens decoded after the prompt under full attention
@@ -159,15 +166,15 @@ def document_masks() -> tuple[str, ...]:
     return tuple(name for name, v in RUN_DOCUMENT.items() if v.dims == (*DOC, "key") and v.dtype == "bool")
 
 
-def run_vars(full: bool, kv: bool = False) -> dict[str, Var]:
-    """Every variable of a `len_{N}` group, in creation order."""
+def run_vars(full: bool, kv: bool = False, keys: bool = False) -> dict[str, Var]:
+    """Every variable of a `len_{N}` group, in creation order (`kv`: keys and values; `keys`: keys)."""
     return {
         **RUN_COORDS,
         **RUN_DOCUMENT,
         **RUN_STATISTICS,
         **RUN_CONTEXT,
         **(RUN_FULL if full else {}),
-        **(RUN_KV if kv else {}),
+        **(RUN_KV if kv else RUN_KEYS if keys else {}),
     }
 
 
@@ -367,9 +374,9 @@ def prunable(window: int | None, length: int) -> bool:
     return window is None or window >= length
 
 
-def run_group_differences(group, full: bool, kv: bool = False) -> list[str]:
+def run_group_differences(group, full: bool, kv: bool = False, keys: bool = False) -> list[str]:
     """What in one `len_{N}` zarr group departs from RUN_VARS (empty when it matches exactly)."""
-    expected = run_vars(full, kv)
+    expected = run_vars(full, kv, keys)
     found = set(group.array_keys())
     out = [f"missing variable {v}" for v in expected if v not in found]
     out += [f"unexpected variable {v}" for v in sorted(found - set(expected))]

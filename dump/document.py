@@ -40,7 +40,7 @@ def dump_document(store: RunStore, lm, opt: DumpOptions, doc, item: DocPlan, pro
         tile=item.tile,
         context=int(np.flatnonzero(doc.question)[0]) if doc.question.any() else None,
         on_kv=(lambda layer, k, v: store.write_kv(n, d, s, layer, k, v))
-        if "kv" in schema.store_parts(opt.store)
+        if "keys" in schema.store_parts(opt.store)
         else None,
     )
     ids = torch.as_tensor(doc.input_ids, dtype=torch.long, device=lm.model.device)[None]

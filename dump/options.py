@@ -138,8 +138,8 @@ class DumpOptions:
     store: str = option(
         "stats",
         "what is stored besides the statistics, comma-separated: full (whole attention matrices of "
-        "--layers), kv (the prompt's keys and values: `analyze --answers` then needs no prefill); "
-        "e.g. stats, full, stats,kv",
+        "--layers), keys (post-RoPE keys: knorm, keydiff), kv (keys and values: `analyze --answers` "
+        "then needs no prefill); e.g. stats, full, stats,keys, stats,kv",
         store_parts,
     )
     layers: list[int] | None = option(

@@ -151,8 +151,8 @@ class RunStore:
         )
         attrs = {"length": length, "window": min(window, length), "window_rows": sizes["wq"]}
         g = self.root.create_group(name, attributes={**attrs, "block": block, "tile": tile})
-        kv = "kv" in schema.store_parts(s.get("store", "stats"))
-        for var, spec in schema.run_vars(bool(full_layers), kv).items():
+        parts = schema.store_parts(s.get("store", "stats"))
+        for var, spec in schema.run_vars(bool(full_layers), "kv" in parts, "keys" in parts).items():
             g.create_array(
                 var,
                 shape=tuple(sizes[d] for d in spec.dims),
@@ -213,7 +213,8 @@ class RunStore:
         name = schema.group_name(length)
         if name not in self._opened:
             g = self.root[name]
-            self._opened[name] = {var: g[var] for var in (*schema.RUN_STATISTICS, *schema.RUN_CONTEXT)}
+            names = (*schema.RUN_STATISTICS, *schema.RUN_CONTEXT, *schema.RUN_KV)
+            self._opened[name] = {var: g[var] for var in names if var in g}
         return self._opened[name]
 
     def write_layer(self, length: int, d: int, s: int, layer: int, stats: LayerStats) -> None:
@@ -242,13 +243,13 @@ class RunStore:
         sync(write_all())
 
     def write_kv(self, length: int, d: int, s: int, layer: int, keys, values) -> None:
-        """One layer's prompt keys and values (kv_head, N, dim), as float32 (exact for every model dtype)."""
-        g = self.root[schema.group_name(length)]
-        arrays = {
-            "key_cache": keys.detach().float().cpu().numpy(),
-            "value_cache": values.detach().float().cpu().numpy(),
-        }
-        self._submit(self._write_layer, {v: g[v] for v in arrays}, d, s, layer, arrays)
+        """One layer's prompt keys (and values, with --store ...,kv) (kv_head, N, dim), as float32
+        (exact for every model dtype)."""
+        arrays = {"key_cache": keys.detach().float().cpu().numpy()}
+        if "value_cache" in self._layer_arrays(length):
+            arrays["value_cache"] = values.detach().float().cpu().numpy()
+        opened = self._layer_arrays(length)
+        self._submit(self._write_layer, {v: opened[v] for v in arrays}, d, s, layer, arrays)
 
     def write_rows(self, length: int, d: int, s: int, slot: int, q0: int, q1: int, probs) -> None:
         tile = probs.detach().to(TORCH_DTYPES["float16"]).cpu().numpy()

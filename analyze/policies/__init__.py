@@ -15,6 +15,8 @@ from analyze.policies.cab_high import CABHigh
 from analyze.policies.cab_hybrid import CABHybrid
 from analyze.policies.full import Full
 from analyze.policies.h2o import H2O
+from analyze.policies.keydiff import KeyDiff
+from analyze.policies.knorm import KNorm
 from analyze.policies.oracle import Oracle
 from analyze.policies.pyramidkv import PyramidKV
 from analyze.policies.random_keys import RandomKeys
@@ -41,6 +43,8 @@ REGISTRY: dict[str, type[Policy]] = {
         BlockMass,
         PyramidKV,
         AdaKV,
+        KNorm,
+        KeyDiff,
     )
 }
 ALL_METHODS = list(REGISTRY)
