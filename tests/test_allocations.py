@@ -139,3 +139,20 @@ def test_kept_sets_on_a_real_dump_equal_brute_force(smol_store):
     want = np.repeat(select_reference(r.primary, per_layer[20], r.forced, r.secondary), 3, axis=0)
     np.testing.assert_array_equal(ds.kept.sel(policy="pyramidkv").values[0], want)
     assert ds.kept.sel(policy="pyramidkv").values[0].sum() == per_layer[20] * 9
+
+
+@pytest.mark.slow
+def test_cab_forman_on_a_real_dump_equals_the_textbook_matrices(smol_store):
+    """cab_forman's kept sets on the real SmolLM2 dump equal those from the full textbook curvature
+    matrices (`forman_weighted` / `forman_augmented` over every edge, numpy) and `select_reference`."""
+    from analyze.policies import keep
+
+    plan = plan_store(smol_store)
+    specs = ["cab_forman", "cab_forman:form=augmented"]
+    ds = keptsets.kept_sets(smol_store, 512, 0, 1, 21, specs, [0.5, 0.9])
+    x, _ = keptsets.load_layer(smol_store, 512, 0, 1, 21, plan.kv_heads, 0, ("colsum", "blocks"))
+    for spec in specs:
+        p = policies.parse_method(spec)
+        for j, sp in enumerate((0.5, 0.9)):
+            want = keep(p, x, budget(sp, 512), reference=True)
+            np.testing.assert_array_equal(ds.kept.sel(policy=spec).values[j], want)

@@ -76,3 +76,48 @@ def test_numba_minmax_equals_numpy_bit_for_bit():
     fast = curvature.minmax_causal(blocks)
     ref = np.stack([curvature.minmax(curvature.causal(b.astype(np.float64))) for b in blocks])
     np.testing.assert_array_equal(fast, ref)
+
+
+def test_forman_rows_equal_the_full_textbook_matrices():
+    from analyze import curvature
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        m = int(rng.integers(2, 12))
+        a = np.tril(rng.random((m, m)) * (rng.random((m, m)) < 0.6))
+        w = curvature.symmetric(a)
+        for i in range(m):
+            np.testing.assert_allclose(curvature.forman_weighted_row(w, i), curvature.forman_weighted(w)[i])
+            np.testing.assert_array_equal(
+                curvature.forman_augmented_row(w, i), curvature.forman_augmented(w)[i]
+            )
+
+
+def test_cab_forman_keeps_the_block_across_a_bridge():
+    """Two cliques of blocks, {0..3} and {4..7}, joined by one bridge from the query block 7 to block
+    1: the bridge is the most negative Forman-Ricci edge in both forms (weighted -4 against -3,
+    augmented -4 against 3), so cab_forman keeps block 1 first."""
+    from analyze.policies import keep, parse_method
+    from core.runstore import DocLayer
+
+    m, b = 8, 4
+    a = np.zeros((m, m))
+    for clique in (range(4), range(4, 8)):
+        for u in clique:
+            for v in clique:
+                if v <= u:
+                    a[u, v] = 1.0
+    a[7, 1] = 1.0
+    x = DocLayer(
+        final_row=np.full((1, m * b), 1.0 / (m * b), dtype=np.float32),
+        block=b,
+        kv_heads=1,
+        colsum=np.ones((1, m * b), dtype=np.float32),
+        blocks=a[None].astype(np.float32),
+    )
+    for form in ("weighted", "augmented"):
+        p = parse_method(f"cab_forman:form={form}")
+        f = p.scores(x)[0]
+        assert f[1] == f[:7].min() and f[1] == -4, (form, f)
+        kept = keep(p, x, b)[0]
+        np.testing.assert_array_equal(np.flatnonzero(kept), np.arange(4, 8))

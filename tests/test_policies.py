@@ -71,6 +71,11 @@ SPECS = [
     "cab_hybrid",
     "cab_3c",
     "cab_3c:bridge=node",
+    "cab_forman",
+    "cab_forman:form=augmented",
+    "cab_forman:graph=qk",
+    "pyramidkv",
+    "adakv",
 ]
 
 

@@ -11,6 +11,7 @@ from analyze.policies.base import DocLayer, Policy, Ranking, budget, keep, selec
 from analyze.policies.block_mass import BlockMass
 from analyze.policies.cab import CAB
 from analyze.policies.cab_3c import CAB3C
+from analyze.policies.cab_forman import CABForman
 from analyze.policies.cab_high import CABHigh
 from analyze.policies.cab_hybrid import CABHybrid
 from analyze.policies.full import Full
@@ -45,6 +46,7 @@ REGISTRY: dict[str, type[Policy]] = {
         AdaKV,
         KNorm,
         KeyDiff,
+        CABForman,
     )
 }
 ALL_METHODS = list(REGISTRY)
@@ -143,5 +145,6 @@ def describe() -> list[str]:
         )
         doc = " ".join((cls.__doc__ or "").split())
         first = re.split(r"(?<!al)\. ", doc)[0].rstrip(".") + "."
-        lines.append(f"{name:<11} {first}  [{params}]")
+        reads = ", ".join(default(name).reads) or "the answer row only"
+        lines.append(f"{name:<11} {first}  [{params}] reads: {reads}")
     return lines
