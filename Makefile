@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast demo lint bench clean
+.PHONY: test test-fast demo lint bench peer clean
 
 $(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,17 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
 
+# kvpress as the peer (bench/peer_kvpress.py): kvpress 0.5.x pins transformers < 5.3, so it gets a
+# venv of its own; CPU torch as in .venv, and zarr to read the lab's stores
+PEER := .venv-peer
+$(PEER)/.installed: Makefile
+	test -x $(PEER)/bin/python || $(PY) -m venv $(PEER)
+	$(PEER)/bin/pip install -q --upgrade pip
+	$(PEER)/bin/pip install -q "kvpress>=0.5,<0.6" "torch==2.13.0" "zarr==3.1.6"
+	touch $@
+
+peer: $(PEER)/.installed $(STAMP)
+
 demo: $(STAMP)
 	$(BIN)/python -m pipelines run configs/demo.yaml
 
@@ -38,4 +49,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/dump_bench.py
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) $(PEER) runs

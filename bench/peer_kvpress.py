@@ -1,0 +1,313 @@
+"""kvpress as the peer: the documents of a RUN.zarr through kvpress's own presses, against this lab.
+
+    make peer && .venv-peer/bin/python bench/peer_kvpress.py runs/demo/run.zarr [--ratios 0.5,0.9,0.95]
+        [--presses streaming,knorm,keydiff,tova,snapkv,pyramidkv] [--settings agnostic,aware] [--documents N]
+
+Runs in `.venv-peer` (kvpress 0.5.x pins transformers < 5.3: a venv of its own); the lab's side runs
+in `.venv` through subprocesses (`--lab-python`). In one run, on one machine:
+
+1. the lab: `python -m dump` of the same documents again (settings read from the store) and
+   `python -m analyze --answers` with each press's twin at every ratio and setting; both timed;
+2. kvpress: per document, setting, press and ratio, the prompt prefilled inside the press (the
+   context alone in the agnostic setting, kvpress's own query-agnostic use; all but the last prompt
+   token in the aware one), then the rest of the prompt fed and the answer decoded greedily for as
+   many tokens as the dump's own answer; timed (the model loaded before the clock);
+3. per press, setting and ratio: the kept-set agreement per layer and kv head (kvpress's kept
+   positions are recovered from its pruned cache: every post-RoPE key is unique), the answer
+   agreement (identical answer ids; equal RULER string_match_all score), and last
+   `sweep_speedup_vs_kvpress`: kvpress seconds / lab seconds (dump + analysis).
+
+Where kept sets cannot agree by definition the script says why and measures what can agree:
+- budgets: kvpress keeps int((1 - r) n) keys, the lab round((1 - s) n); cells where they differ are
+  counted apart;
+- the aware setting: kvpress's prefill ends one token before the answer position (the lab's
+  statistics include that row and its key), so kept sets are compared on the first n - 1 keys by
+  Jaccard only;
+- snapkv/pyramidkv: kvpress computes its window's attention itself from window_size queries; the
+  lab reads the dump's W rows; the twins are given W as their window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def presses(window: int) -> dict:
+    """press name -> (the lab's twin, a kvpress press factory taking a ratio)."""
+    import kvpress as kp
+
+    return {
+        "streaming": ("streaming", lambda r: kp.StreamingLLMPress(compression_ratio=r, n_sink=4)),
+        "knorm": ("knorm", lambda r: kp.KnormPress(compression_ratio=r)),
+        "keydiff": ("keydiff", lambda r: kp.KeyDiffPress(compression_ratio=r)),
+        "tova": ("tova", lambda r: kp.TOVAPress(compression_ratio=r)),
+        "snapkv": (
+            "snapkv",
+            lambda r: kp.SnapKVPress(compression_ratio=r, window_size=window, kernel_size=5),
+        ),
+        "pyramidkv": (
+            f"pyramidkv:window={window}",
+            lambda r: kp.PyramidKVPress(compression_ratio=r, window_size=window, kernel_size=5, beta=20),
+        ),
+    }
+
+
+def lab(cmd: list[str], python: str) -> float:
+    t = time.perf_counter()
+    r = subprocess.run([python, *cmd], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"peer_kvpress: the lab's `{' '.join(cmd[:3])}` failed:\n{r.stderr[-2000:]}")
+    return time.perf_counter() - t
+
+
+def dump_argv(root, out: str) -> list[str]:
+    st = dict(root.attrs["settings"])
+    lengths = sorted(int(k[4:]) for k in root.group_keys() if k.startswith("len_"))
+    argv = ["-m", "dump", "--out", out, "--model", st["model"], "--task", st.get("task", "passkey")]
+    argv += ["--lengths", ",".join(map(str, lengths)), "--depths", ",".join(f"{d:g}" for d in st["depths"])]
+    argv += ["--samples", str(st["samples"]), "--seed", str(st["seed"]), "--filler", st["filler"]]
+    argv += ["--window", str(st["window"]), "--block", str(st["block"]), "--store", st.get("store", "stats")]
+    return argv + ["--device", "cpu", "--no-progress"]
+
+
+class Recorder:
+    """Wraps a press's `compress`: each layer's kept positions (kv_head, n) bool, from the pruned keys."""
+
+    def __init__(self, press):
+        self.kept: dict[int, np.ndarray] = {}
+        inner = press.compress
+
+        def compress(module, hidden_states, keys, values, attentions, kwargs):
+            k2, v2 = inner(module, hidden_states, keys, values, attentions, kwargs)
+            kept = np.zeros(keys.shape[1:3], dtype=bool)
+            for h in range(keys.shape[1]):
+                where = {row.tobytes(): j for j, row in enumerate(keys[0, h].float().numpy())}
+                for row in k2[0, h].float().numpy():
+                    kept[h, where[row.tobytes()]] = True
+            self.kept[int(module.layer_idx)] = kept
+            return k2, v2
+
+        press.compress = compress
+
+
+def decode(model, cache, rest: torch.Tensor, start: int, steps: int) -> list[int]:
+    """Feed the prompt tokens after the prefill, then greedy steps (the lab's `decode.greedy`)."""
+    lengths = {layer.keys.shape[-2] for layer in cache.layers}
+    if len(lengths) > 1:  # per-layer budgets (PyramidKV): one mask cannot fit every layer, feed one by one
+        for t in rest[:-1]:
+            model(
+                t.reshape(1, 1), past_key_values=cache, position_ids=torch.tensor([[start]]), use_cache=True
+            )
+            start += 1
+        rest = rest[-1:]
+    out, tokens, at = [], rest[None], start
+    for _ in range(steps):
+        pos = at + torch.arange(tokens.shape[1])
+        logits = model(
+            tokens, past_key_values=cache, position_ids=pos[None], cache_position=pos, use_cache=True
+        ).logits
+        at += tokens.shape[1]
+        tokens = logits[:, -1:].argmax(-1)
+        out.append(int(tokens[0, 0]))
+    return out
+
+
+def string_match_all(text: str, values: list[str]) -> float:
+    """RULER's score: the fraction of expected values the text contains (case-insensitive)."""
+    return float(np.mean([v.lower() in text.lower() for v in values])) if values else float("nan")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("store")
+    p.add_argument("--ratios", default="0.5,0.9,0.95")
+    p.add_argument("--presses", default="streaming,knorm,keydiff,tova,snapkv,pyramidkv")
+    p.add_argument("--settings", default="agnostic,aware")
+    p.add_argument("--documents", type=int, default=0, help="the first N finished documents (0: all)")
+    p.add_argument("--lab-python", default=str(ROOT / ".venv" / "bin" / "python"))
+    args = p.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+    root = zarr.open_group(args.store, mode="r")
+    st = dict(root.attrs["settings"])
+    window = int(st["window"])
+    table = presses(window)
+    names = args.presses.split(",")
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        sys.exit(f"peer_kvpress: no twin for {unknown[0]!r}: choose from {', '.join(table)}")
+    ratios = [float(r) for r in args.ratios.split(",")]
+    settings = args.settings.split(",")
+    twins = [table[n][0] for n in names]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # 1. the lab, timed: the same documents dumped again, then analyzed with answers
+        run = str(Path(tmp) / "run.zarr")
+        results = str(Path(tmp) / "results.zarr")
+        lab_dump = lab(dump_argv(root, run), args.lab_python)
+        lab_analyze = lab(
+            ["-m", "analyze", run, "--methods", ",".join(twins), "--sparsity", args.ratios, "--setting",
+             ",".join(settings), "--answers", "--out", results, "--no-progress"], args.lab_python,
+        )  # fmt: skip
+        lab_s = lab_dump + lab_analyze
+        kept_lab = {}
+        for setting in settings:
+            npz = str(Path(tmp) / f"kept_{setting}.npz")
+            lab(["bench/lab_keptsets.py", run, "--methods", ",".join(twins), "--sparsity", args.ratios,
+                 "--setting", setting, "--out", npz], args.lab_python)  # fmt: skip
+            kept_lab[setting] = dict(np.load(npz))
+        res = zarr.open_group(results, mode="r")
+        lab_answers = {name: Named(res[name]) for name in ("answer_ids", "answer")}
+        coords = {
+            c: [x.item() if hasattr(x, "item") else x for x in res[c][:]]
+            for c in ("policy", "sparsity", "setting", "length")
+        }
+        model_dir = (
+            subprocess.run(
+                [
+                    args.lab_python,
+                    "-c",
+                    f"from core.lm import models; print(models.resolve({st['model']!r})[0])",
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+
+    # 2. kvpress, timed (the model loaded before the clock)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    docs = []
+    for n in sorted(int(k[4:]) for k in root.group_keys() if k.startswith("len_")):
+        g = root[f"len_{n}"]
+        for d, s in zip(*np.nonzero(np.asarray(g["done"][:]))):
+            docs.append((n, int(d), int(s), g))
+    docs = docs[: args.documents] if args.documents else docs
+    agree: dict = {}
+    answers: dict = {}
+    t0 = time.perf_counter()
+    for n, d, s, g in docs:
+        ids = torch.as_tensor(np.asarray(g["input_ids"][d, s]), dtype=torch.long)
+        c = int(np.flatnonzero(np.asarray(g["question"][d, s]))[0])
+        steps = int((np.asarray(g["answer_ids"][d, s]) >= 0).sum())
+        values = [
+            e["value"] for e in json.loads(str(g["needle_table"][d, s]) or "[]") if e["role"] == "target"
+        ]
+        for setting in settings:
+            cut = c if setting == "agnostic" else n - 1
+            for name in names:
+                twin, make = table[name]
+                for r in ratios:
+                    press = make(r)
+                    rec = Recorder(press)
+                    with torch.no_grad():
+                        with press(model):
+                            out = model(ids[None, :cut], use_cache=True)
+                        got = decode(model, out.past_key_values, ids[cut:], cut, steps)
+                    answers[(setting, name, r, n, d, s)] = (
+                        got,
+                        string_match_all(tokenizer.decode(got), values),
+                    )
+                    agree[(setting, name, r, n, d, s)] = rec.kept
+    kvpress_s = time.perf_counter() - t0
+
+    # 3. agreement
+    print(
+        f"documents: {len(docs)}; presses: {', '.join(names)}; ratios: {args.ratios}; settings: {args.settings}"
+    )
+    print("kept-set agreement per (document, layer, kv head); answer agreement per document")
+    print(
+        f"{'setting':<9} {'press':<10} {'ratio':>5}  {'identical':>9}  {'jaccard':>7}  {'budgets equal':>13}  {'same ids':>8}  {'same score':>10}"
+    )
+    for setting in settings:
+        for name in names:
+            twin = table[name][0]
+            for r in ratios:
+                same = total = 0
+                jac, budgets_equal, ids_same, score_same = [], 0, 0, 0
+                for n, d, s, _g in docs:
+                    kept_kv = agree[(setting, name, r, n, d, s)]
+                    lab_kept = kept_lab[setting][f"{n}/{d}/{s}/{twin}/{r:g}"]
+                    cut = next(iter(kept_kv.values())).shape[-1]
+                    for layer, kv in kept_kv.items():
+                        ours = lab_kept[layer][:, :cut]
+                        budgets_equal += int((ours.sum(-1) == kv.sum(-1)).all())
+                        for h in range(kv.shape[0]):
+                            total += 1
+                            same += int(np.array_equal(ours[h], kv[h]))
+                            inter = (ours[h] & kv[h]).sum()
+                            jac.append(inter / max(1, (ours[h] | kv[h]).sum()))
+                    got, score = answers[(setting, name, r, n, d, s)]
+                    where = dict(setting=setting, policy=twin, sparsity=r, length=n, depth=d, sample=s)
+                    ours_ids = lab_answers["answer_ids"].at(coords, **where)
+                    ids_same += int(list(ours_ids[: len(got)]) == got)
+                    score_same += int(abs(float(lab_answers["answer"].at(coords, **where)) - score) < 1e-6)
+                layers = len(docs) * len(kept_kv)
+                print(
+                    f"{setting:<9} {name:<10} {r:>5g}  {same / total:>9.3f}  {np.mean(jac):>7.3f}  "
+                    f"{budgets_equal / layers:>13.3f}  {ids_same / len(docs):>8.3f}  {score_same / len(docs):>10.3f}"
+                )
+    if "aware" in settings:
+        print(
+            "aware: kvpress prefills n - 1 tokens (its cache ends before the answer position); the lab's "
+            "kept sets also rank the last prompt key: compared on the first n - 1 keys, not identical by definition"
+        )
+    print(
+        "budgets: kvpress keeps int((1 - r) n), the lab round((1 - s) n); 'budgets equal' is the share of "
+        "(document, layer) cells where they coincide"
+    )
+    grid = len(names) * len(ratios) * len(docs) * len(settings)
+    print(
+        f"lab seconds: {lab_s:.1f} (dump {lab_dump:.1f} + analyze --answers {lab_analyze:.1f}) for the whole grid"
+    )
+    print(f"kvpress seconds: {kvpress_s:.1f} for {grid} (press, ratio, document, setting) runs")
+    print(f"sweep_speedup_vs_kvpress {kvpress_s / lab_s:.2f}")
+
+
+class Named:
+    """A RESULTS array read by coordinate names (zarr's dimension names; no xarray in .venv-peer)."""
+
+    def __init__(self, array):
+        self.a = np.asarray(array[:])
+        self.dims = list(array.metadata.dimension_names)
+
+    def at(self, coords: dict, **where):
+        index = []
+        for dim in self.dims:
+            if dim in where:
+                values = coords.get(dim)
+                v = where[dim]
+                index.append(
+                    values.index(v)
+                    if values is not None and dim in ("policy", "sparsity", "setting", "length")
+                    else v
+                )
+            else:
+                index.append(slice(None))
+        return self.a[tuple(index)]
+
+
+if __name__ == "__main__":
+    main()
