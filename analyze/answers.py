@@ -173,7 +173,7 @@ def answer_document(path: str, plan, job, spec) -> dict:
     masks = np.zeros((len(pols), len(sparsities), layers, lm.config["heads"], n), dtype=bool)
     reads = keptsets.reads_of(pols)
     load = keptsets.loader(path, n, d, s, plan.kv_heads, spec.seed, reads, spec.setting)
-    whole = keptsets.document_of(plan, n, load)
+    whole = keptsets.document_of(plan, n, load, (d, s))
     for layer in whole.prunable:
         x = load(layer)
         for j, i, kept in keptsets.iter_kept(

@@ -28,6 +28,9 @@ class Document:
     prunable: tuple[int, ...]
     load: Callable[[int], DocLayer] | None = None  # layer -> its statistics (all a policy reads)
     setting: object = None  # the `core.settings.Setting` the policies see the layers under
+    where: tuple | None = (
+        None  # (store path, length, depth index, sample): what a calibrated allocation reads
+    )
     _cache: dict = field(default_factory=dict, repr=False)
 
     def layer(self, layer: int) -> DocLayer:

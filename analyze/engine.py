@@ -147,7 +147,7 @@ def analyze_doclayer(path: str, plan: StorePlan, job: LayerJob, spec: Spec) -> d
     kv_heads = plan.kv_heads
     x, masks = keptsets.load_layer(path, length, d, s, layer, kv_heads, spec.seed, spec.reads, spec.setting)
     load = keptsets.loader(path, length, d, s, kv_heads, spec.seed, spec.reads, spec.setting)
-    doc = keptsets.document_of(plan, length, load)
+    doc = keptsets.document_of(plan, length, load, (d, s))
     final = masks["answer_row"].astype(np.float64)  # the answer position, whatever the policy saw
     nsp = len(spec.sparsities)
     out = np.zeros((len(schema.METRICS), len(spec.policies), nsp, x.heads))

@@ -50,8 +50,9 @@ def kept(
     return out
 
 
-def document_of(plan, n: int, load=None) -> budgets.Document:
-    """The document an allocation sees: its prunable layers, and `load(layer)` for their statistics."""
+def document_of(plan, n: int, load=None, doc: tuple[int, int] | None = None) -> budgets.Document:
+    """The document an allocation sees: its prunable layers, `load(layer)` for their statistics, and
+    where it lies in the store (`doc` = (depth index, sample)) for allocations calibrated on others."""
     windows = plan.windows
     return budgets.Document(
         n,
@@ -60,6 +61,7 @@ def document_of(plan, n: int, load=None) -> budgets.Document:
         plan.kv_heads,
         tuple(layer for layer in range(plan.layers) if schema.prunable(windows[layer], n)),
         load,
+        where=None if doc is None else (plan.path, n, *doc),
     )
 
 
@@ -159,7 +161,8 @@ def kept_sets(
     reads = reads_of(pols)
     x, token_masks = load_layer(store, length, depth, sample, layer, plan.kv_heads, seed, reads, setting)
     masks = np.zeros((len(pols), len(sparsities), x.heads, x.full_n or x.n), dtype=bool)
-    doc = document_of(plan, length, loader(store, length, depth, sample, plan.kv_heads, seed, reads, setting))
+    load = loader(store, length, depth, sample, plan.kv_heads, seed, reads, setting)
+    doc = document_of(plan, length, load, (depth, sample))
     for j, i, m in iter_kept(x, pols, sparsities, gqa, doc=doc, layer=layer, setting=setting):
         masks[i, j] = m
     return xr.Dataset(

@@ -156,3 +156,63 @@ def test_cab_forman_on_a_real_dump_equals_the_textbook_matrices(smol_store):
         for j, sp in enumerate((0.5, 0.9)):
             want = keep(p, x, budget(sp, 512), reference=True)
             np.testing.assert_array_equal(ds.kept.sel(policy=spec).values[j], want)
+
+
+@pytest.mark.slow
+def test_duo_retrieval_heads_come_from_the_other_fold_and_keep_everything(smol_store):
+    """duo: as many retrieval kv heads as the fixed total pays for, chosen by the answer row's mass on
+    the target measured on the other fold's documents only; they keep every key, the streaming heads
+    keep sinks + recent, and the document's total is the fixed budget's."""
+    import zarr
+
+    from analyze.policies.duo import fold_scores
+
+    plan = plan_store(smol_store)
+    g = zarr.open_group(smol_store, mode="r")["len_512"]
+    d, s = 0, 1  # fold 1: its heads come from documents (0, 0) and (1, 1)
+    brute = np.zeros((plan.layers, plan.kv_heads))
+    for dd, ss in ((0, 0), (1, 1)):
+        for layer in range(plan.layers):
+            row = np.asarray(g["window"][dd, ss, layer, :, -1, :], dtype=np.float64)
+            mass = row[:, np.asarray(g["target"][dd, ss], bool)].sum(-1)
+            brute[layer] += mass.reshape(plan.kv_heads, -1).mean(-1) / 2
+    np.testing.assert_allclose(fold_scores(smol_store, 0, plan.kv_heads), brute)
+    sparsity = 0.5
+    k = budget(sparsity, 512)
+    units = plan.layers * plan.kv_heads
+    r = (k * units - units * 68) // (512 - 68)
+    best = set(np.lexsort((np.arange(units), -brute.ravel()))[:r])
+    doc = keptsets.document_of(
+        plan, 512, keptsets.loader(smol_store, 512, d, s, plan.kv_heads, 0, ()), (d, s)
+    )
+    got = budgets.allocate(policies.parse_method("duo"), doc, k)
+    assert got.sum() == k * plan.heads * plan.layers
+    for layer in range(plan.layers):
+        for h in range(plan.kv_heads):
+            heads = got[layer, 3 * h : 3 * h + 3]
+            assert (heads == heads[0]).all()
+            assert (heads[0] == 512) == (layer * plan.kv_heads + h in best)
+            assert heads[0] >= 68
+    ds = keptsets.kept_sets(smol_store, 512, d, s, 20, ["duo"], [sparsity])
+    kept = ds.kept.values[0, 0]
+    for q in range(plan.heads):
+        n_kept = got[20, q]
+        want = np.zeros(512, bool)
+        want[:4] = True
+        want[512 - (n_kept - 4) :] = True
+        np.testing.assert_array_equal(kept[q], want if n_kept < 512 else np.ones(512, bool))
+
+
+def test_duo_needs_both_folds(tiny_store, tmp_path):
+    from tests.conftest import run_cli
+
+    r = run_cli(
+        "analyze", tiny_store, "--methods", "duo", "--out", str(tmp_path / "r.zarr"), "--workers", "1"
+    )
+    assert r.returncode == 0, r.stderr  # the tiny store has both folds
+    one = tmp_path / "one.zarr"
+    r = run_cli("dump", "--model", str(plan_store(tiny_store).attrs["model"]["name"]), "--lengths", "200",
+                "--depths", "0.5", "--window", "8", "--block", "32", "--out", str(one), "--no-progress")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    r = run_cli("analyze", str(one), "--methods", "duo", "--out", str(tmp_path / "r2.zarr"), "--workers", "1")
+    assert r.returncode == 2 and "calibration fold" in r.stderr and "Traceback" not in r.stderr

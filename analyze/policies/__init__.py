@@ -14,6 +14,7 @@ from analyze.policies.cab_3c import CAB3C
 from analyze.policies.cab_forman import CABForman
 from analyze.policies.cab_high import CABHigh
 from analyze.policies.cab_hybrid import CABHybrid
+from analyze.policies.duo import Duo
 from analyze.policies.full import Full
 from analyze.policies.h2o import H2O
 from analyze.policies.keydiff import KeyDiff
@@ -47,6 +48,7 @@ REGISTRY: dict[str, type[Policy]] = {
         KNorm,
         KeyDiff,
         CABForman,
+        Duo,
     )
 }
 ALL_METHODS = list(REGISTRY)
