@@ -1,10 +1,12 @@
 """Policy speed: numba kernels vs the plain numpy references, on a real dump.
 
-    python bench/analyze_bench.py [--store bench/out/smollm2_4k.zarr]
+    python bench/analyze_bench.py [--store bench/out/smollm2_4k_keys.zarr]
 
-Without --store it first dumps SmolLM2 at 4k tokens, 5 depths x 2 samples (a few minutes on a CPU).
-Prints per policy the time of both paths over every document-layer at 3 sparsities, then the wall
-time of the whole analysis with 1 and 2 local workers, and last `analyze_speedup R` (target >= 5).
+Without --store it first dumps SmolLM2 at 4k tokens, 5 depths x 2 samples, with the post-RoPE keys
+(`--store stats,keys`, which knorm and keydiff read; a few minutes on a CPU). Prints per policy (every
+registered one) the time of both paths over every document-layer at 3 sparsities, then the wall time
+of the whole analysis with 1 and 2 local workers, and last `analyze_speedup R` (target >= 5). A policy
+with a budget allocation (pyramidkv, adakv, duo) is timed with its allocation, document by document.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import time
 
 import numpy as np
 
-from analyze import engine, policies
+from analyze import engine, keptsets, policies
+from analyze.budgets import UNIFORM
 from analyze.policies import budget, keep
 from core import runstore
 from core.cluster import client_for
@@ -28,14 +31,18 @@ def ensure_store(path: str) -> str:
         from dump.run import DumpOptions, run_dump
 
         print(f"dumping {path} (SmolLM2, 4k tokens, 5 depths x 2 samples)...")
-        s = run_dump(DumpOptions(out=path, lengths=[4096], depths=[0.1, 0.3, 0.5, 0.7, 0.9], samples=2))
+        s = run_dump(
+            DumpOptions(
+                out=path, lengths=[4096], depths=[0.1, 0.3, 0.5, 0.7, 0.9], samples=2, store="stats,keys"
+            )
+        )
         print(s.line())
     return path
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--store", default="bench/out/smollm2_4k.zarr")
+    p.add_argument("--store", default="bench/out/smollm2_4k_keys.zarr")
     p.add_argument(
         "--layers", type=int, default=0, help="time only the first L layers per document (0 = all)"
     )
@@ -53,15 +60,26 @@ def main():
     for x in docs:  # kv-group means are computed once per document-layer and shared: not a policy's cost
         x.group_mean()
     totals = {"numba": 0.0, "numpy": 0.0}
+    by_doc: dict = {}
+    for (n, d, s, layer), x in zip(tasks, docs):
+        by_doc.setdefault((n, int(d), int(s)), {})[int(layer)] = x
     for name in policies.ALL_METHODS:
         policy = policies.parse_method(name)
         times = {}
         for path, ref in (("numba", False), ("numpy", True)):
             keep(policy, docs[0], budget(0.9, docs[0].n), reference=ref)  # compile / warm
             t = time.perf_counter()
-            for x in docs:
-                for sp in SPARSITIES:
-                    keep(policy, x, budget(sp, x.n), reference=ref)
+            if policy.allocation is UNIFORM:
+                for x in docs:
+                    for sp in SPARSITIES:
+                        keep(policy, x, budget(sp, x.n), reference=ref)
+            else:  # the allocation over the document's layers, then each layer's kept sets
+                for (n, d, s), layers in by_doc.items():
+                    doc = keptsets.document_of(plan, n, layers.__getitem__, (d, s))
+                    doc.prunable = tuple(layers)
+                    for layer, x in layers.items():
+                        for _ in keptsets.iter_kept(x, [policy], SPARSITIES, "kv", ref, doc, layer):
+                            pass
             times[path] = time.perf_counter() - t
             totals[path] += times[path]
         print(
