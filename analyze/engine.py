@@ -129,6 +129,21 @@ def check_keys(spec: Spec, plan: StorePlan) -> None:
         )
 
 
+def check_folds(spec: Spec, plan: StorePlan) -> None:
+    """duo finds retrieval heads on the other calibration fold: both folds need finished documents."""
+    from analyze.policies.duo import Duo, fold_of
+
+    if not any(isinstance(m, Duo) for m in spec.policies):
+        return
+    folds = {fold_of(int(d), int(s)) for n in plan.lengths for d, s in zip(*np.nonzero(plan.done[n]))}
+    if folds != {0, 1}:
+        raise UsageError(
+            f"duo finds its retrieval heads on the documents of the other calibration fold ((depth index + "
+            f"sample) % 2), and {plan.path!r} has finished documents in fold {sorted(folds)} only: dump two "
+            "depths or samples"
+        )
+
+
 def skipped_doclayer(spec: Spec, heads: int) -> dict:
     """A layer that is not pruned (a sliding window shorter than the prompt): every metric NaN, so it
     is left out of head means and can never be a retrieval head."""
@@ -391,6 +406,7 @@ def preflight(path: str, spec: Spec, plan: StorePlan) -> Spec:
     check_blocks(spec, plan)
     check_rows(spec, plan)
     check_keys(spec, plan)
+    check_folds(spec, plan)
     check_budgets(spec, plan)
     check_setting(spec, plan)
     if not documents_of(plan):

@@ -216,3 +216,4 @@ def test_duo_needs_both_folds(tiny_store, tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_cli("analyze", str(one), "--methods", "duo", "--out", str(tmp_path / "r2.zarr"), "--workers", "1")
     assert r.returncode == 2 and "calibration fold" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r2.zarr").exists()
