@@ -66,9 +66,19 @@ def document_of(plan, n: int, load=None, doc: tuple[int, int] | None = None) -> 
 
 
 def load_layer(
-    path: str, n: int, d: int, s: int, layer: int, kv_heads: int, seed: int, reads, setting="aware"
+    path: str,
+    n: int,
+    d: int,
+    s: int,
+    layer: int,
+    kv_heads: int,
+    seed: int,
+    reads,
+    setting="aware",
+    document: tuple | None = None,
 ):
-    """(statistics, token masks) of one document-layer, as `setting` reads them, with the layer's seed."""
+    """(statistics, token masks) of one document-layer, as `setting` reads them, with the layer's seed
+    (`document`: `runstore.open_document`'s, shared by the document's layers)."""
     shown = settings.get(setting)
     return runstore.load_doclayer(
         path,
@@ -81,14 +91,19 @@ def load_layer(
         reads,
         shown.stored,
         shown.context_only,
+        document,
     )
 
 
 def loader(path: str, n: int, d: int, s: int, kv_heads: int, seed: int, reads, setting: str = "aware"):
-    """layer -> that layer's statistics of one document (what `document_of` hands an allocation)."""
+    """layer -> that layer's statistics of one document (what `document_of` hands an allocation); the
+    store's group and the document's token masks are read once for all its layers."""
+    document: list = []
 
     def load(layer: int) -> DocLayer:
-        return load_layer(path, n, d, s, layer, kv_heads, seed, reads, setting)[0]
+        if not document:
+            document.append(runstore.open_document(path, n, d, s))
+        return load_layer(path, n, d, s, layer, kv_heads, seed, reads, setting, document[0])[0]
 
     return load
 

@@ -243,6 +243,12 @@ def has_context(path: str) -> bool:
     return bool(lengths) and "colsum" + schema.CONTEXT in root[schema.group_name(lengths[0])]
 
 
+def open_document(path: str, length: int, d: int, s: int) -> tuple:
+    """(the opened `len_N` group, the document's token masks): what every layer of it shares."""
+    g = _open(path)[schema.group_name(length)]
+    return g, document_masks(g, path, length, d, s)
+
+
 def document_masks(g, path: str, length: int, d: int, s: int) -> dict:
     """A document's token masks (`schema.document_masks`: name -> (key,) bool) and `target_spans`:
     for every target needle, the token spans its value can be copied from. Stores before RUN 2.3
@@ -281,16 +287,19 @@ def load_doclayer(
     reads=READABLE,
     stored: dict | None = None,
     context_only: bool = False,
+    document: tuple | None = None,
 ) -> tuple[DocLayer, dict]:
     """The statistics `reads` of one document-layer (float16 ones as float32), and its token masks
     (`document_masks`) with `answer_row`, the answer position's attention row (head, N) the metrics
     read. `stored` maps a statistic to the RUN variable a setting reads it from
     (`core.settings.Setting.stored`; default: its own name). `context_only`: the view of the context
     alone, cut at the question's first token C (its n is C, its final row the last context row,
-    `full_n` the prompt's length): no question row or key is in it."""
-    g = _open(path)[schema.group_name(length)]
+    `full_n` the prompt's length): no question row or key is in it. `document`: (the opened length
+    group, its token masks) from an earlier call on the same document, reused (a document's layers
+    share them: `open_document`)."""
+    g, masks = open_document(path, length, d, s) if document is None else document
+    masks = dict(masks)  # this layer adds its answer row
     index = (d, s, layer)
-    masks = document_masks(g, path, length, d, s)
     stats = {}
     for var in STATISTICS:
         name = (stored or {}).get(var, var)
