@@ -113,17 +113,17 @@ def symmetric(a: np.ndarray) -> np.ndarray:
 
 
 def forman_weighted(w: np.ndarray) -> np.ndarray:
-    """Sreejith et al. (2016) edge curvature, node weights 1; 0 where there is no edge."""
-    n = w.shape[0]
-    f = np.zeros_like(w, dtype=np.float64)
-    for u in range(n):
-        for v in range(n):
-            if u == v or w[u, v] <= 0:
-                continue
-            su = sum(np.sqrt(w[u, v] / w[u, x]) for x in range(n) if x not in (u, v) and w[u, x] > 0)
-            sv = sum(np.sqrt(w[u, v] / w[v, y]) for y in range(n) if y not in (u, v) and w[v, y] > 0)
-            f[u, v] = 2 - su - sv
-    return f
+    """Sreejith et al. (2016) edge curvature, node weights 1; 0 where there is no edge. Every edge at
+    once: with r[u, x] = 1/√w_ux (0 without an edge) and R_u = Σ_x r[u, x],
+    F(u, v) = 2 − √w_uv · (R_u − r[u, v]) − √w_uv · (R_v − r[v, u])."""
+    w = np.asarray(w, dtype=np.float64).copy()
+    np.fill_diagonal(w, 0.0)
+    edge = w > 0
+    r = np.zeros_like(w)
+    r[edge] = 1.0 / np.sqrt(w[edge])
+    total = r.sum(axis=1)
+    f = 2.0 - np.sqrt(np.where(edge, w, 0.0)) * ((total[:, None] - r) + (total[None, :] - r.T))
+    return np.where(edge, f, 0.0)
 
 
 def forman_augmented(w: np.ndarray) -> np.ndarray:

@@ -49,7 +49,7 @@ def main():
     args = p.parse_args()
     store = ensure_store(args.store)
     plan = runstore.plan_store(store)
-    tasks = engine.tasks_of(plan)
+    tasks = [(*doc, layer) for doc in engine.documents_of(plan) for layer in range(plan.layers)]
     if args.layers:
         tasks = [t for t in tasks if t[3] < args.layers]
     docs = [

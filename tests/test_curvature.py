@@ -78,6 +78,20 @@ def test_numba_minmax_equals_numpy_bit_for_bit():
     np.testing.assert_array_equal(fast, ref)
 
 
+def weighted_by_definition(w):
+    """Sreejith et al. (2016), edge by edge, as written."""
+    n = w.shape[0]
+    f = np.zeros_like(w, dtype=np.float64)
+    for u in range(n):
+        for v in range(n):
+            if u == v or w[u, v] <= 0:
+                continue
+            su = sum(np.sqrt(w[u, v] / w[u, x]) for x in range(n) if x not in (u, v) and w[u, x] > 0)
+            sv = sum(np.sqrt(w[u, v] / w[v, y]) for y in range(n) if y not in (u, v) and w[v, y] > 0)
+            f[u, v] = 2 - su - sv
+    return f
+
+
 def test_forman_rows_equal_the_full_textbook_matrices():
     from analyze import curvature
 
@@ -91,6 +105,7 @@ def test_forman_rows_equal_the_full_textbook_matrices():
             np.testing.assert_array_equal(
                 curvature.forman_augmented_row(w, i), curvature.forman_augmented(w)[i]
             )
+        np.testing.assert_allclose(curvature.forman_weighted(w), weighted_by_definition(w), atol=1e-12)
 
 
 def test_cab_forman_keeps_the_block_across_a_bridge():
