@@ -27,6 +27,7 @@ class OverBase(Policy):
     and an `allocation` property."""
 
     base: str = "snapkv"
+    compare_with = ("h2o", "snapkv")  # Jaccard with accumulated attention and the window's votes
 
     @property
     def scorer(self) -> Policy:

@@ -33,7 +33,7 @@ class CABForman(Policy):
     block: int = param(0, integer(minimum=0), "0 = stored B, or a multiple of it")
     block_scores = True
     keeps_lowest = True
-    compare_with = COMPARE_WITH
+    compare_with = (*COMPARE_WITH, "snapkv")
 
     @property
     def reads(self) -> tuple[str, ...]:

@@ -86,6 +86,7 @@ class Duo(Policy):
     """
 
     name = "duo"
+    compare_with = ("h2o", "snapkv")  # Jaccard with accumulated attention and the window's votes
     sinks: int = param(4, integer(minimum=0), ">= 0")
     recent: int = param(64, integer(minimum=1), ">= 1")
 

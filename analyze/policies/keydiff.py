@@ -45,6 +45,7 @@ class KeyDiff(Policy):
     """
 
     name = "keydiff"
+    compare_with = ("h2o", "snapkv")  # Jaccard with accumulated attention and the window's votes
     reads = ("key_cache",)
 
     def rank(self, x: DocLayer, k: int) -> Ranking:

@@ -30,6 +30,7 @@ class KNorm(Policy):
     """
 
     name = "knorm"
+    compare_with = ("h2o", "snapkv")  # Jaccard with accumulated attention and the window's votes
     reads = ("key_cache",)
 
     def rank(self, x: DocLayer, k: int) -> Ranking:
