@@ -95,19 +95,19 @@ def sweep(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
     if until != "viz":
         return timings
     from core import schema
-    from viz import tasks
+    from viz import tasks_answer_table, tasks_long_table, tasks_page, tasks_render
 
     t = time.perf_counter()
     results = {task: schema.open_results(study.results_store).load() for task, study in cfg.studies()}
-    tasks.page(results, cfg.tasks_page)
+    tasks_page(results, cfg.tasks_page)
     # the model's answer where it was decoded, else the needle proxy (named in the table's header)
     metric = "answer" if all("answer" in ds for ds in results.values()) else "needle_hit"
-    table = tasks.long_table(results, metric)
+    table = tasks_long_table(results, metric)
     tmp = Path(cfg.tasks_table + ".tmp")
     table.to_csv(tmp, index=False)
     tmp.replace(cfg.tasks_table)
     for s in sorted(set(table.sparsity)):
-        log("\n" + tasks.render(tasks.answer_table(results, s, metric), s, metric))
+        log("\n" + tasks_render(tasks_answer_table(results, s, metric), s, metric))
     timings["tasks"] = time.perf_counter() - t
     return _done(timings, f"open {cfg.tasks_page}; the table: {cfg.tasks_table}")
 
