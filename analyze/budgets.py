@@ -75,9 +75,7 @@ class Allocation:
     name = "allocation"
     per_layer = False
 
-    def allocate(
-        self, doc: Document, k: int, policy, reference: bool = False
-    ) -> np.ndarray:  # pragma: no cover
+    def allocate(self, doc: Document, k: int, policy) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -86,7 +84,7 @@ class Uniform(Allocation):
 
     name = "uniform"
 
-    def allocate(self, doc: Document, k: int, policy, reference: bool = False) -> np.ndarray:
+    def allocate(self, doc: Document, k: int, policy) -> np.ndarray:
         out = np.zeros((doc.layers, doc.heads), dtype=np.int64)
         out[list(doc.prunable)] = k
         return out
@@ -127,7 +125,7 @@ def allocate(policy, doc: Document, k: int, reference: bool = False) -> np.ndarr
         for layer in doc.prunable:
             budgets[layer] = allocate_layer(policy, doc, k, layer, reference)
         return budgets
-    budgets = np.asarray(alloc.allocate(doc, fixed, policy, reference=reference), dtype=np.int64)
+    budgets = np.asarray(alloc.allocate(doc, fixed, policy), dtype=np.int64)
     if budgets.shape != (doc.layers, doc.heads):
         raise ValueError(
             f"{policy.name}: allocation gave shape {budgets.shape}, not {(doc.layers, doc.heads)}"

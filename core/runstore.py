@@ -284,7 +284,7 @@ def load_doclayer(
     layer: int,
     kv_heads: int,
     seed: int,
-    reads=READABLE,
+    reads=STATISTICS,
     stored: dict | None = None,
     context_only: bool = False,
     document: tuple | None = None,

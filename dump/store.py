@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import shutil
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +23,10 @@ from core import schema
 from core.errors import UsageError
 from core.lm.stats import LayerStats
 from core.outputs import is_local, local_path
+
+# a layer's chunks are written on zarr's event loop: a run stopped by a signal leaves its pending
+# writes behind (the document is rewritten on resume), which asyncio would report one by one at exit
+logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 # zstd level 1: on real attention rows level 5 is 2.8x slower for 8% smaller chunks
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), Crc32cCodec())

@@ -50,7 +50,7 @@ class Retrieval(Allocation):
     recent: int
     name = "retrieval heads"
 
-    def allocate(self, doc: Document, k: int, policy, reference: bool = False) -> np.ndarray:
+    def allocate(self, doc: Document, k: int, policy) -> np.ndarray:
         if doc.where is None:
             raise ValueError("duo needs to know where the document lies in its store (its calibration fold)")
         path, _, d, s = doc.where

@@ -29,7 +29,7 @@ class Pyramid(Allocation):
     window: int
     name = "pyramid"
 
-    def allocate(self, doc: Document, k: int, policy, reference: bool = False) -> np.ndarray:
+    def allocate(self, doc: Document, k: int, policy) -> np.ndarray:
         layers = list(doc.prunable)
         shares = pyramid_shares(k, doc.n, len(layers), self.beta, self.window)
         per_layer = spread(k * len(layers), shares, doc.n)  # the exact total: kvpress rounds each alone
