@@ -53,7 +53,7 @@ def main():
     if args.layers:
         tasks = [t for t in tasks if t[3] < args.layers]
     docs = [
-        runstore.load_doclayer(store, n, int(d), int(s), int(layer), plan.kv_heads, 0)[0]
+        runstore.load_doclayer(store, n, int(d), int(s), int(layer), plan.kv_heads, 0, runstore.READABLE)[0]
         for n, d, s, layer in tasks
     ]
     print(f"{len(docs)} document-layers, N = {docs[0].n}, heads = {docs[0].heads}, sparsities {SPARSITIES}")
