@@ -3,9 +3,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from analyze import curvature
-from analyze.policies._blockgraph import COMPARE_WITH, GRAPH_READS, graphs
-from analyze.policies.base import DocLayer, Policy, Ranking, expand_blocks, param
-from core.optionkit import choice, integer
+from analyze.policies._blockgraph import COMPARE_WITH, graphs
+from analyze.policies.base import DocLayer, param
+from analyze.policies.cab import CAB
+from core.optionkit import choice
 
 FORMS = {
     "weighted": (curvature.forman_weighted, curvature.forman_weighted_row),
@@ -14,7 +15,7 @@ FORMS = {
 
 
 @dataclass(frozen=True)
-class CABForman(Policy):
+class CABForman(CAB):
     """Textbook curvature-aware blocks: keep the key blocks joined to the last query block by its most
     negative (bridge-like) Forman-Ricci edges, on the undirected block graph w = A + Aᵀ (raw weights,
     no self-loops): the weighted form of Sreejith et al. 2016 ("Forman curvature for complex
@@ -29,15 +30,7 @@ class CABForman(Policy):
 
     name = "cab_forman"
     form: str = param("weighted", choice(*FORMS), "weighted/augmented")
-    graph: str = param("blocks", choice("blocks", "qk"), "blocks/qk")
-    block: int = param(0, integer(minimum=0), "0 = stored B, or a multiple of it")
-    block_scores = True
-    keeps_lowest = True
-    compare_with = (*COMPARE_WITH, "snapkv")
-
-    @property
-    def reads(self) -> tuple[str, ...]:
-        return ("colsum", *GRAPH_READS[self.graph])
+    compare_with = (*COMPARE_WITH, "snapkv")  # reads, lowest-first ranking and block fill: CAB's
 
     def scores(self, x: DocLayer, reference: bool = False) -> np.ndarray:
         """(head, kblock) Forman-Ricci curvature of the last query block's edges."""
@@ -49,13 +42,3 @@ class CABForman(Policy):
             w = curvature.symmetric(np.asarray(a[h], dtype=np.float64))
             out.append(full(w)[i] if reference else row(w, i))
         return np.stack(out)
-
-    def _rank(self, x, reference):
-        f = self.scores(x, reference)
-        return Ranking(primary=expand_blocks(-f, x.block, x.n), secondary=x.colsum)
-
-    def rank(self, x: DocLayer, k: int) -> Ranking:
-        return self._rank(x, False)
-
-    def rank_reference(self, x: DocLayer, k: int) -> Ranking:
-        return self._rank(x, True)
