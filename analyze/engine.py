@@ -118,15 +118,23 @@ def check_rows(spec: Spec, plan: StorePlan) -> None:
 
 def check_keys(spec: Spec, plan: StorePlan) -> None:
     """A key scorer on a store dumped without its keys is refused up front."""
-    from core.runstore import KEYS
+    from core.runstore import KEY_PARTS, _open
 
-    needs = [lab for m, lab in zip(spec.policies, spec.labels) if KEYS in m.reads]
+    needs = [(lab, m) for m, lab in zip(spec.policies, spec.labels) if set(KEY_PARTS) & set(m.reads)]
     stored = schema.store_parts(dict(plan.attrs.get("settings", {})).get("store", "stats"))
     if needs and "keys" not in stored:
         raise UsageError(
-            f"{needs[0]} scores keys from the keys themselves, but {plan.path!r} was dumped without them: "
+            f"{needs[0][0]} scores keys from the keys themselves, but {plan.path!r} was dumped without them: "
             "re-dump with --store stats,keys"
         )
+    if needs and plan.lengths:  # stores with keys from before the query moments existed
+        g = _open(plan.path)[schema.group_name(plan.lengths[0])]
+        for lab, m in needs:
+            missing = [v for v in KEY_PARTS if v in m.reads and v not in g]
+            if missing:
+                raise UsageError(
+                    f"{lab} reads {missing[0]}, which {plan.path!r} predates: re-dump it with --store stats,keys"
+                )
 
 
 def check_folds(spec: Spec, plan: StorePlan) -> None:

@@ -17,7 +17,10 @@ from core.outputs import is_local, local_path
 
 STATISTICS = tuple(schema.RUN_STATISTICS)  # the attention statistics, in the schema's order
 KEYS = "key_cache"  # post-RoPE keys (kv_head, key, dim): key scorers read them (dump --store stats,keys)
-READABLE = (*STATISTICS, KEYS)  # what a policy may read
+# Expected Attention's query moments (per setting: `_ctx` in agnostic) and the values' norms
+QUERIES = ("query_mean", "query_cov")
+KEY_PARTS = (KEYS, "value_norm", *QUERIES)  # what `dump --store stats,keys` adds
+READABLE = (*STATISTICS, *KEY_PARTS)  # what a policy may read
 _GUARDED = frozenset((*STATISTICS, "final_row"))
 
 
@@ -40,6 +43,9 @@ class DocLayer:
     qpool: np.ndarray | None = None  # (head, kblock, dim) post-RoPE Q pooled per block (max L2)
     kpool: np.ndarray | None = None  # (head, kblock, dim)
     key_cache: np.ndarray | None = None  # (kv_head, key, dim) post-RoPE keys, float32 (per kv head)
+    value_norm: np.ndarray | None = None  # (kv_head, key) L2 norms of the values
+    query_mean: np.ndarray | None = None  # (head, dim) mean pre-RoPE query, averaged-RoPE rotated
+    query_cov: np.ndarray | None = None  # (head, dim, dim) its covariance, rotated alike
 
     hidden: frozenset = frozenset()  # fields the policy's setting hides (`core.settings`)
     full_n: int = 0  # the prompt's length when this is a context-only view (its n is the context's)
@@ -309,10 +315,15 @@ def load_doclayer(
         elif var in reads:
             a = _checked(g, name, index, path, length)
             stats[var] = a.astype(np.float32) if a.dtype == np.float16 else a
-    if KEYS in reads:  # the keys of the context do not depend on the question: every setting reads them
-        if KEYS not in g:
-            raise UsageError(f"store {path!r} has no post-RoPE keys: re-dump it with --store stats,keys")
-        stats[KEYS] = _checked(g, KEYS, index, path, length)
+    for var in KEY_PARTS:  # keys and values of the context do not depend on the question
+        if var not in reads:
+            continue
+        name = (stored or {}).get(var, var)  # the moments of the setting's own prefill
+        if name not in g:
+            raise UsageError(
+                f"store {path!r} has no {name} (a key scorer reads it): re-dump it with --store stats,keys"
+            )
+        stats[var] = _checked(g, name, index, path, length)
     if "window" in stats and not stored:
         answer_row = stats["window"][:, -1, :]
     else:
@@ -330,7 +341,9 @@ def load_doclayer(
             final = _checked(g, last, (d, s, layer, slice(None), -1), path, length).astype(np.float32)[:, :c]
         cut = {"colsum": np.s_[:, :c], "window_sum": np.s_[:, :c], "window": np.s_[:, :, :c]}
         cut.update({"blocks": np.s_[:, :mc, :mc], "qpool": np.s_[:, :mc], "kpool": np.s_[:, :mc]})
-        cut[KEYS] = np.s_[:, :c]
+        cut.update(
+            {KEYS: np.s_[:, :c], "value_norm": np.s_[:, :c], "query_mean": np.s_[:], "query_cov": np.s_[:]}
+        )
         stats = {k: np.ascontiguousarray(v[cut[k]]) for k, v in stats.items()}
         full_n = length
     x = DocLayer(

@@ -129,6 +129,35 @@ RUN_KEYS: dict[str, Var] = {
         NAN,
     ),
 }
+# with --store ...,keys: what Expected Attention reads besides the keys (`core.lm.queries`): the
+# rotated moments of each setting's prefilled queries and the values' norms
+RUN_QUERIES: dict[str, Var] = {
+    "query_mean": Var(
+        (*DOC, "layer", "head", "dim"),
+        "float32",
+        "mean of the pre-RoPE queries of the prompt (first 4 rows left out), rotated by RoPE averaged "
+        "over the next 512 positions",
+        NAN,
+    ),
+    "query_cov": Var(
+        (*DOC, "layer", "head", "dim", "dim2"),
+        "float32",
+        "covariance of the same queries, rotated alike",
+        NAN,
+    ),
+}
+RUN_QUERIES.update(
+    {
+        name + CONTEXT: Var(
+            v.dims, v.dtype, v.long_name + ", context rows only (before the question)", v.fill
+        )
+        for name, v in list(RUN_QUERIES.items())
+    }
+)
+RUN_KEYS["value_norm"] = Var(
+    (*DOC, "layer", "kv_head", "key"), "float32", "L2 norm of every prompt token's value", NAN
+)
+RUN_KEYS.update(RUN_QUERIES)
 # with --store ...,kv: the whole prompt cache, so the answer pass needs no prefill
 RUN_KV: dict[str, Var] = {
     **RUN_KEYS,
@@ -203,6 +232,7 @@ def run_sizes(
         "qblock": -(-length // block),
         "kblock": -(-length // block),
         "dim": cfg["head_dim"],
+        "dim2": cfg["head_dim"],
         "attn_layer": len(full_layers),
         "answer_token": answer_tokens,
     }

@@ -53,7 +53,7 @@ class Agnostic(Setting):
     name = "agnostic"
     context_only = True
 
-    stored = {name: name + schema.CONTEXT for name in schema.RUN_STATISTICS}
+    stored = {name: name + schema.CONTEXT for name in (*schema.RUN_STATISTICS, "query_mean", "query_cov")}
 
     def prune_after(self, n: int, question: np.ndarray) -> int:
         return int(np.flatnonzero(question)[0])

@@ -31,6 +31,12 @@ def dump_document(store: RunStore, lm, opt: DumpOptions, doc, item: DocPlan, pro
         store.write_layer(n, d, s, layer, stats)
         layer_bar.update(1)
 
+    keys = "keys" in schema.store_parts(opt.store)
+    context = int(np.flatnonzero(doc.question)[0]) if doc.question.any() else None
+    if keys:
+        from core.lm.queries import QueryMoments
+
+        moments = QueryMoments(lm.model, n, context)
     recorder = capture.Recorder(
         window=opt.window,
         block=item.block,
@@ -38,9 +44,10 @@ def dump_document(store: RunStore, lm, opt: DumpOptions, doc, item: DocPlan, pro
         full_layers=frozenset(slots) if "full" in schema.store_parts(opt.store) else frozenset(),
         on_rows=lambda layer, q0, q1, p: store.write_rows(n, d, s, slots[layer], q0, q1, p),
         tile=item.tile,
-        context=int(np.flatnonzero(doc.question)[0]) if doc.question.any() else None,
-        on_kv=(lambda layer, k, v: store.write_kv(n, d, s, layer, k, v))
-        if "keys" in schema.store_parts(opt.store)
+        context=context,
+        on_kv=(lambda layer, k, v: store.write_kv(n, d, s, layer, k, v)) if keys else None,
+        on_queries=(lambda layer, q: store.write_queries(n, d, s, layer, moments(layer, q)))
+        if keys
         else None,
     )
     ids = torch.as_tensor(doc.input_ids, dtype=torch.long, device=lm.model.device)[None]

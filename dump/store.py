@@ -250,10 +250,18 @@ class RunStore:
     def write_kv(self, length: int, d: int, s: int, layer: int, keys, values) -> None:
         """One layer's prompt keys (and values, with --store ...,kv) (kv_head, N, dim), as float32
         (exact for every model dtype)."""
-        arrays = {"key_cache": keys.detach().float().cpu().numpy()}
-        if "value_cache" in self._layer_arrays(length):
-            arrays["value_cache"] = values.detach().float().cpu().numpy()
         opened = self._layer_arrays(length)
+        arrays = {"key_cache": keys.detach().float().cpu().numpy()}
+        if "value_norm" in opened:
+            arrays["value_norm"] = values.detach().float().norm(dim=-1).cpu().numpy()
+        if "value_cache" in opened:
+            arrays["value_cache"] = values.detach().float().cpu().numpy()
+        self._submit(self._write_layer, {v: opened[v] for v in arrays}, d, s, layer, arrays)
+
+    def write_queries(self, length: int, d: int, s: int, layer: int, moments: dict) -> None:
+        """One layer's query moments (`core.lm.queries.QueryMoments`): {variable: tensor}."""
+        opened = self._layer_arrays(length)
+        arrays = {var: t.detach().float().cpu().numpy() for var, t in moments.items() if var in opened}
         self._submit(self._write_layer, {v: opened[v] for v in arrays}, d, s, layer, arrays)
 
     def write_rows(self, length: int, d: int, s: int, slot: int, q0: int, q1: int, probs) -> None:

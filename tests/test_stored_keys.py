@@ -37,10 +37,25 @@ def with_keys(seed: int):
     )
     import dataclasses
 
-    return dataclasses.replace(x, key_cache=keys)
+    mean = rng.normal(size=(x.heads, 8)).astype(np.float32)
+    a = rng.normal(size=(x.heads, 8, 8))
+    cov = (a @ a.transpose(0, 2, 1) / 8).astype(np.float32)
+    vnorm = rng.random((x.kv_heads, x.n)).astype(np.float32) + 0.5
+    return dataclasses.replace(x, key_cache=keys, query_mean=mean, query_cov=cov, value_norm=vnorm)
 
 
-@pytest.mark.parametrize("spec", ["knorm", "keydiff", "adakv:base=knorm", "pyramidkv:base=keydiff"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "knorm",
+        "keydiff",
+        "adakv:base=knorm",
+        "pyramidkv:base=keydiff",
+        "expected_attention",
+        "expected_attention:covariance=false:vnorm=false",
+        "adakv:base=expected_attention",
+    ],
+)
 @pytest.mark.parametrize("gqa", ["kv", "head"])
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
 def test_key_scorers_numba_equals_reference(spec, gqa, sparsity):
@@ -81,6 +96,74 @@ def test_knorm_and_keydiff_from_their_definitions():
         np.testing.assert_array_equal(kept[3 * h], want)
 
 
+def test_expected_attention_from_its_definition():
+    """kvpress's formula written out per head: softmax over keys [4, n) of k·μ/√d + kᵀΣk/2d, the mean
+    over a kv head's 3 query heads, times ||v||; the 4 sinks always kept."""
+    x = with_keys(5)
+    k = 30
+    kept = keep(policies.parse_method("expected_attention"), x, k)
+    keys = x.key_cache.astype(np.float64)
+    for h in range(x.kv_heads):
+        probs = []
+        for q in range(3 * h, 3 * h + 3):
+            z = np.array(
+                [
+                    keys[h, j] @ x.query_mean[q] / np.sqrt(8) + keys[h, j] @ x.query_cov[q] @ keys[h, j] / 16
+                    for j in range(4, x.n)
+                ]
+            )
+            probs.append(np.exp(z - z.max()) / np.exp(z - z.max()).sum())
+        score = np.mean(probs, axis=0) * x.value_norm[h, 4:]
+        want = np.zeros(x.n, bool)
+        want[:4] = True
+        want[4 + np.argsort(-score, kind="stable")[: k - 4]] = True
+        for q in range(3 * h, 3 * h + 3):
+            np.testing.assert_array_equal(kept[q], want)
+
+
+@pytest.mark.slow
+def test_stored_query_moments_equal_eager_queries(kv_store):
+    """The query moments from the capture's post-RoPE queries, rotated back, equal those of the
+    pre-RoPE queries eager attention projects (q_proj hooks), with RoPE's average over the next 512
+    positions built from the model's inverse frequencies in float64: both settings' prefills."""
+    g = zarr.open_group(kv_store, mode="r")["len_512"]
+    lm = answers.load_model("smollm2-135m")
+    ids = torch.as_tensor(np.asarray(g["input_ids"][1, 0]))[None]
+    c = int(np.flatnonzero(g["question"][1, 0])[0])
+    seen = {}
+    hooks = [
+        layer.self_attn.q_proj.register_forward_hook(
+            lambda m, i, o, i_=i: seen.__setitem__(i_, o[0].double())
+        )
+        for i, layer in enumerate(lm.model.model.layers)
+    ]
+    try:
+        with torch.no_grad():
+            lm.model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    inv = lm.model.model.rotary_emb.inv_freq.double()
+    for layer in (0, 20, 29):
+        pre = seen[layer].view(512, 9, 64).transpose(0, 1)  # (head, N, dim)
+        for suffix, end in (("", 512), ("_ctx", c)):
+            rows = pre[:, 4:end]
+            mean = rows.mean(1)
+            cov = torch.einsum("hsi,hsj->hij", rows - mean[:, None], rows - mean[:, None]) / rows.shape[1]
+            angles = torch.arange(end, end + 512, dtype=torch.float64)[:, None] * inv[None]  # (512, 32)
+            c_, s_ = angles.cos().mean(0), angles.sin().mean(0)
+            r = torch.zeros(64, 64, dtype=torch.float64)
+            for i in range(32):  # each pair (i, i + 32) rotated by its angle, averaged
+                r[i, i], r[i, i + 32], r[i + 32, i], r[i + 32, i + 32] = c_[i], -s_[i], s_[i], c_[i]
+            want_mean, want_cov = mean @ r.T, r @ cov @ r.T
+            got_mean = torch.as_tensor(np.asarray(g["query_mean" + suffix][1, 0, layer])).double()
+            got_cov = torch.as_tensor(np.asarray(g["query_cov" + suffix][1, 0, layer])).double()
+            assert (got_mean - want_mean).abs().max() <= 1e-4 * want_mean.abs().max(), (layer, suffix)
+            assert (got_cov - want_cov).abs().max() <= 1e-4 * want_cov.abs().max(), (layer, suffix)
+    norms = np.asarray(g["value_norm"][1, 0])
+    np.testing.assert_allclose(norms, np.linalg.norm(np.asarray(g["value_cache"][1, 0]), axis=-1), rtol=1e-6)
+
+
 @pytest.mark.slow
 def test_stored_keys_equal_a_prefill_and_the_statistics_are_unchanged(kv_store, smol_store):
     g = zarr.open_group(kv_store, mode="r")["len_512"]
@@ -118,20 +201,33 @@ def test_stored_cache_gives_the_answers_of_a_prefill(kv_store, smol_store):
 def test_key_scorers_on_a_real_dump_equal_brute_force(kv_store, smol_store, tmp_path):
     plan = plan_store(kv_store)
     for setting in ("aware", "agnostic"):
-        ds = keptsets.kept_sets(kv_store, 512, 1, 1, 20, ["knorm", "keydiff"], [0.9], setting=setting)
-        keys = np.asarray(zarr.open_group(kv_store, mode="r")["len_512"]["key_cache"][1, 1, 20]).astype(
-            np.float64
-        )
+        names = ["knorm", "keydiff", "expected_attention"]
+        ds = keptsets.kept_sets(kv_store, 512, 1, 1, 20, names, [0.9], setting=setting)
+        g = zarr.open_group(kv_store, mode="r")["len_512"]
+        keys = np.asarray(g["key_cache"][1, 1, 20]).astype(np.float64)
+        vnorm = np.asarray(g["value_norm"][1, 1, 20]).astype(np.float64)
+        suffix = ""
         if setting == "agnostic":  # the context alone is pruned; the question's keys are kept on top
-            c = int(np.flatnonzero(zarr.open_group(kv_store, mode="r")["len_512"]["question"][1, 1])[0])
-            keys = keys[:, :c]
+            c = int(np.flatnonzero(g["question"][1, 1])[0])
+            keys, vnorm, suffix = keys[:, :c], vnorm[:, :c], "_ctx"
+        mu = np.asarray(g["query_mean" + suffix][1, 1, 20]).astype(np.float64)
+        sigma = np.asarray(g["query_cov" + suffix][1, 1, 20]).astype(np.float64)
         n = keys.shape[1]
         k = budget(0.9, n)
         norms = np.linalg.norm(keys, axis=-1)
         unit = keys / norms[..., None]
         mean = unit.mean(1, keepdims=True)
         cos = (unit * mean).sum(-1) / np.linalg.norm(mean, axis=-1)
-        for name, score in (("knorm", norms), ("keydiff", cos)):
+        expected = np.zeros((3, n))  # lower is evicted first: its negative, sinks at -inf
+        expected[:, :4] = -np.inf
+        for h in range(3):
+            z = [
+                keys[h, 4:] @ mu[q] / 8 + np.einsum("jd,de,je->j", keys[h, 4:], sigma[q], keys[h, 4:]) / 128
+                for q in range(3 * h, 3 * h + 3)
+            ]
+            p = [np.exp(x - x.max()) / np.exp(x - x.max()).sum() for x in z]
+            expected[h, 4:] = -np.mean(p, axis=0) * vnorm[h, 4:]
+        for name, score in (("knorm", norms), ("keydiff", cos), ("expected_attention", expected)):
             kept = ds.kept.sel(policy=name).values[0]
             for h in range(plan.kv_heads):
                 want = np.ones(512, bool)

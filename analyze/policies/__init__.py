@@ -15,6 +15,7 @@ from analyze.policies.cab_forman import CABForman
 from analyze.policies.cab_high import CABHigh
 from analyze.policies.cab_hybrid import CABHybrid
 from analyze.policies.duo import Duo
+from analyze.policies.expected_attention import ExpectedAttention
 from analyze.policies.full import Full
 from analyze.policies.h2o import H2O
 from analyze.policies.keydiff import KeyDiff
@@ -49,6 +50,7 @@ REGISTRY: dict[str, type[Policy]] = {
         KeyDiff,
         CABForman,
         Duo,
+        ExpectedAttention,
     )
 }
 ALL_METHODS = list(REGISTRY)

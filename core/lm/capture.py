@@ -38,6 +38,7 @@ class Recorder:
     fused: bool = True  # use the Triton kernels where supported (CUDA); False forces the torch reference
     context: int | None = None  # where the question starts: also record the context's own statistics
     on_kv: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None  # (layer, K, V): (kv_head, N, dim)
+    on_queries: Callable[[int, torch.Tensor], None] | None = None  # (layer, post-RoPE Q): (head, N, dim)
     layers_seen: list[int] = field(default_factory=list)
 
 
@@ -119,6 +120,8 @@ def capture_attention(module, query, key, value, attention_mask, scaling=None, d
     recorder.on_layer(layer, stats)
     if recorder.on_kv is not None:  # the prompt's cache as this forward made it (the answer pass reads it)
         recorder.on_kv(layer, key[0], value[0])
+    if recorder.on_queries is not None:  # Expected Attention's query moments (`core.lm.queries`)
+        recorder.on_queries(layer, query[0])
     return out.unsqueeze(0).transpose(1, 2), None
 
 
