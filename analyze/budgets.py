@@ -74,6 +74,7 @@ class Allocation:
 
     name = "allocation"
     per_layer = False
+    has_reference = False  # `allocate` takes reference=True for its plain numpy twin
 
     def allocate(self, doc: Document, k: int, policy) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
@@ -125,7 +126,11 @@ def allocate(policy, doc: Document, k: int, reference: bool = False) -> np.ndarr
         for layer in doc.prunable:
             budgets[layer] = allocate_layer(policy, doc, k, layer, reference)
         return budgets
-    budgets = np.asarray(alloc.allocate(doc, fixed, policy), dtype=np.int64)
+    if alloc.has_reference:
+        budgets = alloc.allocate(doc, fixed, policy, reference=reference)
+    else:
+        budgets = alloc.allocate(doc, fixed, policy)
+    budgets = np.asarray(budgets, dtype=np.int64)
     if budgets.shape != (doc.layers, doc.heads):
         raise ValueError(
             f"{policy.name}: allocation gave shape {budgets.shape}, not {(doc.layers, doc.heads)}"

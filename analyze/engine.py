@@ -118,22 +118,25 @@ def check_rows(spec: Spec, plan: StorePlan) -> None:
 
 def check_keys(spec: Spec, plan: StorePlan) -> None:
     """A key scorer on a store dumped without its keys is refused up front."""
-    from core.runstore import KEY_PARTS, _open
+    from core.runstore import PART_OF, _open
 
-    needs = [(lab, m) for m, lab in zip(spec.policies, spec.labels) if set(KEY_PARTS) & set(m.reads)]
     stored = schema.store_parts(dict(plan.attrs.get("settings", {})).get("store", "stats"))
-    if needs and "keys" not in stored:
-        raise UsageError(
-            f"{needs[0][0]} scores keys from the keys themselves, but {plan.path!r} was dumped without them: "
-            "re-dump with --store stats,keys"
-        )
-    if needs and plan.lengths:  # stores with keys from before the query moments existed
-        g = _open(plan.path)[schema.group_name(plan.lengths[0])]
-        for lab, m in needs:
-            missing = [v for v in KEY_PARTS if v in m.reads and v not in g]
+    for m, lab in zip(spec.policies, spec.labels):
+        parts = sorted({PART_OF[v] for v in m.reads if v in PART_OF})
+        for part in parts:
+            if part not in stored:
+                what = "keys from the keys themselves" if part == "keys" else "keys by KVzip's reconstruction"
+                raise UsageError(
+                    f"{lab} scores {what}, but {plan.path!r} was dumped without them: "
+                    f"re-dump with --store stats,{part}"
+                )
+        if parts and plan.lengths:  # stores with keys from before the query moments existed
+            g = _open(plan.path)[schema.group_name(plan.lengths[0])]
+            missing = [v for v in PART_OF if v in m.reads and v not in g]
             if missing:
                 raise UsageError(
-                    f"{lab} reads {missing[0]}, which {plan.path!r} predates: re-dump it with --store stats,keys"
+                    f"{lab} reads {missing[0]}, which {plan.path!r} predates: "
+                    f"re-dump it with --store stats,{PART_OF[missing[0]]}"
                 )
 
 

@@ -20,7 +20,9 @@ KEYS = "key_cache"  # post-RoPE keys (kv_head, key, dim): key scorers read them 
 # Expected Attention's query moments (per setting: `_ctx` in agnostic) and the values' norms
 QUERIES = ("query_mean", "query_cov")
 KEY_PARTS = (KEYS, "value_norm", *QUERIES)  # what `dump --store stats,keys` adds
-READABLE = (*STATISTICS, *KEY_PARTS)  # what a policy may read
+KVZIP = "kvzip"  # (kv_head, key) KVzip's scores (`dump --store stats,kvzip`; `_ctx` in agnostic)
+PART_OF = {**{v: "keys" for v in KEY_PARTS}, KVZIP: "kvzip"}  # variable -> the --store part that writes it
+READABLE = (*STATISTICS, *KEY_PARTS, KVZIP)  # what a policy may read
 _GUARDED = frozenset((*STATISTICS, "final_row"))
 
 
@@ -46,6 +48,7 @@ class DocLayer:
     value_norm: np.ndarray | None = None  # (kv_head, key) L2 norms of the values
     query_mean: np.ndarray | None = None  # (head, dim) mean pre-RoPE query, averaged-RoPE rotated
     query_cov: np.ndarray | None = None  # (head, dim, dim) its covariance, rotated alike
+    kvzip: np.ndarray | None = None  # (kv_head, key) KVzip's reconstruction scores
 
     hidden: frozenset = frozenset()  # fields the policy's setting hides (`core.settings`)
     full_n: int = 0  # the prompt's length when this is a context-only view (its n is the context's)
@@ -315,13 +318,13 @@ def load_doclayer(
         elif var in reads:
             a = _checked(g, name, index, path, length)
             stats[var] = a.astype(np.float32) if a.dtype == np.float16 else a
-    for var in KEY_PARTS:  # keys and values of the context do not depend on the question
+    for var in PART_OF:  # keys and values of the context do not depend on the question
         if var not in reads:
             continue
-        name = (stored or {}).get(var, var)  # the moments of the setting's own prefill
+        name = (stored or {}).get(var, var)  # the moments (KVzip's scores) of the setting's own prefill
         if name not in g:
             raise UsageError(
-                f"store {path!r} has no {name} (a key scorer reads it): re-dump it with --store stats,keys"
+                f"store {path!r} has no {name} (a policy reads it): re-dump it with --store stats,{PART_OF[var]}"
             )
         stats[var] = _checked(g, name, index, path, length)
     if "window" in stats and not stored:
@@ -344,6 +347,7 @@ def load_doclayer(
         cut.update(
             {KEYS: np.s_[:, :c], "value_norm": np.s_[:, :c], "query_mean": np.s_[:], "query_cov": np.s_[:]}
         )
+        cut[KVZIP] = np.s_[:, :c]
         stats = {k: np.ascontiguousarray(v[cut[k]]) for k, v in stats.items()}
         full_n = length
     x = DocLayer(

@@ -168,12 +168,27 @@ RUN_KV: dict[str, Var] = {
         NAN,
     ),
 }
-STORE_PARTS = ("stats", "full", "keys", "kv")  # what `dump --store` writes: statistics always
+# with --store ...,kvzip: KVzip's scores from a reconstruction forward per setting (`core.lm.kvzip`)
+RUN_KVZIP: dict[str, Var] = {
+    "kvzip": Var(
+        (*DOC, "layer", "kv_head", "key"),
+        "float32",
+        "KVzip: a key's largest attention while the model reconstructs the prompt from its cache",
+        NAN,
+    ),
+    "kvzip" + CONTEXT: Var(
+        (*DOC, "layer", "kv_head", "key"),
+        "float32",
+        "KVzip of the context before the question, reconstructed from its own cache (0 past it)",
+        NAN,
+    ),
+}
+STORE_PARTS = ("stats", "full", "keys", "kv", "kvzip")  # what `dump --store` writes: statistics always
 
 
 def store_parts(store: str) -> frozenset[str]:
     """The parts a store setting names ('stats', 'full' = stats + full matrices, 'keys', 'kv' =
-    keys + values); `kv` includes `keys`."""
+    keys + values, 'kvzip' = KVzip's scores); `kv` includes `keys`."""
     parts = frozenset(p.strip() for p in str(store).split(",") if p.strip()) | {"stats"}
     return parts | {"keys"} if "kv" in parts else parts
 
@@ -183,7 +198,7 @@ def store_label(parts) -> str:
     full, then ,kv or ,keys."""
     parts = set(parts)
     extra = ",kv" if "kv" in parts else ",keys" if "keys" in parts else ""
-    return ("full" if "full" in parts else "stats") + extra
+    return ("full" if "full" in parts else "stats") + extra + (",kvzip" if "kvzip" in parts else "")
 
 
 ANSWER_TOKENS = 8  # greedy tokens decoded after the prompt under full attention
@@ -195,8 +210,9 @@ def document_masks() -> tuple[str, ...]:
     return tuple(name for name, v in RUN_DOCUMENT.items() if v.dims == (*DOC, "key") and v.dtype == "bool")
 
 
-def run_vars(full: bool, kv: bool = False, keys: bool = False) -> dict[str, Var]:
-    """Every variable of a `len_{N}` group, in creation order (`kv`: keys and values; `keys`: keys)."""
+def run_vars(full: bool, kv: bool = False, keys: bool = False, kvzip: bool = False) -> dict[str, Var]:
+    """Every variable of a `len_{N}` group, in creation order (`kv`: keys and values; `keys`: keys;
+    `kvzip`: KVzip's scores)."""
     return {
         **RUN_COORDS,
         **RUN_DOCUMENT,
@@ -204,6 +220,7 @@ def run_vars(full: bool, kv: bool = False, keys: bool = False) -> dict[str, Var]
         **RUN_CONTEXT,
         **(RUN_FULL if full else {}),
         **(RUN_KV if kv else RUN_KEYS if keys else {}),
+        **(RUN_KVZIP if kvzip else {}),
     }
 
 
@@ -404,9 +421,11 @@ def prunable(window: int | None, length: int) -> bool:
     return window is None or window >= length
 
 
-def run_group_differences(group, full: bool, kv: bool = False, keys: bool = False) -> list[str]:
+def run_group_differences(
+    group, full: bool, kv: bool = False, keys: bool = False, kvzip: bool = False
+) -> list[str]:
     """What in one `len_{N}` zarr group departs from RUN_VARS (empty when it matches exactly)."""
-    expected = run_vars(full, kv, keys)
+    expected = run_vars(full, kv, keys, kvzip)
     found = set(group.array_keys())
     out = [f"missing variable {v}" for v in expected if v not in found]
     out += [f"unexpected variable {v}" for v in sorted(found - set(expected))]

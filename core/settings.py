@@ -53,7 +53,9 @@ class Agnostic(Setting):
     name = "agnostic"
     context_only = True
 
-    stored = {name: name + schema.CONTEXT for name in (*schema.RUN_STATISTICS, "query_mean", "query_cov")}
+    stored = {
+        name: name + schema.CONTEXT for name in (*schema.RUN_STATISTICS, "query_mean", "query_cov", "kvzip")
+    }
 
     def prune_after(self, n: int, question: np.ndarray) -> int:
         return int(np.flatnonzero(question)[0])

@@ -58,6 +58,8 @@ def dump_document(store: RunStore, lm, opt: DumpOptions, doc, item: DocPlan, pro
         first = logits.argmax(-1)
         rest = decode.greedy(lm.model, cache, first, n, task.answer_tokens - 1)
         answer = [int(first[0])] + rest[0].tolist()
+        if "kvzip" in schema.store_parts(opt.store):  # its reconstructions, on the prompt's cache
+            write_kvzip(store, lm, cache, ids, item, context)
     layer_bar.close()
     if sorted(recorder.layers_seen) != list(range(lm.config["layers"])):
         raise RuntimeError(f"capture saw layers {recorder.layers_seen}, expected all {lm.config['layers']}")
@@ -65,3 +67,18 @@ def dump_document(store: RunStore, lm, opt: DumpOptions, doc, item: DocPlan, pro
     store.write_answer(n, d, s, np.asarray(answer, dtype=np.int32), hit)
     store.mark_done(n, d, s)
     return hit
+
+
+def write_kvzip(store: RunStore, lm, cache, ids, item: DocPlan, context: int | None) -> None:
+    """KVzip's scores of each setting's prefill (`core.lm.kvzip`): the whole prompt, then the context
+    before the question (the cache cut there), each layer written as `kvzip` / `kvzip_ctx`."""
+    from core.lm import kvzip
+
+    n, d, s = item.length, item.depth, item.sample
+    layers, kv = lm.config["layers"], lm.config.get("kv_heads", lm.config["heads"])
+    whole = kvzip.reconstruct(lm.model, lm.tokenizer, cache, ids, n, layers, kv)
+    ctx = torch.zeros_like(whole)
+    if context:
+        ctx[..., :context] = kvzip.reconstruct(lm.model, lm.tokenizer, cache, ids, context, layers, kv)
+    for layer in range(layers):
+        store.write_queries(n, d, s, layer, {"kvzip": whole[layer], "kvzip" + schema.CONTEXT: ctx[layer]})

@@ -138,9 +138,13 @@ class DumpOptions:
     store: str = option(
         "stats",
         "what is stored besides the statistics, comma-separated: full (whole attention matrices of "
-        "--layers), keys (post-RoPE keys: knorm, keydiff), kv (keys and values: `analyze --answers` "
-        "then needs no prefill); e.g. stats, full, stats,keys, stats,kv",
+        "--layers), keys (post-RoPE keys, value norms, query moments: knorm, keydiff, expected_attention), "
+        "kv (keys and values: `analyze --answers` then needs no prefill), kvzip (KVzip's scores from a "
+        "reconstruction forward per setting); e.g. stats, full, stats,keys, stats,kv,kvzip",
         store_parts,
+    )
+    kvzip: bool = option(
+        False, "also record KVzip's scores (the same as adding kvzip to --store): an extra forward", flag=True
     )
     layers: list[int] | None = option(
         None, "layers of full matrices with --store full, e.g. 18,20-23 (default all)", optional(layers)

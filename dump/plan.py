@@ -116,6 +116,10 @@ def validate(opt: DumpOptions) -> Checked:
     if opt.needle_type or opt.haystack:  # folded into the task's spec: what the store records
         task = tasks.with_options(opt.task, opt.needle_type, opt.haystack)
         opt = dataclasses.replace(opt, task=task, needle_type=None, haystack=None)
+    if opt.kvzip:  # --kvzip is the kvzip part of --store
+        opt = dataclasses.replace(
+            opt, store=schema.store_label(schema.store_parts(opt.store) | {"kvzip"}), kvzip=False
+        )
     device = resolve_device(opt.device)
     config = models.load_config(opt.model, opt.rope_scaling)
     cfg = models.model_limits(config)
@@ -146,6 +150,10 @@ def validate(opt: DumpOptions) -> Checked:
                 )
     elif opt.layers:
         raise UsageError("--layers chooses the layers of full matrices: use it with --store full")
+    if "kvzip" in schema.store_parts(opt.store):
+        from core.lm.kvzip import check_model
+
+        check_model(config)
     if opt.redo:
         n, depth, sample = opt.redo
         if n not in opt.lengths or depth not in opt.depths or sample >= opt.samples:
@@ -174,9 +182,9 @@ def root_attributes(opt: DumpOptions, cfg: dict, info: dict, device: str) -> dic
             "stored": list(schema.RUN_STATISTICS)
             + list(schema.RUN_CONTEXT)
             + (["attn"] if "full" in schema.store_parts(opt.store) else [])
-            + list(schema.run_vars(False, *(p in schema.store_parts(opt.store) for p in ("kv", "keys"))))[
-                len(schema.run_vars(False)) :
-            ],
+            + list(
+                schema.run_vars(False, *(p in schema.store_parts(opt.store) for p in ("kv", "keys", "kvzip")))
+            )[len(schema.run_vars(False)) :],
             "pool": {"qpool": "max_l2", "kpool": "max_l2"},
             "attn_layers": list(opt.layers or []),
             "device": device,

@@ -157,7 +157,9 @@ class RunStore:
         attrs = {"length": length, "window": min(window, length), "window_rows": sizes["wq"]}
         g = self.root.create_group(name, attributes={**attrs, "block": block, "tile": tile})
         parts = schema.store_parts(s.get("store", "stats"))
-        for var, spec in schema.run_vars(bool(full_layers), "kv" in parts, "keys" in parts).items():
+        for var, spec in schema.run_vars(
+            bool(full_layers), "kv" in parts, "keys" in parts, "kvzip" in parts
+        ).items():
             g.create_array(
                 var,
                 shape=tuple(sizes[d] for d in spec.dims),
@@ -218,7 +220,7 @@ class RunStore:
         name = schema.group_name(length)
         if name not in self._opened:
             g = self.root[name]
-            names = (*schema.RUN_STATISTICS, *schema.RUN_CONTEXT, *schema.RUN_KV)
+            names = (*schema.RUN_STATISTICS, *schema.RUN_CONTEXT, *schema.RUN_KV, *schema.RUN_KVZIP)
             self._opened[name] = {var: g[var] for var in names if var in g}
         return self._opened[name]
 
@@ -259,7 +261,8 @@ class RunStore:
         self._submit(self._write_layer, {v: opened[v] for v in arrays}, d, s, layer, arrays)
 
     def write_queries(self, length: int, d: int, s: int, layer: int, moments: dict) -> None:
-        """One layer's query moments (`core.lm.queries.QueryMoments`): {variable: tensor}."""
+        """One layer's per-layer variables {variable: tensor}: the query moments
+        (`core.lm.queries.QueryMoments`), KVzip's scores."""
         opened = self._layer_arrays(length)
         arrays = {var: t.detach().float().cpu().numpy() for var, t in moments.items() if var in opened}
         self._submit(self._write_layer, {v: opened[v] for v in arrays}, d, s, layer, arrays)

@@ -20,6 +20,7 @@ from analyze.policies.full import Full
 from analyze.policies.h2o import H2O
 from analyze.policies.keydiff import KeyDiff
 from analyze.policies.knorm import KNorm
+from analyze.policies.kvzip import KVzip
 from analyze.policies.oracle import Oracle
 from analyze.policies.pyramidkv import PyramidKV
 from analyze.policies.random_keys import RandomKeys
@@ -51,6 +52,7 @@ REGISTRY: dict[str, type[Policy]] = {
         CABForman,
         Duo,
         ExpectedAttention,
+        KVzip,
     )
 }
 ALL_METHODS = list(REGISTRY)

@@ -54,6 +54,17 @@ def recording(recorder: Recorder):
         _state.recorder = None
 
 
+@contextmanager
+def reconstructing(rec):
+    """While active, each layer's attention is plain sdpa and also hands its queries and the whole
+    cache's keys to `core.lm.kvzip.chunk_scores` (a KVzip reconstruction forward)."""
+    _state.reconstruction = rec
+    try:
+        yield rec
+    finally:
+        _state.reconstruction = None
+
+
 def _dense_mask(attention_mask: torch.Tensor | None, n: int) -> torch.Tensor | None:
     """(query, key) mask for the statistics, or None for the plain causal mask."""
     if attention_mask is None:
@@ -68,6 +79,11 @@ def _dense_mask(attention_mask: torch.Tensor | None, n: int) -> torch.Tensor | N
 
 def capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     recorder: Recorder | None = getattr(_state, "recorder", None)
+    rec = getattr(_state, "reconstruction", None)
+    if rec is not None:
+        from core.lm.kvzip import chunk_scores
+
+        chunk_scores(rec, int(module.layer_idx), query[0], key[0])
     if recorder is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
