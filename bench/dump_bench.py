@@ -5,12 +5,15 @@
 Prints both times (best of repeats, same process, same document), the embedded model's cached load
 time, dump throughput at 1k/2k/4k with --throughput, `agnostic_overhead_ratio R`: a document's dump
 (forward, capture and every layer written to a RUN store) with the context's own statistics
-against the same without them (target <= 1.15), and last `capture_overhead_ratio R` (target <= 1.5).
+against the same without them (target <= 1.15), the time and size of a one-document dump with
+`--store stats,keys` and with `--kvzip` (`keys_dump_ratio`, `kvzip_overhead_ratio`: against a plain
+dump; KVzip stays opt-in above 2.5), and last `capture_overhead_ratio R` (target <= 1.5).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 import time
 
@@ -112,6 +115,28 @@ def main():
     print(f"dump of one document, aware statistics only:      {t_aware:.3f} s")
     print(
         f"dump of one document, + context-only statistics:  {t_both:.3f} s ({len(schema.RUN_CONTEXT)} more variables)"
+    )
+    # what --store keys and --kvzip cost: whole dumps of one document, each part alone (best of repeats)
+    from dump.run import DumpOptions, run_dump
+
+    parts = {}
+    for store_parts in ("stats", "stats,keys", "stats,kvzip"):
+        runs = []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                opt = DumpOptions(out=f"{tmp}/p.zarr", lengths=[args.length], depths=[0.5], store=store_parts)
+                s = run_dump(dataclasses.replace(opt, progress=False))
+                runs.append((s.seconds, s.store_bytes))
+        parts[store_parts] = min(runs)
+        print(
+            f"dump --store {store_parts:<12} one document: {parts[store_parts][0]:.2f} s, "
+            f"store {parts[store_parts][1] / 2**20:.1f} MiB"
+        )
+    print(
+        f"keys_dump_ratio {parts['stats,keys'][0] / parts['stats'][0]:.2f} (dump time with --store stats,keys / stats)"
+    )
+    print(
+        f"kvzip_overhead_ratio {parts['stats,kvzip'][0] / parts['stats'][0]:.2f} (dump time with --kvzip / without)"
     )
     print(f"agnostic_overhead_ratio {t_both / t_aware:.3f}")
     print(f"capture_overhead_ratio {t_capture / t_plain:.2f}")

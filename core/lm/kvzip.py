@@ -62,13 +62,16 @@ def chunk_scores(rec: Reconstruction, layer: int, query: torch.Tensor, key: torc
     heads, q_len, dim = query.shape
     kv = key.shape[0]
     sink = min(SINKS, rec.start)
+    width = rec.stop - rec.start
     sub = torch.cat([key[:, :sink], key[:, rec.start : rec.stop], key[:, -q_len:]], dim=1).float()
-    q = query.float().reshape(kv, heads // kv, q_len, dim)
-    logits = torch.einsum("kgqd,ksd->kgqs", q, sub) / dim**0.5
+    q = (query.float() * dim**-0.5).reshape(kv, heads // kv * q_len, dim)
+    logits = torch.bmm(q, sub.transpose(1, 2)).view(kv, heads // kv, q_len, -1)
     causal = torch.ones(q_len, q_len, dtype=torch.bool, device=query.device).triu_(1)
     logits[..., -q_len:].masked_fill_(causal, float("-inf"))
-    probs = logits.softmax(dim=-1)[..., sink : sink + rec.stop - rec.start]
-    rec.scores[layer, :, rec.start : rec.stop] = probs.amax(dim=(1, 2))
+    # a chunk key's largest weight: exp(max over rows of (logit - the row's log-sum-exp))
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    best = (logits[..., sink : sink + width] - lse).amax(dim=(1, 2))
+    rec.scores[layer, :, rec.start : rec.stop] = best.exp()
     rec.layers_seen += 1
 
 
