@@ -154,6 +154,32 @@ ruler_gemma() {  # issue 16's GPU table: one task (passkey, multikey:3, multival
     | grep -v -i warning | tail -30 | tee -a "$OUT/ruler_gemma.log"
   tar -C runs/ruler_gemma -czf "$OUT/$name.results.tgz" "$name.results.zarr"
 }
+p17_methods() { python3 -c "from analyze.policies import ALL_METHODS as m; print(','.join(x for x in m if x not in '$1'.split(',')))"; }
+p17_smollm2() {  # issue 17's CPU-model table: the demo's 15 SmolLM2 documents (configs/demo.yaml's dump),
+  # float32 with keys and KVzip, every policy x 0.5/0.9/0.95 x both settings, answers on the GPU
+  mkdir -p runs/p17
+  python3 -m dump --model smollm2-135m --lengths 512,1k,2k --depths 0.1,0.3,0.5,0.7,0.9 --samples 1 --seed 0 \
+    --filler ruler --window 16 --block 64 --store stats,keys --kvzip --device cuda --dtype float32 \
+    --out runs/p17/smollm2.zarr --overwrite --no-progress 2>&1 | grep -E "^dump|rror" | tee -a "$OUT/p17_smollm2.txt"
+  python3 -m analyze runs/p17/smollm2.zarr --methods "$(p17_methods none)" --sparsity 0.5,0.9,0.95 \
+    --setting aware,agnostic --answers --answer-device cuda --out runs/p17/smollm2.results.zarr --no-progress 2>&1 \
+    | grep -v -i warning | tail -5
+  python3 bench/policy_table.py runs/p17/smollm2.results.zarr 2>&1 | tee -a "$OUT/p17_smollm2.txt"
+  tar -C runs/p17 -czf "$OUT/p17_smollm2.results.tgz" smollm2.results.zarr
+}
+p17_gemma_dump() {  # issue 17's GPU table: real Gemma 3 270M at 16k, 10 documents, bfloat16, with keys
+  mkdir -p runs/p17
+  python3 -m dump --model gemma3-270m --lengths 16k --depths 0.1,0.3,0.5,0.7,0.9 --samples 2 --window 64 \
+    --store stats,keys --device cuda --dtype bfloat16 --out runs/p17/gemma.zarr --overwrite --no-progress 2>&1 \
+    | grep -E "^dump|rror" | tee -a "$OUT/p17_gemma.txt"
+}
+p17_gemma() {  # every policy but kvzip (sliding-window layers: refused, as kvpress refuses Gemma 3)
+  python3 -m analyze runs/p17/gemma.zarr --methods "$(p17_methods kvzip)" --sparsity 0.5,0.9,0.95 \
+    --setting aware,agnostic --answers --answer-device cuda --retrieval-heads 4 \
+    --out runs/p17/gemma.results.zarr --no-progress 2>&1 | grep -v -i warning | tail -5
+  python3 bench/policy_table.py runs/p17/gemma.results.zarr 2>&1 | tee -a "$OUT/p17_gemma.txt"
+  tar -C runs/p17 -czf "$OUT/p17_gemma.results.tgz" gemma.results.zarr
+}
 study_smollm2() { study smollm2_gpu; }
 study_gemma() { study gemma3_gpu; }
 study_gemma_long() { study gemma3_gpu_long; }
