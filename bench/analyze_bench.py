@@ -1,9 +1,10 @@
 """Policy speed: numba kernels vs the plain numpy references, on a real dump.
 
-    python bench/analyze_bench.py [--store bench/out/smollm2_4k_keys.zarr]
+    python bench/analyze_bench.py [--store bench/out/smollm2_4k_keys_kvzip.zarr]
 
-Without --store it first dumps SmolLM2 at 4k tokens, 5 depths x 2 samples, with the post-RoPE keys
-(`--store stats,keys`, which knorm and keydiff read; a few minutes on a CPU). Prints per policy (every
+Without --store it first dumps SmolLM2 at 4k tokens, 5 depths x 2 samples, with the post-RoPE keys,
+value norms and query moments (`--store stats,keys`: knorm, keydiff, expected_attention) and KVzip's
+scores (`--kvzip`); resumable, and the documents finished so far are what it times. Prints per policy (every
 registered one) the time of both paths over every document-layer at 3 sparsities, then the wall time
 of the whole analysis with 1 and 2 local workers, and last `analyze_speedup R` (target >= 5). A policy
 with a budget allocation (pyramidkv, adakv, duo) is timed with its allocation, document by document.
@@ -33,7 +34,11 @@ def ensure_store(path: str) -> str:
         print(f"dumping {path} (SmolLM2, 4k tokens, 5 depths x 2 samples)...")
         s = run_dump(
             DumpOptions(
-                out=path, lengths=[4096], depths=[0.1, 0.3, 0.5, 0.7, 0.9], samples=2, store="stats,keys"
+                out=path,
+                lengths=[4096],
+                depths=[0.1, 0.3, 0.5, 0.7, 0.9],
+                samples=2,
+                store="stats,keys,kvzip",
             )
         )
         print(s.line())
@@ -42,7 +47,7 @@ def ensure_store(path: str) -> str:
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--store", default="bench/out/smollm2_4k_keys.zarr")
+    p.add_argument("--store", default="bench/out/smollm2_4k_keys_kvzip.zarr")
     p.add_argument(
         "--layers", type=int, default=0, help="time only the first L layers per document (0 = all)"
     )
