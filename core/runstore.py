@@ -344,10 +344,8 @@ def load_doclayer(
             final = _checked(g, last, (d, s, layer, slice(None), -1), path, length).astype(np.float32)[:, :c]
         cut = {"colsum": np.s_[:, :c], "window_sum": np.s_[:, :c], "window": np.s_[:, :, :c]}
         cut.update({"blocks": np.s_[:, :mc, :mc], "qpool": np.s_[:, :mc], "kpool": np.s_[:, :mc]})
-        cut.update(
-            {KEYS: np.s_[:, :c], "value_norm": np.s_[:, :c], "query_mean": np.s_[:], "query_cov": np.s_[:]}
-        )
-        cut[KVZIP] = np.s_[:, :c]
+        cut.update({KEYS: np.s_[:, :c], "value_norm": np.s_[:, :c], KVZIP: np.s_[:, :c]})
+        cut.update({q: np.s_[:] for q in QUERIES})  # per head, not per key: whole
         stats = {k: np.ascontiguousarray(v[cut[k]]) for k, v in stats.items()}
         full_n = length
     x = DocLayer(

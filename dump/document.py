@@ -46,9 +46,7 @@ def dump_document(store: RunStore, lm, opt: DumpOptions, doc, item: DocPlan, pro
         tile=item.tile,
         context=context,
         on_kv=(lambda layer, k, v: store.write_kv(n, d, s, layer, k, v)) if keys else None,
-        on_queries=(lambda layer, q: store.write_queries(n, d, s, layer, moments(layer, q)))
-        if keys
-        else None,
+        on_queries=(lambda layer, q: store.write_arrays(n, d, s, layer, moments(layer, q))) if keys else None,
     )
     ids = torch.as_tensor(doc.input_ids, dtype=torch.long, device=lm.model.device)[None]
     with torch.no_grad():
@@ -81,4 +79,4 @@ def write_kvzip(store: RunStore, lm, cache, ids, item: DocPlan, context: int | N
     if context:
         ctx[..., :context] = kvzip.reconstruct(lm.model, lm.tokenizer, cache, ids, context, layers, kv)
     for layer in range(layers):
-        store.write_queries(n, d, s, layer, {"kvzip": whole[layer], "kvzip" + schema.CONTEXT: ctx[layer]})
+        store.write_arrays(n, d, s, layer, {"kvzip": whole[layer], "kvzip" + schema.CONTEXT: ctx[layer]})

@@ -260,12 +260,12 @@ class RunStore:
             arrays["value_cache"] = values.detach().float().cpu().numpy()
         self._submit(self._write_layer, {v: opened[v] for v in arrays}, d, s, layer, arrays)
 
-    def write_queries(self, length: int, d: int, s: int, layer: int, moments: dict) -> None:
-        """One layer's per-layer variables {variable: tensor}: the query moments
+    def write_arrays(self, length: int, d: int, s: int, layer: int, arrays: dict) -> None:
+        """Per-layer variables of one layer, {variable: tensor}, as float32: the query moments
         (`core.lm.queries.QueryMoments`), KVzip's scores."""
         opened = self._layer_arrays(length)
-        arrays = {var: t.detach().float().cpu().numpy() for var, t in moments.items() if var in opened}
-        self._submit(self._write_layer, {v: opened[v] for v in arrays}, d, s, layer, arrays)
+        values = {var: t.detach().float().cpu().numpy() for var, t in arrays.items() if var in opened}
+        self._submit(self._write_layer, {v: opened[v] for v in values}, d, s, layer, values)
 
     def write_rows(self, length: int, d: int, s: int, slot: int, q0: int, q1: int, probs) -> None:
         tile = probs.detach().to(TORCH_DTYPES["float16"]).cpu().numpy()

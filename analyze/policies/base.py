@@ -35,6 +35,13 @@ class Ranking:
     forced: np.ndarray | None = None
 
 
+def sink_mask(rows: int, n: int, count: int) -> np.ndarray:
+    """(rows, n) bool: the first `count` keys of every row (attention sinks, forced inside the budget)."""
+    out = np.zeros((rows, n), bool)
+    out[:, : min(count, n)] = True
+    return out
+
+
 def recent_mask(rows: int, n: int, count: int) -> np.ndarray:
     m = np.zeros((rows, n), dtype=bool)
     if count > 0:

@@ -4,7 +4,7 @@ import numba
 import numpy as np
 
 from analyze.policies._keys import per_head
-from analyze.policies.base import DocLayer, Policy, Ranking, param
+from analyze.policies.base import DocLayer, Policy, Ranking, param, sink_mask
 from core.optionkit import boolean, integer
 
 
@@ -78,9 +78,7 @@ class ExpectedAttention(Policy):
         return np.stack([((keys[h // g] @ cov[h]) * keys[h // g]).sum(-1) for h in range(heads)])
 
     def _forced(self, x: DocLayer, k: int) -> np.ndarray:
-        forced = np.zeros((x.heads, x.n), bool)
-        forced[:, : min(self.sinks, k, x.n)] = True
-        return forced
+        return sink_mask(x.heads, x.n, min(self.sinks, k))
 
     def rank(self, x: DocLayer, k: int) -> Ranking:
         keys = np.ascontiguousarray(x.key_cache, dtype=np.float64)

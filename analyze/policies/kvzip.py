@@ -6,7 +6,7 @@ import numpy as np
 from analyze.budgets import Allocation, Document
 from analyze.policies._keys import per_head
 from analyze.policies.adakv import head_budgets, head_budgets_reference
-from analyze.policies.base import DocLayer, Policy, Ranking, param
+from analyze.policies.base import DocLayer, Policy, Ranking, param, sink_mask
 from core import schema
 from core.optionkit import integer
 
@@ -39,8 +39,7 @@ class AcrossLayers(Allocation):
         layers = list(doc.prunable)
         g = doc.heads // doc.kv_heads
         primary = self.scores(doc, layers).reshape(len(layers) * doc.kv_heads, -1).astype(np.float64)
-        forced = np.zeros(primary.shape, bool)
-        forced[:, : min(self.sinks, k, doc.n)] = True
+        forced = sink_mask(*primary.shape, min(self.sinks, k))
         count = head_budgets_reference if reference else head_budgets
         per = count(primary, np.zeros_like(primary), forced, k * primary.shape[0], 0)
         out = np.zeros((doc.layers, doc.heads), dtype=np.int64)
@@ -75,6 +74,5 @@ class KVzip(Policy):
         return self.sinks + 1
 
     def rank(self, x: DocLayer, k: int) -> Ranking:
-        forced = np.zeros((x.heads, x.n), bool)
-        forced[:, : min(self.sinks, x.n)] = True
+        forced = sink_mask(x.heads, x.n, self.sinks)
         return Ranking(primary=per_head(x, np.asarray(x.kvzip, dtype=np.float64)), forced=forced)

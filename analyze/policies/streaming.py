@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analyze.policies.base import DocLayer, Policy, Ranking, param
+from analyze.policies.base import DocLayer, Policy, Ranking, param, sink_mask
 from core.optionkit import integer
 
 
@@ -20,7 +20,6 @@ class Streaming(Policy):
         return self.sinks + 1  # the sinks and at least the last key
 
     def rank(self, x: DocLayer, k: int) -> Ranking:
-        forced = np.zeros((x.heads, x.n), bool)
-        forced[:, : min(self.sinks, k)] = True
+        forced = sink_mask(x.heads, x.n, min(self.sinks, k))
         recency = np.broadcast_to(np.arange(x.n, dtype=np.float64), (x.heads, x.n))
         return Ranking(primary=recency, forced=forced)

@@ -34,8 +34,8 @@ NEXT = "\n\nRepeat the part of the previous context exactly, starting with"
 
 @dataclass
 class Reconstruction:
-    """One chunk's reconstruction forward: the chunk [start, stop) of the cached context, the
-    reconstruction's length q_len, and where each layer's scores go ((layer, kv_head, end) tensor)."""
+    """One chunk's reconstruction forward: the chunk [start, stop) of the cached context and where each
+    layer's scores go ((layer, kv_head, end) tensor); the layers it has seen."""
 
     start: int
     stop: int

@@ -18,14 +18,10 @@ from __future__ import annotations
 import inspect
 
 import torch
+from transformers.models.llama.modeling_llama import rotate_half
 
 SINK = 4  # first rows left out of the moments (kvpress's n_sink)
 FUTURE = 512  # future positions the RoPE rotation is averaged over (kvpress's n_future_positions)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def unrotate(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
