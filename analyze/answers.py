@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 
 import numpy as np
 import torch
@@ -55,13 +56,14 @@ def check_supported(config, name: str) -> None:
 def load_model(name: str, rope_scaling: str | None = None, device: str = "cpu", dtype: str = "float32"):
     """The dump's model with the pruned attention, in the dump's dtype on `device` (the one loader,
     `models.load`, keeps it for every document of a worker); the kept-set attention is float32 math."""
-    try:  # a Dask worker process: its share of the host's cores (a local cluster says it), else one
+    if "distributed" in sys.modules:  # maybe a Dask worker (not imported here just to ask: 1.4 s)
         from distributed import get_worker
 
-        get_worker()
-        torch.set_num_threads(int(os.environ.get(CORES_ENV, "1")))
-    except (ImportError, ValueError):
-        pass
+        try:  # a worker process: its share of the host's cores (a local cluster says it), else one
+            get_worker()
+            torch.set_num_threads(int(os.environ.get(CORES_ENV, "1")))
+        except ValueError:
+            pass
     lm = models.load(name, models.DTYPES[dtype], device, pruned.NAME, rope_scaling)
     check_supported(lm.model.config, name)
     return lm
