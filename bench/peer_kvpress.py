@@ -6,7 +6,8 @@
 Runs in `.venv-peer` (kvpress 0.5.x pins transformers < 5.3: a venv of its own); the lab's side runs
 in `.venv` through subprocesses (`--lab-python`). In one run, on one machine:
 
-1. the lab: `python -m dump` of the same documents again (settings read from the store) and
+1. the lab: `python -m dump` of the same documents again (settings read from the store; `--store`
+   from `--lab-store`, default stats,kv: the answer pass then reads the dump's cache) and
    `python -m analyze --answers` with each press's twin at every ratio and setting; both timed;
 2. kvpress: per document, setting, press and ratio, the prompt prefilled inside the press (the
    context alone in the agnostic setting, kvpress's own query-agnostic use; all but the last prompt
@@ -77,13 +78,21 @@ def lab(cmd: list[str], python: str) -> float:
     return time.perf_counter() - t
 
 
-def dump_argv(root, out: str) -> list[str]:
+def dump_argv(root, out: str, store: str | None = None) -> list[str]:
+    """The lab's dump of the store's documents with its settings (`store`: another --store)."""
     st = dict(root.attrs["settings"])
     lengths = sorted(int(k[4:]) for k in root.group_keys() if k.startswith("len_"))
     argv = ["-m", "dump", "--out", out, "--model", st["model"], "--task", st.get("task", "passkey")]
     argv += ["--lengths", ",".join(map(str, lengths)), "--depths", ",".join(f"{d:g}" for d in st["depths"])]
     argv += ["--samples", str(st["samples"]), "--seed", str(st["seed"]), "--filler", st["filler"]]
-    argv += ["--window", str(st["window"]), "--block", str(st["block"]), "--store", st.get("store", "stats")]
+    argv += [
+        "--window",
+        str(st["window"]),
+        "--block",
+        str(st["block"]),
+        "--store",
+        store or st.get("store", "stats"),
+    ]
     return argv + ["--device", "cpu", "--no-progress"]
 
 
@@ -156,6 +165,12 @@ def main() -> None:
     p.add_argument("--settings", default="agnostic,aware")
     p.add_argument("--documents", type=int, default=0, help="the first N finished documents (0: all)")
     p.add_argument("--lab-python", default=str(ROOT / ".venv" / "bin" / "python"))
+    p.add_argument(
+        "--lab-store",
+        default="stats,kv",
+        help="the lab dump's --store (default stats,kv: the prompt's cache, which the answer pass reads "
+        "instead of prefilling every document again, and the keys the key scorers read)",
+    )
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -180,7 +195,7 @@ def main() -> None:
         # 1. the lab, timed: the same documents dumped again, then analyzed with answers
         run = str(Path(tmp) / "run.zarr")
         results = str(Path(tmp) / "results.zarr")
-        lab_dump = lab(dump_argv(root, run), args.lab_python)
+        lab_dump = lab(dump_argv(root, run, args.lab_store), args.lab_python)
         lab_analyze = lab(
             ["-m", "analyze", run, "--methods", ",".join(twins), "--sparsity", args.ratios, "--setting",
              ",".join(settings), "--answers", "--out", results, "--no-progress"], args.lab_python,
@@ -313,7 +328,7 @@ def main() -> None:
     )
     grid = len(names) * len(ratios) * len(docs) * len(settings)
     print(
-        f"lab seconds: {lab_s:.1f} (dump {lab_dump:.1f} + analyze --answers {lab_analyze:.1f}) for the whole grid"
+        f"lab seconds: {lab_s:.1f} (dump --store {args.lab_store} {lab_dump:.1f} + analyze --answers {lab_analyze:.1f}) for the whole grid"
     )
     print(
         f"kvpress seconds: {kvpress_s:.1f} for {grid} (press, ratio, document, setting) runs "
