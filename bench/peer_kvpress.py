@@ -85,15 +85,8 @@ def dump_argv(root, out: str, store: str | None = None) -> list[str]:
     argv = ["-m", "dump", "--out", out, "--model", st["model"], "--task", st.get("task", "passkey")]
     argv += ["--lengths", ",".join(map(str, lengths)), "--depths", ",".join(f"{d:g}" for d in st["depths"])]
     argv += ["--samples", str(st["samples"]), "--seed", str(st["seed"]), "--filler", st["filler"]]
-    argv += [
-        "--window",
-        str(st["window"]),
-        "--block",
-        str(st["block"]),
-        "--store",
-        store or st.get("store", "stats"),
-    ]
-    return argv + ["--device", "cpu", "--no-progress"]
+    argv += ["--window", str(st["window"]), "--block", str(st["block"])]
+    return argv + ["--store", store or st.get("store", "stats"), "--device", "cpu", "--no-progress"]
 
 
 class Recorder:
