@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -145,10 +146,36 @@ def stored_prompt(g, doc: tuple, path: str, n: int, cut: int, windows, dtype, de
 
 
 def answer_document(path: str, plan, job, spec) -> dict:
-    """Every (policy, sparsity) answer of one document -> {"answer", "digits", "ids"} arrays, decoded
-    on `spec.answer_device` in the dump's dtype."""
-    n, d, s = job
-    pols, sparsities = spec.policies, spec.sparsities
+    """Every (policy, sparsity) answer of one document (n, d, s) -> {"answer", "digits", "ids"}."""
+    return answer_documents(path, plan, [tuple(job)], spec)[tuple(job)]
+
+
+@dataclass
+class _Document:
+    """One document's share of an answer task: its kept sets, prompt cache and pairs to decode."""
+
+    key: tuple  # (n, d, s)
+    doc: tasks.Document
+    cut: int  # prompt tokens in the cache; the rest are fed first
+    rest: np.ndarray  # the prompt tokens after `cut`
+    steps: int  # answer tokens to decode (the dump's own answer's length)
+    masks: np.ndarray  # (policy, sparsity, layer, head, N) kept sets
+    prunable: list  # the layers whose cache is pruned
+    prompt: pruned.Prompt
+    same: dict  # kept sets' digest -> the (policy, sparsity) pairs that share them (decoded once)
+    width: int  # answer_token slots in RESULTS
+
+    @property
+    def pairs(self) -> list:
+        return [group[0] for group in self.same.values()]
+
+
+def answer_documents(path: str, plan, docs: list[tuple], spec) -> dict:
+    """Every (policy, sparsity) answer of each document (n, d, s) -> {doc: {"answer", "digits",
+    "ids"}}, decoded on `spec.answer_device` in the dump's dtype. Documents whose prompts end at the
+    same position are decoded in step as one batch (`pruned.keeping_documents`): each row attends to
+    its own document's cache exactly as it would alone, and one read of the weights per step serves
+    every row (on the CPU the decode reads the weights far more than it computes)."""
     root = _open(path)
     attrs = dict(root.attrs)
     name, rope_scaling, dtype = dumped_model(attrs, path)
@@ -156,6 +183,54 @@ def answer_document(path: str, plan, job, spec) -> dict:
     lm = load_model(name, rope_scaling, device, dtype)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(device)
+    task = tasks.get(attrs["settings"].get("task", "passkey"))
+    out = {}
+    with torch.no_grad():
+        prepared = [_prepare(root, attrs, path, plan, key, spec, lm, task, device) for key in docs]
+        by_end: dict[tuple, list[_Document]] = {}
+        for x in prepared:  # in step: the same prompt end, the same prompt tokens left, the same steps
+            by_end.setdefault((x.cut, len(x.rest), x.steps), []).append(x)
+        for group in by_end.values():
+            rows = [(x, i, j) for x in group for i, j in x.pairs]
+            batch = max(1, BATCH_BYTES // max(1, 4 * max(x.masks[0, 0].size for x in group)))
+            toks = {}
+            for c0 in range(0, len(rows), batch):  # the rows of a chunk decoded as one batch
+                chunk = rows[c0 : c0 + batch]
+                parts = []  # (rows, masks, prompt) per document, in row order
+                for x in group:
+                    mine = [(i, j) for y, i, j in chunk if y is x]
+                    if mine:
+                        masks = {
+                            layer: torch.stack([pruned.bias_of(x.masks[i, j, layer]) for i, j in mine]).to(
+                                device
+                            )
+                            for layer in x.prunable
+                        }
+                        parts.append((len(mine), masks, x.prompt, x, mine))
+                first = np.concatenate([np.repeat(x.rest[None], r, axis=0) for r, _, _, x, _ in parts])
+                cache = decode.empty_cache(lm.model)
+                with pruned.keeping_documents([(r, m, pr) for r, m, pr, _, _ in parts]):
+                    got = decode.greedy(
+                        lm.model, cache, first, group[0].cut, group[0].steps, batch=len(first)
+                    )
+                r0 = 0
+                for r, _, _, x, mine in parts:
+                    for row, pair in enumerate(mine):
+                        toks[(x.key, pair)] = got[r0 + row]
+                    r0 += r
+            for x in group:
+                out[x.key] = _scored(x, task, lm.tokenizer, {p: toks[(x.key, p)] for p in x.pairs})
+    if device.startswith("cuda"):  # this worker's peak, model included (RESULTS attr answer_peak_gpu_gb)
+        peak = torch.cuda.max_memory_allocated(device)
+        for r in out.values():
+            r["peak_gpu_bytes"] = peak
+    return out
+
+
+def _prepare(root, attrs, path, plan, key, spec, lm, task, device) -> _Document:
+    """A document's kept sets for every (policy, sparsity) and its prompt's cache up to the cut."""
+    n, d, s = key
+    pols, sparsities = spec.policies, spec.sparsities
     g = root[schema.group_name(n)]
     ids = read_checked(g, "input_ids", (d, s), path, n)
     if not ids.any():  # 0 is the fill value: the chunk is missing on disk, the model is not to blame
@@ -163,7 +238,6 @@ def answer_document(path: str, plan, job, spec) -> dict:
             f"store {path!r}: variable input_ids of length {n}, depth {d}, sample {s} is missing on disk"
         )
     doc = rebuild(lm.tokenizer, attrs, path, n, d, s, ids)
-    task = tasks.get(attrs["settings"].get("task", "passkey"))
     steps = int((np.asarray(g["answer_ids"][d, s]) >= 0).sum()) or task.answer_tokens
     cut = settings.get(spec.setting).prune_after(n, doc.question)  # prompt tokens prefilled whole
     if not 0 < cut < n:
@@ -182,41 +256,33 @@ def answer_document(path: str, plan, job, spec) -> dict:
             x, pols, sparsities, spec.gqa, False, whole, layer, spec.setting
         ):
             masks[i, j, layer] = kept
-    answer = np.zeros((len(pols), len(sparsities)), dtype=np.float32)
-    digits = np.zeros((len(pols), len(sparsities)), dtype=np.float32)
-    out_ids = np.full((len(pols), len(sparsities), g["answer_ids"].shape[-1]), -1, dtype=np.int32)
-    with torch.no_grad():
-        if "value_cache" in g:  # the dump's own forward stored the prompt's cache: no prefill here
-            store = stored_prompt(g, (d, s), path, n, cut, windows, lm.model.dtype, device)
-        else:
-            prompt = torch.as_tensor(ids[:cut], dtype=torch.long, device=device)[None]
-            store = pruned.prompt_store(decode.prefill(lm.model, prompt)[1], cut, windows)
-        # pairs with the same kept sets on every layer (e.g. `full` at every sparsity) decode once
-        same: dict[bytes, list] = {}
-        for i in range(len(pols)):
-            for j in range(len(sparsities)):
-                key = hashlib.sha1(np.packbits(masks[i, j, list(whole.prunable)]).tobytes()).digest()
-                same.setdefault(key, []).append((i, j))
-        pairs = [group[0] for group in same.values()]
-        batch = max(1, BATCH_BYTES // max(1, 4 * masks[0, 0].size))
-        for c0 in range(0, len(pairs), batch):  # the pairs of a chunk decoded as one batch
-            chunk = pairs[c0 : c0 + batch]
-            per_layer = {
-                layer: torch.stack([pruned.bias_of(masks[i, j, layer]) for i, j in chunk]).to(device)
-                for layer in whole.prunable
-            }
-            cache = decode.empty_cache(lm.model)
-            with pruned.keeping(per_layer, store):
-                toks = decode.greedy(lm.model, cache, ids[cut:], cut, steps, batch=len(chunk))
-            for row, (i, j) in enumerate(chunk):
-                text = lm.tokenizer.decode(toks[row].tolist())
-                answer[i, j] = task.score(text, doc)  # a fraction: RULER's string_match_all
-                digits[i, j] = task.partial(text, doc)
-                out_ids[i, j, :steps] = toks[row]
-    for group in same.values():
-        for i, j in group[1:]:
-            answer[i, j], digits[i, j], out_ids[i, j] = answer[group[0]], digits[group[0]], out_ids[group[0]]
-    out = {"answer": answer, "digits": digits, "ids": out_ids}
-    if device.startswith("cuda"):  # this worker's peak, model included (RESULTS attr answer_peak_gpu_gb)
-        out["peak_gpu_bytes"] = torch.cuda.max_memory_allocated(device)
-    return out
+    if "value_cache" in g:  # the dump's own forward stored the prompt's cache: no prefill here
+        prompt = stored_prompt(g, (d, s), path, n, cut, windows, lm.model.dtype, device)
+    else:
+        head = torch.as_tensor(ids[:cut], dtype=torch.long, device=device)[None]
+        prompt = pruned.prompt_store(decode.prefill(lm.model, head)[1], cut, windows)
+    # pairs with the same kept sets on every layer (e.g. `full` at every sparsity) decode once
+    same: dict[bytes, list] = {}
+    for i in range(len(pols)):
+        for j in range(len(sparsities)):
+            digest = hashlib.sha1(np.packbits(masks[i, j, list(whole.prunable)]).tobytes()).digest()
+            same.setdefault(digest, []).append((i, j))
+    return _Document(
+        key, doc, cut, ids[cut:], steps, masks, list(whole.prunable), prompt, same, g["answer_ids"].shape[-1]
+    )
+
+
+def _scored(x: _Document, task, tokenizer, toks: dict) -> dict:
+    """The answer arrays of one document from its decoded pairs' token ids."""
+    shape = x.masks.shape[:2]
+    answer = np.zeros(shape, dtype=np.float32)
+    digits = np.zeros(shape, dtype=np.float32)
+    out_ids = np.full((*shape, x.width), -1, dtype=np.int32)
+    for group in x.same.values():
+        got = toks[group[0]]
+        text = tokenizer.decode(got.tolist())
+        for i, j in group:
+            answer[i, j] = task.score(text, x.doc)  # a fraction: RULER's string_match_all
+            digits[i, j] = task.partial(text, x.doc)
+            out_ids[i, j, : x.steps] = got
+    return {"answer": answer, "digits": digits, "ids": out_ids}

@@ -41,15 +41,29 @@ class LayerJob(NamedTuple):
 
 
 class AnswerJob(NamedTuple):
-    """Decode the model's answer under every pruned cache of one document."""
+    """Decode the model's answer under every pruned cache of a few documents of one length, in step
+    (`answers.answer_documents`)."""
 
-    length: int
-    depth: int
-    sample: int
+    documents: tuple[tuple[int, int, int], ...]
 
-    @property
-    def document(self) -> tuple[int, int, int]:
-        return tuple(self)
+
+# prompt tokens per answer task: documents of one length are decoded together up to this many (on the
+# CPU a decoding step reads every weight once however many rows it serves: 4 documents of 2k decode
+# in about the time of 2), and a longer document alone
+ANSWER_TOKENS = 8192
+
+
+def answer_jobs(docs: list[tuple[int, int, int]]) -> list[AnswerJob]:
+    """The documents' answer tasks, longest documents first, each length's documents split evenly
+    into tasks of at most ANSWER_TOKENS prompt tokens."""
+    jobs = []
+    for n in sorted({doc[0] for doc in docs}, reverse=True):
+        mine = [doc for doc in docs if doc[0] == n]
+        tasks = -(-len(mine) // max(1, ANSWER_TOKENS // n))
+        jobs += [
+            AnswerJob(tuple(mine[i] for i in part)) for part in np.array_split(np.arange(len(mine)), tasks)
+        ]
+    return jobs
 
 
 @dataclass(frozen=True)
@@ -343,11 +357,11 @@ def documents_of(plan: StorePlan) -> list[tuple[int, int, int]]:
 
 
 def jobs_of(plan: StorePlan, spec: Spec) -> list[LayerJob | AnswerJob]:
-    """With --answers one AnswerJob per finished document first, longest documents first (the
-    longest tasks: started first, they overlap the many short ones and leave no long tail), then one
-    LayerJob per finished document-layer."""
+    """With --answers the answer tasks first (`answer_jobs`), longest documents first (the longest
+    tasks: started first, they overlap the many short ones and leave no long tail), then one LayerJob
+    per finished document-layer."""
     docs = documents_of(plan)
-    jobs: list = [AnswerJob(*doc) for doc in sorted(docs, key=lambda d: -d[0])] if spec.answers else []
+    jobs: list = answer_jobs(docs) if spec.answers else []
     return jobs + [LayerJob(*doc, layer) for doc in docs for layer in range(plan.layers)]
 
 
@@ -435,9 +449,7 @@ def run_job(path: str, plan: StorePlan, spec: Spec, job: LayerJob | AnswerJob) -
     """One job on a worker: the arrays `assemble` takes, or {"corrupt": why} under --skip-corrupt."""
     try:
         if isinstance(job, AnswerJob):
-            from analyze.answers import answer_document
-
-            return answer_document(path, plan, job, spec)
+            return {"by_document": answer_job(path, plan, spec, job.documents)}
         if not schema.prunable(plan.windows[job.layer], job.length):
             return skipped_doclayer(spec, plan.heads)
         return analyze_doclayer(path, plan, job, spec)
@@ -445,6 +457,24 @@ def run_job(path: str, plan: StorePlan, spec: Spec, job: LayerJob | AnswerJob) -
         if not spec.skip_corrupt:
             raise
         return {"corrupt": str(err)}
+
+
+def answer_job(path: str, plan: StorePlan, spec: Spec, docs) -> dict:
+    """{document: its answers, or {"corrupt": why} under --skip-corrupt}: the documents decoded in
+    step, or one by one when one of them has a missing or corrupt chunk."""
+    from analyze.answers import answer_documents
+
+    try:
+        return answer_documents(path, plan, list(docs), spec)
+    except CorruptChunk as err:
+        if not spec.skip_corrupt:
+            raise
+        if len(docs) == 1:
+            return {docs[0]: {"corrupt": str(err)}}
+    out = {}
+    for doc in docs:
+        out.update(answer_job(path, plan, spec, [doc]))
+    return out
 
 
 def provenance(path: str, spec: Spec, retrieval_heads: int = RETRIEVAL_HEADS) -> str:
@@ -558,10 +588,14 @@ def _run_setting(
     with tqdm(total=len(jobs), desc="analyze", unit="task", disable=not progress) as bar:
         for fut in as_completed(futures):
             job, r = index[fut.key], fut.result()
-            if "corrupt" in r:
+            if isinstance(job, AnswerJob):
+                for doc, a in r["by_document"].items():
+                    if "corrupt" in a:
+                        corrupt.setdefault(doc, a["corrupt"])
+                    else:
+                        answers[doc] = a
+            elif "corrupt" in r:
                 corrupt.setdefault(job.document, r["corrupt"])
-            elif isinstance(job, AnswerJob):
-                answers[job.document] = r
             else:
                 results[tuple(job)] = r
             bar.update(1)

@@ -66,29 +66,38 @@ def main():
         for store_setting in ("stats", "stats,kv"):  # the baseline first: a prefill per document
             store = str(Path(tmp) / f"{store_setting.replace(',', '_')}.zarr")
             dump_s = timed_dump(store, store_setting, dump_kw)
-            answer_s, per_doc, out, prof = timed_answers(store, spec, args.profile)
-            runs[store_setting] = (dump_s, answer_s, per_doc, out, store)
+            answer_s, per_task, out, prof = timed_answers(store, spec, args.profile)
+            runs[store_setting] = (dump_s, answer_s, per_task, out, store)
             if prof:
                 profiles.write(f"=== answer pass, store {store_setting}\n")
                 pstats.Stats(prof, stream=profiles).sort_stats("tottime").print_stats(25)
+        alone_s, alone_tasks, alone, _ = timed_answers(runs["stats,kv"][4], spec, False, in_step=False)
         pairs = len(spec.policies) * len(spec.sparsities)
         base, kv = runs["stats"], runs["stats,kv"]
         print(
-            f"documents: {len(kv[2])}; (policy, sparsity) pairs per document: {pairs}; setting {args.setting}"
+            f"documents: {len(kv[3])}; (policy, sparsity) pairs per document: {pairs}; setting {args.setting}"
         )
-        for ((n, d, s), sec_b), (_, sec_k) in zip(base[2], kv[2]):
+        for (docs, sec_b), (_, sec_k) in zip(base[2], kv[2]):
             print(
-                f"  answer pass, length {n}, depth {d}, sample {s}: {sec_b:.2f} s with a prefill, {sec_k:.2f} s from the stored cache"
+                f"  answer task, {len(docs)} document(s) of length {docs[0][0]} in step: {sec_b:.2f} s with a prefill, "
+                f"{sec_k:.2f} s from the stored cache"
             )
-        same = sum(
-            int(np.array_equal(a["ids"][i, j], b["ids"][i, j]))
-            for a, b in zip(base[3], kv[3])
-            for i, j in np.ndindex(a["ids"].shape[:2])
-        )
-        cells = sum(a["ids"].shape[0] * a["ids"].shape[1] for a in base[3])
+        for docs, sec in alone_tasks:
+            print(
+                f"  answer task, one document (length {docs[0][0]}, depth {docs[0][1]}): {sec:.2f} s from the stored cache"
+            )
+
+        def same_ids(a: dict, b: dict) -> tuple[int, int]:
+            cells = [(doc, i, j) for doc in a for i, j in np.ndindex(a[doc]["ids"].shape[:2])]
+            same = sum(int(np.array_equal(a[doc]["ids"][i, j], b[doc]["ids"][i, j])) for doc, i, j in cells)
+            return same, len(cells)
+
+        same, cells = same_ids(base[3], kv[3])
         print(
             f"answer ids identical, stored cache vs prefill: {same} of {cells} (document, policy, sparsity) cells"
         )
+        same, cells = same_ids(alone, kv[3])
+        print(f"answer ids identical, documents in step vs one by one: {same} of {cells} cells")
         sizes = {
             k: sum(f.stat().st_size for f in Path(v[4]).rglob("*") if f.is_file()) for k, v in runs.items()
         }
@@ -97,8 +106,15 @@ def main():
         )
     print(f"dump seconds: {base[0]:.2f} (--store stats), {kv[0]:.2f} (--store stats,kv)")
     print(f"kv_dump_overhead {kv[0] / base[0]:.3f}")
-    print(f"answer-pass seconds: {base[1]:.2f} (prefill), {kv[1]:.2f} (stored cache)")
+    print(
+        f"answer-pass seconds: {base[1]:.2f} (prefill), {kv[1]:.2f} (stored cache), "
+        f"{alone_s:.2f} (stored cache, one document per task)"
+    )
     print(f"answer_overhead_ratio_prefill {base[1] / base[0]:.3f}")
+    print(f"answer_overhead_ratio_one_by_one {alone_s / kv[0]:.3f}")
+    print(
+        f"answer_overhead_vs_plain_dump {kv[1] / base[0]:.3f} (stored-cache answer pass / --store stats dump)"
+    )
     if args.profile:
         Path(args.profile).write_text(profiles.getvalue())
         print(f"profile: {args.profile}")
@@ -116,25 +132,29 @@ def timed_dump(store: str, store_setting: str, dump_kw: dict) -> float:
     return time.perf_counter() - t
 
 
-def timed_answers(store: str, spec, profile: bool):
+def timed_answers(store: str, spec, profile: bool, in_step: bool = True):
+    """The answer tasks of `analyze --answers` run in turn (documents of one length decoded in step,
+    `engine.answer_jobs`), or with `in_step=False` one document per task (as before)."""
     from analyze import engine
-    from analyze.answers import answer_document
+    from analyze.answers import answer_documents
 
     plan = engine.plan_store(store)
     spec = engine.preflight(store, spec, plan)
     jobs = [j for j in engine.jobs_of(plan, spec) if isinstance(j, engine.AnswerJob)]
+    if not in_step:
+        jobs = [engine.AnswerJob((doc,)) for job in jobs for doc in job.documents]
     prof = cProfile.Profile() if profile else None
-    per_doc, outs = [], []
+    per_task, outs = [], {}
     t = time.perf_counter()
     for job in jobs:
         t0 = time.perf_counter()
         if prof:
             prof.enable()
-        outs.append(answer_document(store, plan, job, spec))
+        outs.update(answer_documents(store, plan, list(job.documents), spec))
         if prof:
             prof.disable()
-        per_doc.append((tuple(job), time.perf_counter() - t0))
-    return time.perf_counter() - t, per_doc, outs, prof
+        per_task.append((job.documents, time.perf_counter() - t0))
+    return time.perf_counter() - t, per_task, outs, prof
 
 
 if __name__ == "__main__":

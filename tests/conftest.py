@@ -358,7 +358,7 @@ def answer_document(
     spec = engine.Spec(
         tuple(policies.parse_method(m) for m in methods), tuple(sparsities), gqa=gqa, setting=setting
     )
-    return answers.answer_document(store, plan_store(store), engine.AnswerJob(n, d, s), spec)
+    return answers.answer_document(store, plan_store(store), (n, d, s), spec)
 
 
 def one_setting(ds, setting: str | None = None):

@@ -32,10 +32,15 @@ def prefill(model, ids: torch.Tensor):
 
 def steps(model, cache, first, start: int, count: int, batch: int = 1):
     """The one greedy loop: feed `first` (a token, or the prompt tokens left after the prefill, in one
-    forward) from position `start`, then each step's argmax; yields each step's (batch, vocab)
-    logits, `count` forwards in all, each appending to `cache`."""
+    forward; or a (batch, m) array of them, one row per batch row) from position `start`, then each
+    step's argmax; yields each step's (batch, vocab) logits, `count` forwards in all, each appending
+    to `cache`."""
     dev = model.device
-    tokens = torch.as_tensor(first, dtype=torch.long, device=dev).reshape(1, -1).expand(batch, -1)
+    tokens = torch.as_tensor(first, dtype=torch.long, device=dev)
+    tokens = tokens if tokens.ndim == 2 else tokens.reshape(1, -1)
+    tokens = tokens.expand(batch, -1) if tokens.shape[0] == 1 else tokens
+    if tokens.shape[0] != batch:
+        raise ValueError(f"first tokens for {tokens.shape[0]} rows, the batch has {batch}")
     kw, at = cache_kw(model), start
     for _ in range(count):
         m = tokens.shape[1]

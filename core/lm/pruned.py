@@ -53,10 +53,35 @@ def keeping(masks: dict[int, torch.Tensor] | None, prompt: Prompt | None = None)
         _state.masks, _state.prompt = None, None
 
 
+@contextmanager
+def keeping_documents(groups: list[tuple[int, dict, Prompt]]):
+    """`keeping` for a batch whose rows come from several documents: `groups` lists, in row order,
+    (rows, masks, prompt) per document, each as `keeping` takes them (masks[l]: (rows, head, N) of
+    that document's N). Every prompt ends at the same position (the documents are decoded in step).
+    Each document's rows attend to its own prompt exactly as they would alone; only the model's
+    linear layers see all the rows at once (one read of the weights per step serves them all)."""
+    if len({p.end for _, _, p in groups}) > 1:
+        raise ValueError("documents decoded together must have their prompts end at the same position")
+    _state.groups = groups
+    try:
+        yield
+    finally:
+        _state.groups = None
+
+
 def pruned_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    layer = int(module.layer_idx)
+    groups = getattr(_state, "groups", None)
+    if groups is not None:  # several documents' rows: each attends to its own prompt and kept sets
+        outs, r0 = [], 0
+        for rows, masks, prompt in groups:
+            rs = slice(r0, r0 + rows)
+            keep = None if masks is None else masks.get(layer)
+            outs.append(_masked(query[rs], key[rs], value[rs], keep, prompt, layer, scaling))
+            r0 += rows
+        return torch.cat(outs, dim=0), None
     masks = getattr(_state, "masks", None)
     prompt: Prompt | None = getattr(_state, "prompt", None)
-    layer = int(module.layer_idx)
     keep = None if masks is None else masks.get(layer)
     sliding = kwargs.get("sliding_window")
     if keep is None and prompt is None and attention_mask is None and sliding and query.shape[2] > sliding:
@@ -76,6 +101,11 @@ def pruned_attention(module, query, key, value, attention_mask, scaling=None, dr
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
         )
+    return _masked(query, key, value, keep, prompt, layer, scaling), None
+
+
+def _masked(query, key, value, keep, prompt: Prompt | None, layer: int, scaling) -> torch.Tensor:
+    """The kept-set attention of a batch's rows (batch, seq, heads, dim out): eager float32 math."""
     batch, heads, qlen, dim = query.shape
     kv, new = key.shape[1], key.shape[2]
     g = heads // kv
@@ -133,7 +163,7 @@ def pruned_attention(module, query, key, value, attention_mask, scaling=None, dr
         out = out + _weighted(probs[..., at : at + m].reshape(batch, kv, g * qlen, m), v)
         at += m
     out = out.reshape(batch, heads, qlen, -1).to(query.dtype)
-    return out.transpose(1, 2).contiguous(), None
+    return out.transpose(1, 2).contiguous()
 
 
 def _whole_prompt_on_cuda(query, key, attention_mask) -> bool:
