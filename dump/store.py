@@ -30,6 +30,10 @@ logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 # zstd level 1: on real attention rows level 5 is 2.8x slower for 8% smaller chunks
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), Crc32cCodec())
+# the prompt's float32 keys and values (--store ...,keys / ...,kv) do not compress (measured: 0.99 and
+# 0.92 of their size at 0.3 s a 2k document to write, 0.2 s to read): checksummed only
+RAW = (Crc32cCodec(),)
+UNCOMPRESSED = frozenset(("key_cache", "value_cache"))
 # what a chunk torn by a kill raises when read: a short Blosc frame, a crc32c mismatch, a bad header
 CHUNK_ERRORS = (ValueError, RuntimeError, OSError)
 
@@ -165,7 +169,7 @@ class RunStore:
                 shape=tuple(sizes[d] for d in spec.dims),
                 dtype=spec.dtype,
                 chunks=schema.chunks_of(spec, sizes, tile),
-                compressors=COMPRESSORS,
+                compressors=RAW if var in UNCOMPRESSED else COMPRESSORS,
                 fill_value=spec.fill,
                 dimension_names=list(spec.dims),
                 attributes={"long_name": spec.long_name},
