@@ -168,3 +168,42 @@ def test_local_workers_start_without_dasks_malloc_trim_threshold():
     assert env["MALLOC_TRIM_THRESHOLD_"] is None
     assert env["OMP_NUM_THREADS"] == "1"
     assert env[CORES_ENV] is not None
+
+
+def test_answer_tasks_take_documents_of_one_length_up_to_the_token_cap():
+    from analyze.engine import ANSWER_TOKENS, answer_jobs
+
+    docs = [(2048, d, 0) for d in range(5)] + [(512, d, 0) for d in range(3)] + [(16384, 0, 0)]
+    jobs = [job.documents for job in answer_jobs(docs)]
+    assert ANSWER_TOKENS == 8192
+    # longest first; a document over the cap alone; 5 of 2k split evenly into 2 tasks of <= 4
+    assert jobs == [
+        ((16384, 0, 0),),
+        ((2048, 0, 0), (2048, 1, 0), (2048, 2, 0)),
+        ((2048, 3, 0), (2048, 4, 0)),
+        ((512, 0, 0), (512, 1, 0), (512, 2, 0)),
+    ]
+    assert sorted(doc for job in jobs for doc in job) == sorted(docs)  # every document once
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["aware", "agnostic"])
+def test_documents_decoded_in_step_answer_as_each_alone(smol_store, setting):
+    """The answer pass's batch across documents (`pruned.keeping_documents`): every row attends to its
+    own document's prompt, so the answers equal those of each document decoded alone."""
+    from analyze import engine, policies
+    from core.runstore import plan_store
+
+    methods = ("full", "h2o", "snapkv", "streaming", "random")
+    spec = engine.Spec(tuple(policies.parse_method(m) for m in methods), (0.5, 0.9), setting=setting)
+    plan = plan_store(smol_store)
+    docs = [(512, d, s) for d in range(2) for s in range(2)]
+    together = answers.answer_documents(smol_store, plan, docs, spec)
+    assert sorted(together) == docs
+    for doc in docs:
+        alone = answers.answer_documents(smol_store, plan, [doc], spec)[doc]
+        for key in ("ids", "answer", "digits"):
+            np.testing.assert_array_equal(together[doc][key], alone[key])
+    # the full caches' answers differ between documents (different passkeys): a row reading another
+    # document's prompt would change them
+    assert len({together[doc]["ids"][0, 0].tobytes() for doc in docs}) > 1
