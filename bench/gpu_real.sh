@@ -18,6 +18,12 @@
 #   bash bench/gpu_real.sh stats128k                # statistics at 128k vs plain sdpa (no weights)
 #   bash bench/gpu_real.sh fp32 answers             # after piece 6: float32 vs bfloat16, GPU answer pass
 #   bash bench/gpu_real.sh ruler_gemma multikey:3   # after piece 6: one task of issue 16's Gemma table
+# The Qwen2.5-Coder models (`make qwen-1.5b` first): `bash bench/gpu_real.sh pack_qwen` writes runs/gpu/q1..q27, the
+# 0.5B then the 1.5B GGUF in pieces of 60 MiB, and their manifest; there, after setup, one call per piece:
+#   bash bench/gpu_real.sh qpiece 1 ... qpiece 27 qwen   # joins and checks both into the cache
+#   bash bench/gpu_real.sh qwen_kernels                  # fused kernels on both real models vs float64
+#   bash bench/gpu_real.sh baseline 4k,8k,16k,32k        # the 1.5B's full-cache table, every RULER NIAH task
+#   TASKS=niah_single_1 bash bench/gpu_real.sh baseline 64k,128k yarn:4   # beyond 32k by YaRN, some tasks
 # On a 2-GPU machine (kind nvidia-h200-x2), after the pieces as above up to 3:
 #   bash bench/gpu_real.sh two_gpus                 # real SmolLM2 sharded over both GPUs == one GPU
 # Everything a step reports lands in $OUT.
@@ -60,6 +66,56 @@ pack() {  # here: the wheels, then the pieces
   local k=2
   for f in $G/rest.*; do mkdir -p $G/in$k && mv "$f" $G/in$k/piece && k=$((k + 1)); done
   du -sh $G/in* .whl
+}
+
+QWEN="qwen2.5-coder-0.5b qwen2.5-coder-1.5b"
+
+pack_qwen() {  # here: both Qwen GGUFs (joined and checked by `core.lm.models`) cut into pieces of 60 MiB
+  local files=() name
+  for name in $QWEN; do files+=("$(.venv/bin/python -c "from core.lm import models; print(models.embedded_gguf('$name'))")") || return 1; done
+  rm -rf $G/q* && mkdir -p $G/q1
+  for f in "${files[@]}"; do echo "$(sha256sum "$f" | awk '{print $1}') $(stat -c %s "$f") $(basename "$f")"; done > $G/q1/manifest
+  cat "${files[@]}" | split -b 62914560 -d -a 2 - $G/qrest.
+  local k=1
+  for f in $G/qrest.*; do mkdir -p $G/q$k && mv "$f" $G/q$k/piece && k=$((k + 1)); done
+  du -sh $G/q* | tail -3
+}
+
+qpiece() {  # there: keep Qwen piece k
+  mkdir -p $G/qpieces && cp "$G/q$1/piece" "$G/qpieces/$1"
+  if [ "$1" = 1 ]; then cp $G/q1/manifest $G/qmanifest; fi
+  ls $G/qpieces | wc -l
+}
+
+qwen() {  # there: join the pieces, cut and check each GGUF into the cache, convert each once
+  mkdir -p $G/cache/gguf
+  local all=$G/qall.bin at=0 sha size file
+  cat $(ls $G/qpieces/* | sort -t/ -k4 -n) > $all
+  while read -r sha size file; do
+    tail -c +"$((at + 1))" $all | head -c "$size" > $G/cache/gguf/$file
+    echo "$sha  $G/cache/gguf/$file" | sha256sum -c - || return 1
+    at=$((at + size))
+  done < $G/qmanifest
+  rm -f $all
+  for name in $QWEN; do python3 -c "from core.lm import models; print(models.resolve('$name'))" 2>&1 | grep -v Warning | tail -1; done
+}
+
+qwen_kernels() {  # the fused CUDA statistics on the real Qwen models against float64
+  python3 -m pytest -q -p no:cacheprovider tests/test_qwen.py -m "slow or not slow" -k cuda 2>&1 | tail -8 | tee -a "$OUT/qwen_kernels.txt"
+}
+
+baseline() {  # the 1.5B's full-cache answers, every RULER NIAH task at LENGTHS, 10 documents per cell
+  local lengths=$1 rope=${2:-} task
+  for task in niah_single_1 niah_single_2 niah_single_3 niah_multikey_1 niah_multikey_2 niah_multikey_3 \
+    niah_multivalue niah_multiquery; do
+    [ -n "${TASKS:-}" ] && ! echo ",$TASKS," | grep -q ",$task," && continue
+    python3 -m dump --model qwen2.5-coder-1.5b --task "ruler:$task" --lengths "$lengths" \
+      --depths 0.1,0.3,0.5,0.7,0.9 --samples 2 --window 16 --device cuda --dtype bfloat16 ${rope:+--rope-scaling $rope} \
+      --out "runs/base/$task${rope:+_${rope//:/}}.zarr" --no-progress 2>&1 | grep -E "^dump|rror" | tee -a "$OUT/baseline.log"
+  done
+  local stores=()
+  for s in runs/base/*.zarr; do stores+=("$(basename "$s" .zarr | sed 's/_yarn.*//')=$s"); done
+  python3 bench/baseline_table.py "${stores[@]}" --json "$OUT/baseline.json" | tee "$OUT/baseline.txt"
 }
 
 piece() {  # there: keep piece k; once all are in, join them and check both files
@@ -188,6 +244,11 @@ while [ $# -gt 0 ]; do
   step=$1; shift
   case $step in
     piece) piece "$1"; shift ;;
+    qpiece) qpiece "$1"; shift ;;
+    baseline)
+      lengths=$1 rope=""; shift
+      if [[ "${1:-}" == yarn:* ]]; then rope=$1; shift; fi
+      echo "== baseline $lengths $rope"; baseline "$lengths" "$rope" ;;
     ruler_gemma) echo "== ruler_gemma $1"; ruler_gemma "$1" || echo "!! ruler_gemma failed"; shift ;;
     *) echo "== $step"; $step || echo "!! $step failed" ;;
   esac

@@ -22,9 +22,14 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> str:
+    """The embedded SmolLM2, converted once per cache; skipped with the reason where it is missing
+    (a GPU machine that was given no weights)."""
     from core.lm import models
 
-    directory, _, _ = models.resolve("smollm2-135m")
+    try:
+        directory, _, _ = models.resolve("smollm2-135m")
+    except models.ModelUnavailable as err:
+        pytest.skip(f"the embedded SmolLM2 (its tokenizer serves the tiny models) is unavailable: {err}")
     return directory
 
 
@@ -305,6 +310,38 @@ def tiny_gemma3_dir(tmp_path_factory, tokenizer) -> str:
         sliding_window=24,
         layer_types=["sliding_attention", "sliding_attention", "full_attention"],
     )
+
+
+def _tiny_qwen2(tmp_path_factory, tokenizer, name, seed, heads, kv_heads, head_dim) -> str:
+    """A random Qwen2: q/k/v biases (drawn, not Qwen2's zero init) and a grouped-query ratio."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    path = _tiny(
+        tmp_path_factory, tokenizer, name, seed, Qwen2Config, Qwen2ForCausalLM,
+        hidden_size=heads * head_dim, intermediate_size=64, num_attention_heads=heads,
+        num_key_value_heads=kv_heads, num_hidden_layers=2, max_position_embeddings=2048,
+        pad_token_id=None, rope_theta=1e6, tie_word_embeddings=True,
+    )  # fmt: skip
+    model = Qwen2ForCausalLM.from_pretrained(path)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                assert proj.bias is not None  # Qwen2's attention has biases
+                proj.bias.normal_(0.0, 0.5)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory, tokenizer) -> str:
+    """A random Qwen2 shaped as the 0.5B's attention: 7 query heads per kv head, head dim 64."""
+    return _tiny_qwen2(tmp_path_factory, tokenizer, "tiny_qwen2", 4, 7, 1, 64)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_wide_dir(tmp_path_factory, tokenizer) -> str:
+    """A random Qwen2 shaped as the 1.5B's attention: 6 query heads per kv head, head dim 128."""
+    return _tiny_qwen2(tmp_path_factory, tokenizer, "tiny_qwen2_wide", 5, 6, 1, 128)
 
 
 @pytest.fixture(scope="session")

@@ -29,18 +29,25 @@ def rel(a, b):
     return float((a.double() - b.double()).abs().max() / b.double().abs().max())
 
 
-def check(ref, out, got, n, window, block):
-    assert rel(out.logits, ref.logits) < 1e-4
+def check(ref, out, got, n, window, block, errors: dict | None = None):
+    """Every statistic within 1e-4 (max-relative) of eager attention; `errors` gets the worst of each."""
+    worst = {} if errors is None else errors
+    worst["logits"] = rel(out.logits, ref.logits)
+    assert worst["logits"] < 1e-4
     m = math.ceil(n / block)
     assert sorted(got) == list(range(len(ref.attentions)))
     for layer, a in enumerate(ref.attentions):
         a = a[0].double()
         st = got[layer]
-        assert rel(st.colsum, a.sum(1)) <= 1e-4
-        assert rel(st.window, a[:, -window:]) <= 1e-4
         padded = torch.nn.functional.pad(a, (0, m * block - n, 0, m * block - n))
         blocks = padded.view(a.shape[0], m, block, m, block).sum((2, 4))
-        assert rel(st.blocks, blocks) <= 1e-4
+        for name, value in (
+            ("colsum", rel(st.colsum, a.sum(1))),
+            ("window", rel(st.window, a[:, -window:])),
+            ("blocks", rel(st.blocks, blocks)),
+        ):
+            worst[name] = max(worst.get(name, 0.0), value)
+            assert value <= 1e-4, (layer, name, value)
         assert torch.allclose(
             st.colsum.sum(-1).double(), torch.full((a.shape[0],), float(n), dtype=torch.float64), rtol=1e-5
         )

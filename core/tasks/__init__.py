@@ -149,8 +149,8 @@ class Task:
             return haystack.filler_sentences(filler if Path(filler).is_file() else "nature", rng)
         if self.haystack == "needles":  # fresh needles with other keys, enough to fill the prompt
             kind = values.PLURAL[self.value_type]
-            out = []
-            while sum(len(x) + 1 for x in out) < 8 * length + 64:
+            out, size = [], 0
+            while size < 8 * length + 64:
                 out.append(
                     NEEDLE_HAYSTACK.format(
                         kind=kind,
@@ -158,6 +158,7 @@ class Task:
                         value=values.draw(self.value_type, rng),
                     )
                 )
+                size += len(out[-1]) + 1
             return out
         return haystack.filler_sentences(filler, rng)
 

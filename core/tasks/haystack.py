@@ -162,7 +162,9 @@ def fit(
         hay, at = _insert_needle(hay, depth, needle)
         return header + hay + question, len(header) + at
 
-    text, at, ids, offsets = _fit(tokenizer, length, _long_haystack(sentences, 8 * length + 64), render)
+    text, at, ids, offsets = _fit(
+        tokenizer, length, _long_haystack(sentences, 8 * length + 64), render, question
+    )
     return Fitted(text, ids, offsets, at, len(text) - len(question), len(header))
 
 
@@ -177,10 +179,11 @@ def _insert_needles(haystack: str, placed: list[tuple[float, str]]) -> tuple[str
     taken: dict[int, int] = {}
     where = []
     for i, (depth, _) in enumerate(placed):
-        order = sorted(starts, key=lambda s: (abs(s - depth * len(haystack)), s))
-        free = [s for s in order if s not in taken] or order
-        taken[free[0]] = i
-        where.append(free[0])
+        at = min(
+            [s for s in starts if s not in taken] or starts, key=lambda s: (abs(s - depth * len(haystack)), s)
+        )
+        taken[at] = i
+        where.append(at)
     pieces, prev, out_at = [], 0, [0] * len(placed)
     size = 0
     for i in sorted(range(len(placed)), key=lambda i: (where[i], i)):
@@ -217,28 +220,49 @@ def fit_many(
         hay, at = _insert_needles(hay, placed)
         return header + hay + question, [len(header) + a for a in at]
 
-    text, at, ids, offsets = _fit(tokenizer, length, _long_haystack(sentences, 8 * length + 64), render)
+    text, at, ids, offsets = _fit(
+        tokenizer, length, _long_haystack(sentences, 8 * length + 64), render, question
+    )
     return Fitted(text, ids, offsets, at[0], len(text) - len(question), len(header), tuple(at))
 
 
-def _fit(tokenizer, length: int, long_hay: str, render):
+def _fit(tokenizer, length: int, long_hay: str, render, question: str):
     """The cut of `long_hay` whose rendered prompt (`render(haystack) -> (text, needle starts)`) is
-    exactly `length` tokens: (text, needle starts, ids, offsets)."""
+    exactly `length` tokens: (text, needle starts, ids, offsets). The cut is the last word boundary
+    whose prompt has at most `length` tokens (inside the next word if need be); any prefix of the
+    same haystack gives the same cut, so `long_hay` only has to be long enough."""
+
+    def encode(cut: int, offsets: bool = False):
+        return tokenizer(
+            render(long_hay[:cut].rstrip())[0], add_special_tokens=True, return_offsets_mapping=offsets
+        )
 
     def count(cut: int) -> int:
-        return len(tokenizer(render(long_hay[:cut].rstrip())[0], add_special_tokens=True)["input_ids"])
+        return len(encode(cut)["input_ids"])
 
     fixed = count(0)
     if fixed > length:
         raise HaystackError(
             f"length {length} is too short: the header, needle and question alone take {fixed} tokens"
         )
-    while count(len(long_hay)) < length:  # pathological fillers with very long tokens
-        long_hay = long_hay + " " + long_hay
+    # one tokenization of (enough of) the haystack alone brackets the cut: a 128k prompt then needs a
+    # handful of full tokenizations, not 25; a filler of very long tokens doubles the haystack
+    size = min(len(long_hay), 6 * length + 256)
+    while True:
+        offsets = tokenizer(long_hay[:size], add_special_tokens=False, return_offsets_mapping=True)[
+            "offset_mapping"
+        ]
+        if (
+            len(offsets) + fixed >= length + 64
+            or size >= len(long_hay)
+            and count(len(long_hay)) >= length + 1
+        ):
+            break
+        if size >= len(long_hay):
+            long_hay = long_hay + " " + long_hay
+        size = min(len(long_hay), 2 * size)
     # word boundaries are cut candidates; the token count grows monotonically with them
     cuts = [0] + [m.start() for m in re.finditer(r" ", long_hay)] + [len(long_hay)]
-    # bracket the cut from one tokenization of the haystack alone (a 128k prompt then needs ~10 calls, not 25)
-    offsets = tokenizer(long_hay, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     target = length - fixed  # haystack tokens wanted; refine by the observed error (tokens merge at joins)
     j = 0
     for _ in range(3):
@@ -248,28 +272,29 @@ def _fit(tokenizer, length: int, long_hay: str, render):
         if error == 0:
             break
         target += error
-    lo, hi = max(0, j - 2), min(len(cuts) - 1, j + 2)
-    while lo > 0 and count(cuts[lo]) > length:
-        lo = max(0, lo - 256)
-    while hi < len(cuts) - 1 and count(cuts[hi]) <= length:
-        hi = min(len(cuts) - 1, hi + 256)
-    # invariant: count(cuts[lo]) <= length < count(cuts[hi]), or hi is the end of the haystack
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if count(cuts[mid]) <= length:
-            lo = mid
-        else:
-            hi = mid
+    if error == 0 and (j == len(cuts) - 1 or count(cuts[j + 1]) > length):
+        lo = j  # the last boundary at `length`: what the search below finds
+    else:
+        lo, hi = max(0, j - 2), min(len(cuts) - 1, j + 2)
+        while lo > 0 and count(cuts[lo]) > length:
+            lo = max(0, lo - 256)
+        while hi < len(cuts) - 1 and count(cuts[hi]) <= length:
+            hi = min(len(cuts) - 1, hi + 256)
+        # invariant: count(cuts[lo]) <= length < count(cuts[hi]), or hi is the end of the haystack
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if count(cuts[mid]) <= length:
+                lo = mid
+            else:
+                hi = mid
     cut = cuts[lo]
     if count(cut) != length:  # the next word holds several tokens: cut inside it
-        for c in range(cuts[lo] + 1, cuts[hi] + 1):
+        for c in range(cuts[lo] + 1, cuts[min(len(cuts) - 1, lo + 1)] + 1):
             if count(c) == length:
                 cut = c
                 break
-        else:
-            raise HaystackError(
-                f"cannot build a prompt of exactly {length} tokens with this tokenizer and filler"
-            )
+        else:  # every cut jumps past `length` (tokens merge across a join): pad at the token level
+            return _padded(tokenizer, length, long_hay, render, question, cuts[lo])
     text, needle_at = render(long_hay[:cut].rstrip())
     enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
     ids = np.asarray(enc["input_ids"], dtype=np.int32)
@@ -280,6 +305,46 @@ def _fit(tokenizer, length: int, long_hay: str, render):
             f"tokenize a prefix of the text as a prefix of the ids; try another --filler"
         )
     return text, needle_at, ids, offsets
+
+
+def _padded(tokenizer, length: int, long_hay: str, render, question: str, cut: int):
+    """A prompt of exactly `length` tokens where no character cut gives one (the count jumps by two
+    or more where the haystack meets the question). The context (header, haystack and needles:
+    `render` at the largest cut below `length`) and the question are tokenized apart, and the gap
+    is filled with the haystack's own next tokens, tokenized alone: exact by construction. Each token
+    keeps its character span in the joined text, so needle spans come out as for any prompt."""
+    while True:
+        hay = long_hay[:cut].rstrip()
+        text, needle_at = render(hay)
+        context = text[: len(text) - len(question)]
+        ctx = tokenizer(context, add_special_tokens=True, return_offsets_mapping=True)
+        q = tokenizer(question, add_special_tokens=False, return_offsets_mapping=True)
+        gap = length - len(ctx["input_ids"]) - len(q["input_ids"])
+        if gap >= 0 or cut == 0:
+            break
+        cut = max(0, long_hay.rfind(" ", 0, max(0, len(hay) - 1)))  # a word back
+    rest = long_hay[len(hay) :]
+    pad = tokenizer(rest, add_special_tokens=False, return_offsets_mapping=True)
+    if gap < 0 or len(pad["input_ids"]) < gap:
+        raise HaystackError(
+            f"length {length} is too short: the header, needles and question alone take {length - gap} tokens"
+        )
+    pad_text = rest[: int(pad["offset_mapping"][gap - 1][1])] if gap else ""
+
+    def spans(enc, n, shift):
+        return np.asarray(enc["offset_mapping"][:n], dtype=np.int64).reshape(-1, 2) + shift
+
+    ids = np.asarray(
+        list(ctx["input_ids"]) + list(pad["input_ids"][:gap]) + list(q["input_ids"]), dtype=np.int32
+    )
+    offsets = np.concatenate(
+        [
+            spans(ctx, len(ctx["input_ids"]), 0),
+            spans(pad, gap, len(context)),
+            spans(q, len(q["input_ids"]), len(context) + len(pad_text)),
+        ]
+    )
+    return context + pad_text + question, needle_at, ids, offsets
 
 
 def parse_depths(value: str) -> list[float]:

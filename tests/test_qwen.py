@@ -1,0 +1,119 @@
+"""Qwen2 (q/k/v biases, grouped-query ratios of 7:1 and 6:1, head dims of 64 and 128): the capture
+equals eager float64 attention, and the answer pass with every key kept is the unmasked model. The
+real Qwen2.5-Coder-0.5B runs in the slow part."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from transformers import AutoModelForCausalLM
+
+from core.lm import capture, decode, pruned
+from tests.conftest import answer_document, decode_with, run_cli
+from tests.test_capture import check
+
+QWEN = "qwen2.5-coder-0.5b"
+
+
+def float64_vs_capture(model_dir, ids, window, block, tile=None):
+    """(eager float64 forward with attentions, capture float32 forward, recorded statistics)."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float64, attn_implementation="eager")
+    with torch.no_grad():
+        ref = model.eval()(ids, output_attentions=True)
+    del model
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager")
+    model.set_attn_implementation(capture.NAME)
+    got = {}
+    rec = capture.Recorder(window=window, block=block, on_layer=got.__setitem__, tile=tile)
+    with torch.no_grad(), capture.recording(rec):
+        out = model.eval()(ids)
+    return ref, out, got
+
+
+@pytest.mark.parametrize("fixture,heads", [("tiny_qwen2_dir", 7), ("tiny_qwen2_wide_dir", 6)])
+def test_tiny_qwen2_capture_equals_eager_float64(fixture, heads, request):
+    model_dir = request.getfixturevalue(fixture)
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (1, 300))
+    ref, out, got = float64_vs_capture(model_dir, ids, 16, 32, tile=64)
+    check(ref, out, got, 300, 16, 32)
+    assert got[0].kpool.shape[0] == heads  # one kv head read by every query head
+
+
+@pytest.mark.parametrize("fixture", ["tiny_qwen2_dir", "tiny_qwen2_wide_dir"])
+def test_tiny_qwen2_every_key_kept_is_the_unmasked_model(fixture, request):
+    from analyze import answers
+
+    lm = answers.load_model(request.getfixturevalue(fixture))
+    torch.manual_seed(1)
+    ids = torch.randint(0, 1000, (200,)).numpy()
+    n, layers, heads = 200, lm.config["layers"], lm.config["heads"]
+    everything = {layer: pruned.bias_of(np.ones((heads, n), bool)) for layer in range(layers)}
+    with torch.no_grad():
+        cache = decode.prefill(lm.model, torch.as_tensor(ids[:-1])[None])[1]
+        with pruned.keeping(everything):
+            masked = lm.model(
+                torch.tensor([[int(ids[-1])]]), use_cache=True, **{decode.cache_kw(lm.model): cache}
+            ).logits[0, -1]
+        whole = lm.model(torch.as_tensor(ids)[None]).logits[0, -1]
+        assert float((masked - whole).abs().max() / whole.abs().max()) <= 1e-5
+        # the answer pass's own path: the prompt's keys aside, decoded tokens in a fresh cache
+        store = pruned.prompt_store(
+            decode.prefill(lm.model, torch.as_tensor(ids[:-1])[None])[1], n - 1, [None] * layers
+        )
+        kept = {k: v[None] for k, v in everything.items()}
+        steps = list(decode_with(lm.model, store, int(ids[-1]), 3, kept))  # done before the references
+        seq = list(ids)
+        for step in steps:
+            ref = lm.model(torch.as_tensor(seq)[None]).logits[0, -1]
+            assert float((step[0] - ref).abs().max() / ref.abs().max()) <= 1e-5
+            seq.append(int(ref.argmax()))
+
+
+# -- the real Qwen2.5-Coder-0.5B ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def qwen_dir() -> str:
+    from core.lm import models
+
+    try:
+        directory, _, _ = models.resolve(QWEN)  # joined, checked and converted once into the cache
+    except models.ModelUnavailable as err:
+        pytest.skip(str(err))
+    return directory
+
+
+@pytest.mark.slow
+def test_real_qwen_capture_equals_eager_float64_on_a_1k_prompt(qwen_dir):
+    from core import tasks
+    from core.lm import models
+
+    doc = tasks.document(models.load_tokenizer(QWEN), "ruler:niah_multikey_1", 0, "ruler", 1024, 0.5, 0, 0)
+    ids = torch.as_tensor(doc.input_ids, dtype=torch.long)[None]
+    ref, out, got = float64_vs_capture(qwen_dir, ids, 32, 64)
+    errors = {}
+    check(ref, out, got, 1024, 32, 64, errors=errors)
+    print(f"real {QWEN}, 1024 tokens, capture float32 vs eager float64, worst relative error: {errors}")
+
+
+@pytest.fixture(scope="module")
+def qwen_store(qwen_dir, tmp_path_factory) -> str:
+    out = tmp_path_factory.mktemp("qwen") / "run.zarr"
+    r = run_cli(
+        "dump", "--model", QWEN, "--task", "ruler:niah_multikey_1", "--lengths", "1k",
+        "--depths", "0.3,0.7", "--window", "16", "--out", str(out), "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    return str(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["aware", "agnostic"])
+def test_real_qwen_full_cache_reproduces_the_dumps_own_answer(qwen_store, setting):
+    root = zarr.open_group(qwen_store, mode="r")
+    g = root["len_1024"]
+    for d in range(2):
+        out = answer_document(qwen_store, 1024, d, 0, ("full",), [0.9], setting=setting)
+        np.testing.assert_array_equal(out["ids"][0, 0], g["answer_ids"][d, 0])
+    assert root.attrs["model"]["name"] == QWEN and root.attrs["model"]["source"] == "embedded-gguf"
