@@ -30,12 +30,13 @@ def rel(a, b):
 
 
 def check(ref, out, got, n, window, block, errors: dict | None = None):
-    """Every statistic within 1e-4 (max-relative) of eager attention; `errors` gets the worst of each."""
+    """Every statistic within 1e-4 (max-relative) of eager attention; `errors` gets the worst of each
+    (all of them measured before any is asserted)."""
     worst = {} if errors is None else errors
     worst["logits"] = rel(out.logits, ref.logits)
-    assert worst["logits"] < 1e-4
     m = math.ceil(n / block)
     assert sorted(got) == list(range(len(ref.attentions)))
+    where = {}
     for layer, a in enumerate(ref.attentions):
         a = a[0].double()
         st = got[layer]
@@ -46,11 +47,13 @@ def check(ref, out, got, n, window, block, errors: dict | None = None):
             ("window", rel(st.window, a[:, -window:])),
             ("blocks", rel(st.blocks, blocks)),
         ):
-            worst[name] = max(worst.get(name, 0.0), value)
-            assert value <= 1e-4, (layer, name, value)
+            if value > worst.get(name, 0.0):
+                worst[name], where[name] = value, layer
         assert torch.allclose(
             st.colsum.sum(-1).double(), torch.full((a.shape[0],), float(n), dtype=torch.float64), rtol=1e-5
         )
+    bad = {k: v for k, v in worst.items() if v > 1e-4}
+    assert not bad, f"worst relative errors {worst} (at layers {where})"
 
 
 @pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])

@@ -117,3 +117,37 @@ def test_real_qwen_full_cache_reproduces_the_dumps_own_answer(qwen_store, settin
         out = answer_document(qwen_store, 1024, d, 0, ("full",), [0.9], setting=setting)
         np.testing.assert_array_equal(out["ids"][0, 0], g["answer_ids"][d, 0])
     assert root.attrs["model"]["name"] == QWEN and root.attrs["model"]["source"] == "embedded-gguf"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", [QWEN, "qwen2.5-coder-1.5b"])
+def test_real_qwen_on_cuda_equals_eager_float64(name):
+    """The fused CUDA kernels (float32) on the real model against eager float64 attention on a 2k
+    RULER prompt: every statistic and the logits within 1e-4."""
+    from types import SimpleNamespace as cpu
+
+    from core import tasks
+    from core.lm import models
+
+    try:
+        directory, _, _ = models.resolve(name)
+    except models.ModelUnavailable as err:
+        pytest.skip(str(err))
+    doc = tasks.document(models.load_tokenizer(name), "ruler:niah_multikey_1", 0, "ruler", 2048, 0.5, 0, 0)
+    ids = torch.as_tensor(doc.input_ids, dtype=torch.long, device="cuda")[None]
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float64, attn_implementation="eager")
+    with torch.no_grad():
+        ref = model.to("cuda").eval()(ids, output_attentions=True)
+    ref = cpu(logits=ref.logits.cpu(), attentions=[a.cpu() for a in ref.attentions])
+    del model
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager")
+    model.to("cuda").set_attn_implementation(capture.NAME)
+    got = {}
+    rec = capture.Recorder(window=32, block=64, on_layer=got.__setitem__)
+    with torch.no_grad(), capture.recording(rec):
+        out = model.eval()(ids)
+    got = {layer: cpu(**{k: t.cpu() for k, t in vars(st).items()}) for layer, st in got.items()}
+    errors = {}
+    check(ref, cpu(logits=out.logits.cpu()), got, 2048, 32, 64, errors=errors)
+    print(f"real {name}, 2048 tokens, fused CUDA float32 vs eager float64, worst relative error: {errors}")

