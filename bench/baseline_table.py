@@ -27,13 +27,8 @@ def main() -> None:
     for item in args.stores:
         task, path = item.split("=", 1)
         plan = runstore.plan_store(path)
-        meta.add(
-            (
-                plan.attrs.get("model", "?"),
-                str(plan.attrs.get("dtype", "?")),
-                str(plan.attrs.get("rope_scaling", "none")),
-            )
-        )
+        m = plan.attrs.get("model", {})
+        meta.add((m.get("name", "?"), str(m.get("dtype", "?")), str(m.get("rope_scaling") or "none")))
         for n in plan.lengths:
             done = plan.done[n]
             cells[task, n] = (int((plan.retrieved[n] & done).sum()), int(done.sum()))

@@ -35,7 +35,7 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NIAH_CACHE_DIR=$PWD/$G/cache PYTHONPATH=$PWD/$G/site:$PWD
 export TQDM_MININTERVAL=30
 
-WHEELS="zarr numcodecs donfig google-crc32c dask distributed partd locket zict tblib tornado gguf transformers"
+WHEELS="zarr numcodecs donfig google-crc32c dask distributed partd locket zict tblib tornado gguf"
 
 wheels() {  # here: the wheels the GPU machine lacks, pinned to this .venv's versions
   rm -rf .whl && mkdir -p .whl
@@ -92,12 +92,14 @@ qwen() {  # there: join the pieces, cut and check each GGUF into the cache, conv
   local all=$G/qall.bin at=0 sha size file
   cat $(ls $G/qpieces/* | sort -t/ -k4 -n) > $all
   while read -r sha size file; do
+    if [ $((at + size)) -gt "$(stat -c %s $all)" ]; then echo "$file: not all its pieces are here"; break; fi
     tail -c +"$((at + 1))" $all | head -c "$size" > $G/cache/gguf/$file
     echo "$sha  $G/cache/gguf/$file" | sha256sum -c - || return 1
     at=$((at + size))
   done < $G/qmanifest
   rm -f $all
   for name in $QWEN; do python3 -c "from core.lm import models; print(models.resolve('$name'))" 2>&1 | grep -v Warning | tail -1; done
+  return 0
 }
 
 qwen_kernels() {  # the fused CUDA statistics on the real Qwen models against float64
@@ -110,7 +112,7 @@ baseline() {  # the 1.5B's full-cache answers, every RULER NIAH task at LENGTHS,
     niah_multivalue niah_multiquery; do
     [ -n "${TASKS:-}" ] && ! echo ",$TASKS," | grep -q ",$task," && continue
     python3 -m dump --model qwen2.5-coder-1.5b --task "ruler:$task" --lengths "$lengths" \
-      --depths 0.1,0.3,0.5,0.7,0.9 --samples 2 --window 16 --device cuda --dtype bfloat16 ${rope:+--rope-scaling $rope} \
+      --depths 0.1,0.3,0.5,0.7,0.9 --samples 2 --window 1 --window-rows 1 --block 512 --device cuda --dtype bfloat16 ${rope:+--rope-scaling $rope} \
       --out "runs/base/$task${rope:+_${rope//:/}}.zarr" --no-progress 2>&1 | grep -E "^dump|rror" | tee -a "$OUT/baseline.log"
   done
   local stores=()

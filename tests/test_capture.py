@@ -49,9 +49,9 @@ def check(ref, out, got, n, window, block, errors: dict | None = None):
         ):
             if value > worst.get(name, 0.0):
                 worst[name], where[name] = value, layer
-        assert torch.allclose(
-            st.colsum.sum(-1).double(), torch.full((a.shape[0],), float(n), dtype=torch.float64), rtol=1e-5
-        )
+        total = float((st.colsum.sum(-1).double() / n - 1).abs().max())  # every row sums to 1
+        if total > worst.get("colsum_total", 0.0):
+            worst["colsum_total"], where["colsum_total"] = total, layer
     bad = {k: v for k, v in worst.items() if v > 1e-4}
     assert not bad, f"worst relative errors {worst} (at layers {where})"
 

@@ -147,7 +147,7 @@ def test_real_qwen_on_cuda_equals_eager_float64(name):
     rec = capture.Recorder(window=32, block=64, on_layer=got.__setitem__)
     with torch.no_grad(), capture.recording(rec):
         out = model.eval()(ids)
-    got = {layer: cpu(**{k: t.cpu() for k, t in vars(st).items()}) for layer, st in got.items()}
+    got = {layer: cpu(**{k: t.cpu() if torch.is_tensor(t) else t for k, t in vars(st).items()}) for layer, st in got.items()}
     errors = {}
     check(ref, cpu(logits=out.logits.cpu()), got, 2048, 32, 64, errors=errors)
     print(f"real {name}, 2048 tokens, fused CUDA float32 vs eager float64, worst relative error: {errors}")
