@@ -94,7 +94,9 @@ class DumpOptions:
     )
     model: str = option(
         DEFAULT_MODEL,
-        "embedded name (smollm2-135m, or gemma3-270m: 32k context, hybrid sliding-window attention), a .gguf file, a local HF directory, or a cached HF id; never downloads",
+        "embedded name (smollm2-135m; gemma3-270m: 32k context, hybrid sliding-window attention; "
+        "qwen2.5-coder-0.5b or qwen2.5-coder-1.5b: 32k context, 128k with --rope-scaling yarn:4), a .gguf file, "
+        "a local HF directory, or a cached HF id; never downloads",
         text,
     )
     task: str = option(

@@ -102,7 +102,7 @@ def qwen_store(qwen_dir, tmp_path_factory) -> str:
     out = tmp_path_factory.mktemp("qwen") / "run.zarr"
     r = run_cli(
         "dump", "--model", QWEN, "--task", "ruler:niah_multikey_1", "--lengths", "1k",
-        "--depths", "0.3,0.7", "--window", "16", "--out", str(out), "--no-progress",
+        "--depths", "0.5", "--window", "16", "--out", str(out), "--no-progress",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     return str(out)
@@ -113,9 +113,9 @@ def qwen_store(qwen_dir, tmp_path_factory) -> str:
 def test_real_qwen_full_cache_reproduces_the_dumps_own_answer(qwen_store, setting):
     root = zarr.open_group(qwen_store, mode="r")
     g = root["len_1024"]
-    for d in range(2):
-        out = answer_document(qwen_store, 1024, d, 0, ("full",), [0.9], setting=setting)
-        np.testing.assert_array_equal(out["ids"][0, 0], g["answer_ids"][d, 0])
+    out = answer_document(qwen_store, 1024, 0, 0, ("full",), [0.9], setting=setting)
+    np.testing.assert_array_equal(out["ids"][0, 0], g["answer_ids"][0, 0])
+    assert (g["answer_ids"][0, 0] >= 0).sum() > 0  # the dump answered something
     assert root.attrs["model"]["name"] == QWEN and root.attrs["model"]["source"] == "embedded-gguf"
 
 
@@ -147,7 +147,10 @@ def test_real_qwen_on_cuda_equals_eager_float64(name):
     rec = capture.Recorder(window=32, block=64, on_layer=got.__setitem__)
     with torch.no_grad(), capture.recording(rec):
         out = model.eval()(ids)
-    got = {layer: cpu(**{k: t.cpu() if torch.is_tensor(t) else t for k, t in vars(st).items()}) for layer, st in got.items()}
+    got = {
+        layer: cpu(**{k: t.cpu() if torch.is_tensor(t) else t for k, t in vars(st).items()})
+        for layer, st in got.items()
+    }
     errors = {}
     check(ref, cpu(logits=out.logits.cpu()), got, 2048, 32, 64, errors=errors)
     print(f"real {name}, 2048 tokens, fused CUDA float32 vs eager float64, worst relative error: {errors}")
