@@ -11,8 +11,10 @@ Over the causal tiles of one layer (grid = query blocks × query heads, tile = B
      nor, for a sliding-window layer (window S: query q sees keys q-S < k <= q), tiles left of its band:
      such a layer costs O(N·S), not N².
 Q/K stay in the model's dtype (bf16/fp16), dot products accumulate in fp32; float32 inputs are
-multiplied with split-precision tensor-core dots (`input_precision="tf32x3"`: three tf32 products,
-float32 accuracy, ~1e-6 relative), not plain tf32 (~1e-3) nor scalar IEEE dots (24x slower). GQA: query head h reads kv
+multiplied with split-precision tensor-core dots (`input_precision="tf32x3"`: three tf32 products),
+not plain tf32 (~1e-3). A tf32x3 score errs by up to ~2^-20 |q|·|k|, a bound on the norms, not on the
+score: where that bound passes SPLIT_TOL (layers whose queries and keys are very large, as Qwen2's
+first), the layer's float32 dots are scalar IEEE ones instead (exact to float32, ~24x slower). GQA: query head h reads kv
 head h // G by index; repeated keys are never materialized. Every sum has a fixed order: the same
 bits every run.
 """
@@ -44,10 +46,12 @@ def _rows_of(X, head, s_h, s_n, idx, d, N):
 
 
 @triton.jit
-def _scores(q, k, rows, cols, N, SLIDE, scale_log2, FP32: tl.constexpr):
+def _scores(q, k, rows, cols, N, SLIDE, scale_log2, FP32: tl.constexpr, IEEE: tl.constexpr):
     """Scores (log2 units) of the query tile against the key tile of block `cols`, and which of them
     are visible: causal, inside the band (k > q - SLIDE), inside the prompt."""
-    if FP32:
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2
+    elif FP32:
         s = tl.dot(q, tl.trans(k), input_precision="tf32x3") * scale_log2
     else:
         s = tl.dot(q, tl.trans(k)) * scale_log2
@@ -72,6 +76,7 @@ def _lse_kernel(
     BLOCK: tl.constexpr,
     D: tl.constexpr,
     FP32: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     i = tl.num_programs(0) - 1 - tl.program_id(0)  # longest rows first: no tail of heavy programs
     h = tl.program_id(1)
@@ -84,7 +89,7 @@ def _lse_kernel(
     for j in range(_band_start(i, SLIDE, BLOCK), i + 1):
         cols = j * BLOCK + tl.arange(0, BLOCK)
         k = _rows_of(K, kvh, sk_h, sk_n, cols, d, N)
-        s, valid = _scores(q, k, rows, cols, N, SLIDE, scale_log2, FP32)
+        s, valid = _scores(q, k, rows, cols, N, SLIDE, scale_log2, FP32, IEEE)
         s = tl.where(valid, s, float("-inf"))
         m_new = tl.maximum(m, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -125,6 +130,7 @@ def _stats_kernel(
     BLOCK: tl.constexpr,
     D: tl.constexpr,
     FP32: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     """Pass 2, one program per (key block j, query head): its key tile stays in registers while it
     walks down the query blocks that see it, so its column sums are accumulated there and stored
@@ -141,7 +147,7 @@ def _stats_kernel(
         rows = i * BLOCK + tl.arange(0, BLOCK)
         q = _rows_of(Q, h, sq_h, sq_n, rows, d, N)
         lse = tl.load(LSE + h * N + rows, mask=rows < N, other=float("inf"))
-        s, valid = _scores(q, k, rows, cols, N, SLIDE, scale_log2, FP32)
+        s, valid = _scores(q, k, rows, cols, N, SLIDE, scale_log2, FP32, IEEE)
         p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
         tl.store(BLOCKS + (h * M + i) * M + j, tl.sum(tl.sum(p, 1), 0))
         acc += tl.sum(p, 0)
@@ -158,6 +164,17 @@ SHARED_BYTES = 196608  # what the pipelined tiles may take of a Hopper SM's 227 
 # (measured on an H200, SmolLM2 shape at 128k, pass 2 alone: 78 ms per layer with 64, 63 with 128;
 # 8 warps were slower with both)
 TILE, TILE_LARGE = 64, 128
+# the largest bound on a tf32x3 score's error (natural-log units, hence on a probability's relative
+# error) a float32 layer keeps tensor-core dots under; above it the layer's dots are IEEE
+SPLIT_TOL = 2e-4
+
+
+def split_error_bound(query: torch.Tensor, key: torch.Tensor, scaling: float) -> float:
+    """An upper bound on the error of a tf32x3 score of this layer: 2^-20 · max|q| · max|k| · scale
+    (each operand split into two tf32 halves, the low·low product dropped; 2^-20 covers both)."""
+    qn = torch.linalg.vector_norm(query.float(), dim=-1).amax()
+    kn = torch.linalg.vector_norm(key.float(), dim=-1).amax()
+    return float(qn * kn) * abs(float(scaling)) * 2.0**-20
 
 
 def _stage_bytes(tile: int, dim: int, elem: int, fp32: bool) -> int:
@@ -218,7 +235,8 @@ def fused_stats(
     slide = n + 1 if sliding is None else int(sliding)  # n + 1: every earlier key is in the band
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1))
     stages = max(1, min(STAGES, SHARED_BYTES // _stage_bytes(block, d, q.element_size(), fp32)))
-    meta = dict(BLOCK=block, D=d, FP32=fp32, num_warps=WARPS, num_stages=stages)
+    ieee = fp32 and split_error_bound(q, k, scaling) > SPLIT_TOL
+    meta = dict(BLOCK=block, D=d, FP32=fp32, IEEE=ieee, num_warps=WARPS, num_stages=stages)
     if not given:
         _lse_kernel[grid](q, k, lse, *strides, n, heads // kv, slide, scale_log2, **meta)
     _stats_kernel[grid](
