@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import xarray as xr
 
-from analyze import curvature, keptsets, metrics, policies
+from analyze import curvature, intervals, keptsets, metrics, policies
 from analyze.keptsets import iter_kept, policy_view
 from analyze.options import AnalyzeOptions
 from analyze.policies import Policy, budget, label
@@ -311,18 +311,28 @@ def summarize(ds: xr.Dataset, retrieval_heads: int = RETRIEVAL_HEADS) -> xr.Data
             dim=xr.DataArray(list(subsets), dims=schema.SUBSET_DIM, name=schema.SUBSET_DIM),
         )
         ds[schema.heads_name(name)] = per_doc.astype(np.float32)
-        mean, lo, hi = metrics.mean_ci(per_doc.values, axis=per_doc.dims.index("sample"))
-        sdims = tuple(dim for dim in per_doc.dims if dim != "sample")
-        for stat, values, meaning in (
-            ("mean", mean, f"{name} averaged over heads of the subset, then samples"),
-            ("lo", lo, "95% interval across samples (normal), lower"),
-            ("hi", hi, "95% interval across samples (normal), upper"),
-        ):
-            ds[schema.summary_name(name, stat)] = (sdims, values.astype(np.float32))
-            ds[schema.summary_name(name, stat)].attrs["long_name"] = meaning
+        put_summary(ds, name, per_doc, f"{name} averaged over heads of the subset, then samples")
     if "answer" in ds:
         summarize_answers(ds)
     return ds
+
+
+def put_summary(ds: xr.Dataset, name: str, per_doc: xr.DataArray, meaning: str) -> None:
+    """`{name}_mean/_lo/_hi/_n` across samples of per_doc, the interval by the metric's kind."""
+    kind = schema.KINDS[name]
+    mean, lo, hi, n = intervals.interval(per_doc.values, per_doc.dims.index("sample"), kind)
+    sdims = tuple(dim for dim in per_doc.dims if dim != "sample")
+    rule = intervals.rule_of(kind)
+    for stat, values, text in (
+        ("mean", mean, meaning),
+        ("lo", lo, f"95% interval across samples, lower: {rule}"),
+        ("hi", hi, f"95% interval across samples, upper: {rule}"),
+        ("n", n, "documents the mean counts"),
+    ):
+        ds[schema.summary_name(name, stat)] = (sdims, values.astype(schema.summary_dtype(stat)))
+        ds[schema.summary_name(name, stat)].attrs["long_name"] = text
+        if stat in ("lo", "hi") and kind != "real":
+            ds[schema.summary_name(name, stat)].attrs["range"] = list(schema.RANGES[kind])
 
 
 def summarize_answers(ds: xr.Dataset) -> None:
@@ -331,11 +341,7 @@ def summarize_answers(ds: xr.Dataset) -> None:
     from analyze import calibration
 
     for name in schema.ANSWER_METRICS:
-        a = ds[name]
-        mean, lo, hi = metrics.mean_ci(a.values, axis=a.dims.index("sample"))
-        sdims = tuple(dim for dim in a.dims if dim != "sample")
-        for stat, values in (("mean", mean), ("lo", lo), ("hi", hi)):
-            ds[schema.summary_name(name, stat)] = (sdims, values.astype(np.float32))
+        put_summary(ds, name, ds[name], f"{name} averaged over samples")
     answered = ds.retrieved.astype(bool)
     ds["answer_given_full"] = ds.answer.where(answered).mean("sample").astype(np.float32)
     ds["answer_given_full"].attrs["long_name"] = (

@@ -43,14 +43,3 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = (a & b).sum(axis=1)
     union = (a | b).sum(axis=1)
     return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-
-
-def mean_ci(x: np.ndarray, axis: int, z: float = 1.96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean and a normal 95% interval across `axis` (NaN-aware; NaN bounds with fewer than 2 values)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        n = np.sum(~np.isnan(x), axis=axis)
-        mean = np.nanmean(x, axis=axis) if x.size else np.nan
-        sd = np.nanstd(x, axis=axis, ddof=1) if x.shape[axis] > 1 else np.full(mean.shape, np.nan)
-        half = z * sd / np.sqrt(np.maximum(n, 1))
-        half = np.where(n > 1, half, np.nan)
-    return mean, mean - half, mean + half

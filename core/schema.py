@@ -18,7 +18,8 @@ RESULTS.zarr (written by `analyze`, read by `viz`)
     Root attributes: `niah_store = "results"`, `schema_version`, `source_store`, `model`, `gqa`,
     `seed`, `budget_rule`, `policies`. Dims `RESULT_DIMS`; per-head metrics `METRICS`; head subsets
     `SUBSETS`; per-document means over a subset's heads `{metric}_heads`; across samples
-    `{metric}_mean/_lo/_hi` (`summary_name`). The policy dimension is called `policy` (schema 2):
+    `{metric}_mean/_lo/_hi/_n` (`summary_name`): the mean, its 95% interval by the metric's kind
+    (`KINDS`, `analyze.intervals`) and the documents counted. The policy dimension is called `policy` (schema 2):
     xarray reads `.sel(method=...)` as its own keyword, so a dimension named `method` silently
     selected nothing.
 
@@ -43,7 +44,8 @@ RUN_KIND, RESULTS_KIND = "run", "results"
 #      answers as long as the task's (`answer_token`)
 RUN_VERSION = "2.3"
 # 3.0: a `setting` dimension (aware, agnostic); needle metrics over every target span; distractor_kept
-RESULTS_VERSION = "3.0"
+# 3.1: intervals by the metric's kind (Wilson, bootstrap, t: inside the metric's range) and `{metric}_n`
+RESULTS_VERSION = "3.1"
 READABLE_MAJOR = {RUN_KIND: ("1", "2"), RESULTS_KIND: ("3",)}
 
 _GROUP = re.compile(r"^len_(\d+)$")
@@ -279,7 +281,26 @@ SETTING = (
 )
 SETTING_FREE = ("needle_mass", "budget", "done", "retrieved", "retrieval_head")
 SUBSETS = ("all", "retrieval")
-SUMMARIES = ("mean", "lo", "hi")
+SUMMARIES = ("mean", "lo", "hi", "n")
+# what a metric's per-document value is, which decides its interval (`analyze.intervals.interval`) and
+# the range its bounds must stay in: `binary` 0/1, `fraction` in [0, 1], `real` unbounded
+KINDS = {
+    "needle_hit": "fraction",  # a mean over heads of 0/1 hits (a fraction of values for several)
+    "needle_recall": "fraction",
+    "mass_kept": "fraction",
+    "distractor_kept": "fraction",
+    "kept": "real",
+    "answer": "fraction",  # string_match_all: 0/1 for one value, a fraction of the values for several
+    "answer_digits": "fraction",
+    "retrieved": "binary",
+}
+RANGES = {"binary": (0.0, 1.0), "fraction": (0.0, 1.0), "real": (-math.inf, math.inf)}
+
+
+def summary_dtype(stat: str) -> str:
+    return "int32" if stat == "n" else "float32"
+
+
 RESULT_VARS: dict[str, Var] = {
     "needle_hit": Var(
         RESULT_DIMS, "float32", "fraction of target values with one copy kept whole (1/0 for one value)", NAN
@@ -342,7 +363,7 @@ def heads_name(metric: str) -> str:
 
 
 def summary_name(metric: str, stat: str) -> str:
-    """Mean (or 95% interval bound) across samples of `{metric}_heads`."""
+    """Mean, 95% interval bound or count (`SUMMARIES`) across samples of `{metric}_heads`."""
     return f"{metric}_{stat}"
 
 
@@ -364,14 +385,14 @@ def _result_vars(answers: bool) -> dict[str, tuple[tuple[str, ...], str]]:
         answer_summary = tuple(d for d in summary_dims() if d != SUBSET_DIM)
         for metric in ANSWER_METRICS:
             for stat in SUMMARIES:
-                out[summary_name(metric, stat)] = (answer_summary, "float32")
+                out[summary_name(metric, stat)] = (answer_summary, summary_dtype(stat))
         out["answer_given_full"] = (answer_summary, "float32")
         out["calibration"] = (("rule", "stat"), "float64")
     doc_dims = (SUBSET_DIM, *(d for d in RESULT_DIMS if d not in ("layer", "head")))
     for metric in HEAD_METRICS:
         out[heads_name(metric)] = (doc_dims, "float32")
         for stat in SUMMARIES:
-            out[summary_name(metric, stat)] = (summary_dims(), "float32")
+            out[summary_name(metric, stat)] = (summary_dims(), summary_dtype(stat))
     return out
 
 

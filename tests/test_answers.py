@@ -14,6 +14,7 @@ from core import schema
 from core.lm import decode, pruned
 from core.tasks import passkey
 from tests.conftest import answer_document, decode_with, greedy_with, one_setting, run_cli
+from tests.test_intervals import check_results_bounds
 
 
 def _doc(store, d, s):
@@ -138,6 +139,7 @@ def test_cli_answers_end_to_end(smol_store, tmp_path):
     assert "answer accuracy" in r.stdout and "best rule" in r.stdout
     ds = xr.open_zarr(out).load()
     assert schema.results_differences(ds) == []
+    assert check_results_bounds(ds) == len(schema.HEAD_METRICS) + len(schema.ANSWER_METRICS)
     ds = one_setting(ds)
     full = ds.answer.sel(policy="full")
     for (

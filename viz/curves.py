@@ -6,37 +6,35 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
+from analyze import intervals
 from core.schema import POLICY
-from viz.select import DIVERGING_CMAP, length_label, per_document
+from viz.select import DIVERGING_CMAP, length_label, mean_interval, per_document
 
 
-def _band(x, mean, lo, hi, label, xdim, ydim):
-    curve = hv.Curve((x, mean), xdim, ydim, label=label)
+def _band(x, mean, lo, hi, n, label, xdim, ydim):
+    """A curve (n in its hover text) over its 95% band; no band where n < FEWEST."""
+    curve = hv.Curve((x, mean, n), xdim, [ydim, "n"], label=label)
+    thin = n < intervals.FEWEST
+    lo, hi = np.where(thin, mean, lo), np.where(thin, mean, hi)
     spread = hv.Area(
         (x, np.nan_to_num(lo, nan=mean), np.nan_to_num(hi, nan=mean)), xdim, [ydim, f"{ydim}_hi"], label=label
     )
     return spread.opts(alpha=0.2) * curve
 
 
-def _mean_ci(docs: xr.DataArray, over: list[str]):
-    """Mean over `over` + samples, with a normal 95% interval across samples."""
-    per_sample = docs.mean([d for d in over if d != "sample"])
-    mean = per_sample.mean("sample")
-    n = per_sample.count("sample")
-    half = 1.96 * per_sample.std("sample", ddof=1) / np.sqrt(n.where(n > 1))
-    return mean, mean - half, mean + half
-
-
 def _curves(
     docs: xr.DataArray, over: list[str], xdim: str, metric: str, title: str, logx: bool
 ) -> hv.Overlay:
     """One band per method of docs averaged over `over`, against the coordinate `xdim`."""
-    mean, lo, hi = _mean_ci(docs, over)
+    mean, lo, hi, n = mean_interval(docs, over, metric)
     x = np.asarray(docs[xdim].values, dtype=float)
     layers = [
-        _band(x, *(a.sel({POLICY: m}).values for a in (mean, lo, hi)), str(m), xdim, metric)
+        _band(x, *(a.sel({POLICY: m}).values for a in (mean, lo, hi, n)), str(m), xdim, metric)
         for m in docs[POLICY].values
     ]
+    few = int(n.min()) if n.size else 0
+    if few < intervals.FEWEST:
+        title += f" (n = {few} documents in a point: no band below {intervals.FEWEST})"
     return hv.Overlay(layers).opts(
         hv.opts.Curve(logx=logx, ylim=(-0.02, 1.02), width=520, height=320, tools=["hover"], backend="bokeh"),
         hv.opts.Overlay(title=title, legend_position="right", backend="bokeh"),
@@ -67,16 +65,33 @@ def difference(
     subset: str = "all",
     backend: str = "bokeh",
 ) -> hv.Element:
-    """Heatmap of method a minus method b (length x depth), diverging colours centred at 0."""
-    docs = per_document(results, metric, subset).sel(sparsity=sparsity).mean("sample")
-    diff = docs.sel({POLICY: a}) - docs.sel({POLICY: b})
-    cells = [
-        (length_label(int(n)), f"{float(d):.2f}", round(float(diff.sel(length=n, depth=d)), 2))
-        for n in diff.length.values
-        for d in diff.depth.values
-    ]
-    hm = hv.HeatMap(cells, kdims=["length", "depth"], vdims=[hv.Dimension("diff", range=(-1, 1))])
-    title = f"{a} − {b}: {metric} at sparsity {sparsity:g}"
+    """Heatmap of method a minus method b (length x depth), diverging colours centred at 0, with a
+    paired bootstrap 95% interval over each cell's documents (`analyze.intervals.paired_difference`)
+    in the hover text; a value is starred where its interval excludes 0."""
+    docs = per_document(results, metric, subset).sel(sparsity=sparsity)
+    docs = docs.transpose(..., "sample")
+    mean, lo, hi, n = intervals.paired_difference(
+        docs.sel({POLICY: a}).values, docs.sel({POLICY: b}).values, docs.sel({POLICY: a}).ndim - 1
+    )
+    lengths, depths = docs.length.values, docs.depth.values
+    cells = []
+    for i, length in enumerate(lengths):
+        for j, depth in enumerate(depths):
+            sure = bool(lo[i, j] > 0 or hi[i, j] < 0)
+            cells.append(
+                (
+                    length_label(int(length)),
+                    f"{float(depth):.2f}",
+                    round(float(mean[i, j]), 2),
+                    round(float(lo[i, j]), 2),
+                    round(float(hi[i, j]), 2),
+                    int(n[i, j]),
+                    f"{mean[i, j]:.2f}{'*' if sure else ''}",
+                )
+            )
+    vdims = [hv.Dimension("diff", range=(-1, 1)), "diff_lo", "diff_hi", "n", "label"]
+    hm = hv.HeatMap(cells, kdims=["length", "depth"], vdims=vdims)
+    title = f"{a} − {b}: {metric} at sparsity {sparsity:g} (* its paired 95% interval excludes 0)"
     if backend == "matplotlib":
         return hm.opts(
             cmap=DIVERGING_CMAP,
@@ -98,4 +113,5 @@ def difference(
         tools=["hover"],
         backend="bokeh",
     )
-    return hm * hv.Labels(hm).opts(text_font_size="9pt", backend="bokeh")
+    labels = hv.Labels(cells, kdims=["length", "depth"], vdims=["label"])
+    return hm * labels.opts(text_font_size="9pt", backend="bokeh")

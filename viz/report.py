@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from analyze import kept_sets_scored
+from analyze import intervals, kept_sets_scored
 from core import schema
 from viz import calibration, curves, heatmaps, keptset
-from viz.select import cell_mean, default_metric
+from viz.select import cell_mean, default_metric, mean_interval, per_document
 
 _CDN_LINK = re.compile(r'<link[^>]*href="https?://[^"]*"[^>]*>\s*')
 # Panel's extension registers an ES-module shim served from its own server; a saved page needs none
@@ -53,17 +53,21 @@ def save_png(obj, path: Path, dpi: int = 150) -> Path:
 
 
 def summary_table(results: xr.Dataset) -> pd.DataFrame:
-    """One row per policy × sparsity × length (means over depths and samples)."""
+    """One row per policy × sparsity × length: each metric's mean over the cell's documents (depths ×
+    samples), its 95% interval by the metric's kind (`analyze.intervals`) and n."""
     cols = {}
-    if "answer" in results:
-        for metric in schema.ANSWER_METRICS:
-            cols[metric] = cell_mean(results, metric, "all").mean("depth")
-        cols["answer_given_full"] = results.answer_given_full.mean("depth")
-    for metric in schema.HEAD_METRICS:
-        for subset in schema.SUBSETS:
-            cols[f"{metric}_{subset}"] = (
-                cell_mean(results, metric, subset).mean("depth").drop_vars("subset", errors="ignore")
-            )
+    names = [
+        *(schema.ANSWER_METRICS if "answer" in results else ()),
+        *[(metric, subset) for metric in schema.HEAD_METRICS for subset in schema.SUBSETS],
+    ]
+    for item in names:
+        metric, subset = (item, "all") if isinstance(item, str) else item
+        col = metric if isinstance(item, str) else f"{metric}_{subset}"
+        docs = per_document(results, metric, subset).drop_vars("subset", errors="ignore")
+        mean, lo, hi, n = mean_interval(docs, ["depth"], metric)
+        cols.update({col: mean, f"{col}_lo": lo, f"{col}_hi": hi, f"{col}_n": n})
+        if col == "answer":
+            cols["answer_given_full"] = results.answer_given_full.mean("depth")
     df = xr.Dataset(cols).to_dataframe().reset_index()
     df["documents"] = [int(results.done.sel(length=n).sum()) for n in df["length"]]
     df["budget"] = [
@@ -329,7 +333,18 @@ def write_index(results, outdir: Path, figures, pngs, table: pd.DataFrame, setti
     parts.append("<p>Jaccard overlap of kept sets:</p>" + jac.to_html(float_format="%.3f"))
     if "calibration" in results:
         parts.append("<h2>How far the proxy can be trusted</h2>" + calibration.table_html(results))
-    parts.append("<h2>Summary</h2><p>Also in <a href='summary.csv'>summary.csv</a>.</p>")
+    parts.append(
+        "<h2>Summary</h2><p>Also in <a href='summary.csv'>summary.csv</a>. Each mean is over the "
+        "documents of its cell (depths × samples) and has its 95% interval (`_lo`, `_hi`) and its "
+        "count (`_n`): Wilson's for 0/1 outcomes, a seeded bootstrap for fractions.</p>"
+    )
+    few = [c for c in table.columns if c.endswith("_n") and (table[c] < intervals.FEWEST).any()]
+    if few:
+        least = int(min(table[c].min() for c in few))
+        parts.append(
+            f"<p><b>Few documents:</b> some cells count as few as {least} (fewer than "
+            f"{intervals.FEWEST}); their intervals are wide, and the curves draw no band there.</p>"
+        )
     parts.append(table.to_html(index=False, float_format="%.3f"))
     parts.append("</body></html>")
     (outdir / "index.html").write_text("\n".join(parts), encoding="utf-8")

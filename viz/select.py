@@ -70,3 +70,16 @@ def cell_mean(results: xr.Dataset, metric: str, subset: str) -> xr.DataArray:
 
 def length_label(n: int) -> str:
     return f"{n // 1024}k" if n % 1024 == 0 else str(n)
+
+
+def mean_interval(docs: xr.DataArray, over: list[str], metric: str):
+    """Mean over the documents of `over` × samples, its 95% interval by the metric's kind
+    (`analyze.intervals`, each document one unit) and n, as four DataArrays."""
+    from analyze import intervals
+
+    units = [d for d in (*over, "sample") if d in docs.dims]
+    stacked = docs.stack(document=units).transpose(..., "document")
+    out = intervals.interval(stacked.values, stacked.ndim - 1, schema.KINDS.get(metric, "fraction"))
+    dims = stacked.dims[:-1]
+    coords = {d: stacked[d].values for d in dims}
+    return tuple(xr.DataArray(a, dims=dims, coords=coords) for a in out)
