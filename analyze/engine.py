@@ -15,11 +15,11 @@ from typing import NamedTuple
 import numpy as np
 import xarray as xr
 
-from analyze import curvature, intervals, keptsets, metrics, policies
+from analyze import curvature, keptsets, metrics, policies
 from analyze.keptsets import iter_kept, policy_view
 from analyze.options import AnalyzeOptions
 from analyze.policies import Policy, budget, label
-from core import schema, settings
+from core import intervals, schema, settings
 from core.errors import UsageError
 from core.provenance import source_path
 from core.runstore import CorruptChunk, StorePlan, plan_store
@@ -518,6 +518,11 @@ def defined_in(pols, setting: str) -> tuple:
     return tuple(p for p in pols if not (alone and p.reads_answer_row))
 
 
+def fill_of(var: xr.DataArray):
+    """What a policy not scored in a setting reads: -1 for token ids, 0 documents counted, NaN else."""
+    return -1 if var.name == "answer_ids" else 0 if np.issubdtype(var.dtype, np.integer) else np.nan
+
+
 def settings_of(spec: Spec) -> tuple[str, ...]:
     return spec.settings or (spec.setting,)
 
@@ -544,7 +549,7 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
                 "pair": [f"{a}|{b}" for a, b in spec.pairs],
                 "variant": spec.curvature_variants,
             },
-            fill_value={"answer_ids": -1} if "answer_ids" in ds else np.nan,
+            fill_value={v: fill_of(ds[v]) for v in ds.data_vars},
         )
         by_setting[name] = {k: ds.attrs.pop(k) for k in PER_SETTING_ATTRS if k in ds.attrs}
         if "calibration" in ds:

@@ -19,7 +19,7 @@ RESULTS.zarr (written by `analyze`, read by `viz`)
     `seed`, `budget_rule`, `policies`. Dims `RESULT_DIMS`; per-head metrics `METRICS`; head subsets
     `SUBSETS`; per-document means over a subset's heads `{metric}_heads`; across samples
     `{metric}_mean/_lo/_hi/_n` (`summary_name`): the mean, its 95% interval by the metric's kind
-    (`KINDS`, `analyze.intervals`) and the documents counted. The policy dimension is called `policy` (schema 2):
+    (`KINDS`, `core.intervals`) and the documents counted. The policy dimension is called `policy` (schema 2):
     xarray reads `.sel(method=...)` as its own keyword, so a dimension named `method` silently
     selected nothing.
 
@@ -282,7 +282,7 @@ SETTING = (
 SETTING_FREE = ("needle_mass", "budget", "done", "retrieved", "retrieval_head")
 SUBSETS = ("all", "retrieval")
 SUMMARIES = ("mean", "lo", "hi", "n")
-# what a metric's per-document value is, which decides its interval (`analyze.intervals.interval`) and
+# what a metric's per-document value is, which decides its interval (`core.intervals.interval`) and
 # the range its bounds must stay in: `binary` 0/1, `fraction` in [0, 1], `real` unbounded
 KINDS = {
     "needle_hit": "fraction",  # a mean over heads of 0/1 hits (a fraction of values for several)

@@ -1,11 +1,10 @@
-"""95% intervals by metric kind (`analyze.intervals`) against scipy, inside their metric's range."""
+"""95% intervals by metric kind (`core.intervals`) against scipy, inside their metric's range."""
 
 import numpy as np
 import pytest
 from scipy import stats
 
-from analyze import intervals
-from core import schema
+from core import intervals, schema
 
 
 @pytest.mark.parametrize("k,n", [(0, 1), (1, 1), (0, 6), (3, 6), (6, 6), (1, 25), (24, 25), (7, 10)])

@@ -6,7 +6,7 @@ import holoviews as hv
 import numpy as np
 import xarray as xr
 
-from analyze import intervals
+from core import intervals
 from core.schema import POLICY
 from viz.select import DIVERGING_CMAP, length_label, mean_interval, per_document
 
@@ -66,7 +66,7 @@ def difference(
     backend: str = "bokeh",
 ) -> hv.Element:
     """Heatmap of method a minus method b (length x depth), diverging colours centred at 0, with a
-    paired bootstrap 95% interval over each cell's documents (`analyze.intervals.paired_difference`)
+    paired bootstrap 95% interval over each cell's documents (`core.intervals.paired_difference`)
     in the hover text; a value is starred where its interval excludes 0."""
     docs = per_document(results, metric, subset).sel(sparsity=sparsity)
     docs = docs.transpose(..., "sample")

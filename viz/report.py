@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from analyze import intervals, kept_sets_scored
-from core import schema
+from analyze import kept_sets_scored
+from core import intervals, schema
 from viz import calibration, curves, heatmaps, keptset
 from viz.select import cell_mean, default_metric, mean_interval, per_document
 
@@ -54,7 +54,7 @@ def save_png(obj, path: Path, dpi: int = 150) -> Path:
 
 def summary_table(results: xr.Dataset) -> pd.DataFrame:
     """One row per policy × sparsity × length: each metric's mean over the cell's documents (depths ×
-    samples), its 95% interval by the metric's kind (`analyze.intervals`) and n."""
+    samples), its 95% interval by the metric's kind (`core.intervals`) and n."""
     cols = {}
     names = [
         *(schema.ANSWER_METRICS if "answer" in results else ()),

@@ -74,8 +74,8 @@ def length_label(n: int) -> str:
 
 def mean_interval(docs: xr.DataArray, over: list[str], metric: str):
     """Mean over the documents of `over` × samples, its 95% interval by the metric's kind
-    (`analyze.intervals`, each document one unit) and n, as four DataArrays."""
-    from analyze import intervals
+    (`core.intervals`, each document one unit) and n, as four DataArrays."""
+    from core import intervals
 
     units = [d for d in (*over, "sample") if d in docs.dims]
     stacked = docs.stack(document=units).transpose(..., "document")
