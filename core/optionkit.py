@@ -268,12 +268,17 @@ def scheduler(value: str) -> str:
     return value
 
 
+ROPE_MAX_FACTOR = 64.0  # 32k positions x 64 = 2M: beyond any context this lab can hold
+
+
 def rope_scaling(value: str) -> str:
     kind, _, factor = str(value).strip().partition(":")
     try:
-        ok = kind in ("linear", "yarn") and float(factor) > 1
+        ok = kind in ("linear", "yarn") and 1 < float(factor) <= ROPE_MAX_FACTOR
     except ValueError:
         ok = False
     if not ok:
-        raise ValueError("is not linear:F or yarn:F with a factor F > 1 (e.g. yarn:4)")
+        raise ValueError(
+            f"is not linear:F or yarn:F with a finite factor 1 < F <= {ROPE_MAX_FACTOR:g} (e.g. yarn:4)"
+        )
     return f"{kind}:{float(factor):g}"

@@ -4,6 +4,8 @@ A RUN or RESULTS store carries its kind in the root attribute `niah_store`; a re
 the file `REPORT_MARKER`. A command may only write into (or replace, with --overwrite) a path that
 does not exist, is an empty directory, or carries its own kind's marker; never its own input.
 A store being written is locked (a file `<store>.lock` beside it, holding the writer's host and pid).
+A single file (a page, a table) may only replace a file this lab wrote there and nobody changed since:
+each one it writes is recorded, with its sha256, in `FILES_RECORD` in the file's folder.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,6 +22,8 @@ from core.errors import UsageError
 
 REPORT_MARKER = ".niah-report"
 LOCK_SUFFIX = ".lock"
+FILES_RECORD = ".niah-files"
+STALE_EMPTY_S = 10.0  # an empty lock file older than this was left by a start that failed
 
 
 def is_local(path: str) -> bool:
@@ -70,12 +75,32 @@ def overlap(out: str, source: str) -> str | None:
     return None
 
 
+def check_protocol(path: str, option: str = "--out") -> None:
+    """Refuse, before any work, an output URL whose protocol fsspec does not know, or one whose
+    contents would not outlive the process (`memory://`)."""
+    if is_local(path):
+        return
+    protocol = path.split("://", 1)[0]
+    if protocol == "memory":
+        raise UsageError(
+            f"{option} {path!r} is in memory: it would be lost when the process ends; give a "
+            f"directory or a lasting URL (s3://, gs://, ...)"
+        )
+    import fsspec
+
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as err:
+        raise UsageError(f"{option} {path!r}: unknown or unavailable protocol {protocol!r} ({err})") from None
+
+
 def check_output(path: str, kind: str, option: str = "--out", inputs: tuple[str, ...] = ()) -> bool:
     """Refuse `path` unless it is free or a `kind` store/report, and apart from every input (not it,
     not inside it, not holding it); returns whether it exists already. Recovers first from a
     replacement a kill interrupted (`recover`).
 
     kind: schema.RUN_KIND, schema.RESULTS_KIND or "report"."""
+    check_protocol(path, option)
     for source in inputs:
         how = overlap(path, source) if source else None
         if how == "is":
@@ -85,6 +110,8 @@ def check_output(path: str, kind: str, option: str = "--out", inputs: tuple[str,
                 f"{option} {path!r} {how} the input {source!r}: replacing it would destroy what it reads; "
                 f"choose a path apart from it"
             )
+    if kind == "report" and not is_local(path):
+        raise UsageError(f"{option} {path!r} is a URL: a report is a local folder; give a local path")
     if is_local(path):
         recover(path)
     if not is_local(path):
@@ -108,8 +135,66 @@ def check_output(path: str, kind: str, option: str = "--out", inputs: tuple[str,
     raise UsageError(f"{option} {path!r} exists and is {what}: refusing to replace it; choose another path")
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files_written(folder: Path) -> dict:
+    try:
+        record = json.loads((folder / FILES_RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def check_file(path: str, option: str = "--out") -> None:
+    """Refuse, before any work, a single-file output that is not a local file path, or that would
+    replace a file this lab did not write there (or one changed since it did)."""
+    check_protocol(path, option)
+    if not is_local(path):
+        raise UsageError(f"{option} {path!r} is a URL: this file is written locally; give a local path")
+    p = local_path(path)
+    if p.is_dir():
+        raise UsageError(
+            f"{option} {path!r} is a directory: give the file to write in it (e.g. {p / 'page.html'})"
+        )
+    if p.exists() or p.is_symlink():
+        if not p.is_file() or _files_written(p.parent).get(p.name) != _sha256(p):
+            raise UsageError(
+                f"{option} {path!r} exists and this tool did not write it (or it changed since): "
+                f"refusing to replace it; choose another path"
+            )
+    check_writable(str(p.parent), option)
+
+
+@contextmanager
+def file_output(path: str | Path):
+    """Write a single file whole: yields a temporary sibling to write, then renames it in and records
+    its digest (`FILES_RECORD`), so that a later run may replace it. A failure leaves the old file."""
+    target = Path(path).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        tmp.replace(target)
+        record = _files_written(target.parent)
+        record[target.name] = _sha256(target)
+        rec_tmp = target.parent / f"{FILES_RECORD}.tmp{os.getpid()}"
+        rec_tmp.write_text(json.dumps(record, indent=1, sort_keys=True))
+        rec_tmp.replace(target.parent / FILES_RECORD)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def check_writable(path: str, option: str = "--out") -> None:
     """Refuse a local path we cannot create, before any work is done."""
+    check_protocol(path, option)
     if not is_local(path):
         return
     import tempfile
@@ -151,6 +236,14 @@ def lock_holder(lock: Path) -> tuple[dict, bool]:
         holder = json.loads(lock.read_text() or "{}")
     except (OSError, ValueError):
         holder = {}
+    if not isinstance(holder, dict) or "pid" not in holder:
+        # empty or unreadable: a start that failed between creating the lock and writing it (a full
+        # disk); stale once older than a writer takes to write it
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except OSError:
+            age = 0.0
+        return {}, age > STALE_EMPTY_S
     dead = holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", 0) or 0))
     return holder, dead
 

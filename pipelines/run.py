@@ -22,6 +22,8 @@ def check_outputs(cfg: Config) -> None:
     if cfg.tasks:
         for _, study in cfg.studies():
             check_outputs(study)
+        outputs.check_file(cfg.tasks_page, option="out: (its tasks page)")
+        outputs.check_file(cfg.tasks_table, option="out: (its tasks table)")
         return
     outputs.check_output(cfg.run_store, schema.RUN_KIND, option="out: (its run.zarr)")
     outputs.check_output(cfg.results_store, schema.RESULTS_KIND, option="out: (its results.zarr)")
@@ -94,7 +96,7 @@ def sweep(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
             timings[stage] = timings.get(stage, 0.0) + seconds
     if until != "viz":
         return timings
-    from core import schema
+    from core import outputs, schema
     from viz import tasks_answer_table, tasks_long_table, tasks_page, tasks_render
 
     t = time.perf_counter()
@@ -103,9 +105,8 @@ def sweep(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
     # the model's answer where it was decoded, else the needle proxy (named in the table's header)
     metric = "answer" if all("answer" in ds for ds in results.values()) else "needle_hit"
     table = tasks_long_table(results, metric)
-    tmp = Path(cfg.tasks_table + ".tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(cfg.tasks_table)
+    with outputs.file_output(cfg.tasks_table) as tmp:
+        table.to_csv(tmp, index=False)
     for s in sorted(set(table.sparsity)):
         log("\n" + tasks_render(tasks_answer_table(results, s, metric), s, metric))
     timings["tasks"] = time.perf_counter() - t

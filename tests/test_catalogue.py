@@ -267,6 +267,40 @@ REFUSED = [
         ["contains the input"],
     ),
     ("viz out unwritable", ["viz", "{results}", "--out", "/proc/nope"], ["not writable"]),
+    # outputs that would not outlive the process, or whose protocol fsspec does not know
+    ("dump out in memory", ["dump", "--out", "memory://run.zarr"], ["memory://run.zarr", "lost"]),
+    (
+        "analyze out in memory",
+        ["analyze", "{store}", "--out", "memory://r.zarr"],
+        ["memory://r.zarr", "lost"],
+    ),
+    ("viz out in memory", ["viz", "{results}", "--out", "memory://rep"], ["memory://rep", "lost"]),
+    ("dump out unknown protocol", ["dump", "--out", "nosuchproto://x"], ["nosuchproto"]),
+    ("analyze out unknown protocol", ["analyze", "{store}", "--out", "nosuchproto://x"], ["nosuchproto"]),
+    # a single-file output never replaces what the lab did not write; a directory is not a file
+    (
+        "viz tasks out is a store file",
+        ["viz", "tasks", "t={results}", "--out", "{results}/zarr.json"],
+        ["did not write"],
+    ),
+    ("viz tasks out is a directory", ["viz", "tasks", "t={results}", "--out", "{tmp}"], ["is a directory"]),
+    ("viz tasks out in memory", ["viz", "tasks", "t={results}", "--out", "memory://t.html"], ["lost"]),
+    # numbers without bounds
+    (
+        "dump rope factor infinite",
+        ["dump", "--rope-scaling", "linear:inf", "--out", "{tmp}/o"],
+        ["linear:inf"],
+    ),
+    (
+        "dump rope factor absurd",
+        ["dump", "--rope-scaling", "yarn:1e30", "--out", "{tmp}/o"],
+        ["yarn:1e30", "64"],
+    ),
+    (
+        "dump depth grid absurd",
+        ["dump", "--depths", "linspace:0,1,100000000000", "--out", "{tmp}/o"],
+        ["1000"],
+    ),
 ]
 
 
@@ -488,6 +522,46 @@ def test_pipelines_check_refuses_what_run_would_fail_on(base, tmp_path, over, wo
         path = _config(tmp_path, base, **over)
     one_sentence(run_cli("pipelines", "check", path), 2, [words])
     assert not (tmp_path / "study").exists()
+
+
+def test_viz_tasks_replaces_its_own_page_and_never_another_file(base, tmp_path):
+    page = tmp_path / "tasks.html"
+    for _ in range(2):  # the second run replaces the page it wrote
+        r = run_cli("viz", "tasks", f"t={base['results']}", "--out", str(page))
+        assert r.returncode == 0, r.stderr
+    page.write_text(page.read_text() + "<!-- my notes -->")
+    one_sentence(run_cli("viz", "tasks", f"t={base['results']}", "--out", str(page)), 2, ["did not write"])
+    assert page.read_text().endswith("<!-- my notes -->")
+
+
+def test_pipelines_never_writes_its_sweep_files_over_foreign_ones(base, tmp_path):
+    cfg = yaml.safe_load(Path(_config(tmp_path, base)).read_text())
+    cfg["tasks"] = ["passkey"]
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "tasks.csv").write_text("my table")
+    for command in ("check", "run"):
+        one_sentence(run_cli("pipelines", command, str(path)), 2, ["tasks.csv", "did not write"])
+    assert (study / "tasks.csv").read_text() == "my table" and sorted(p.name for p in study.iterdir()) == [
+        "tasks.csv"
+    ]
+
+
+def test_an_empty_lock_left_by_a_failed_start_is_stale(base, tmp_path):
+    """A full disk while the lock is written leaves it empty: once older than a writer takes to write
+    it, reruns take it over instead of naming process '?'."""
+    import os
+
+    store = tmp_path / "run.zarr"
+    lock = tmp_path / "run.zarr.lock"
+    lock.write_text("")
+    old = lock.stat().st_mtime - 60
+    os.utime(lock, (old, old))
+    r = run_cli("dump", "--model", base["model"], *SMALL, "--out", str(store), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert not lock.exists()
 
 
 def test_pipelines_out_holding_foreign_results_is_refused(base, tmp_path):

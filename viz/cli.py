@@ -97,6 +97,7 @@ def _tasks(args) -> int:
             raise UsageError(f"task {task!r} is given twice: give each task's RESULTS once")
         check_results(path)
         pairs[task] = path
+    outputs.check_file(args.out)
     from core import schema
     from viz import tasks
 

@@ -12,28 +12,23 @@ from pathlib import Path
 import pandas as pd
 import xarray as xr
 
-from core import schema
+from core import outputs, schema
 
 CEILINGS = ("full", "oracle")  # left out of a ranking: the reference and the ceiling
 
 
 def page(results: dict[str, xr.Dataset], out: str | Path) -> Path:
-    """The heatmap page at `out`, written whole, then renamed (never a half page there)."""
+    """The heatmap page at `out`, written whole, then renamed (never a half page there); `out` is
+    checked first by `core.outputs.check_file`."""
     import holoviews as hv
 
     from viz import heatmaps
     from viz.report import save_bokeh
 
     hv.extension("bokeh", logo=False)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    try:
+    with outputs.file_output(out) as tmp:
         save_bokeh(heatmaps.by_task(results), tmp, "NIAH heatmaps by task")
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return Path(out)
 
 
 def answer_table(results: dict[str, xr.Dataset], sparsity: float, metric: str = "answer") -> pd.DataFrame:

@@ -347,6 +347,9 @@ def _padded(tokenizer, length: int, long_hay: str, render, question: str, cut: i
     return context + pad_text + question, needle_at, ids, offsets
 
 
+MAX_DEPTHS = 1000  # depths per length: a study's grid is 5-35; more is a typo
+
+
 def parse_depths(value: str) -> list[float]:
     """`0.1,0.5,0.9`, or `linspace:START,STOP,COUNT`, or `sigmoid:START,STOP,COUNT` (denser at the ends,
     as the classic NIAH harness's sigmoid spacing). All depths must lie in [0, 1]."""
@@ -355,9 +358,11 @@ def parse_depths(value: str) -> list[float]:
         if ":" in value:
             kind, args = value.split(":", 1)
             start, stop, count = (float(x) for x in args.split(","))
+            if not (1 <= count <= MAX_DEPTHS) or int(count) != count:
+                raise HaystackError(
+                    f"depth grid {value!r} needs a whole COUNT from 1 to {MAX_DEPTHS} (e.g. linspace:0,1,11)"
+                )
             n = int(count)
-            if n < 1 or n != count:
-                raise HaystackError(f"depth grid {value!r} needs a whole COUNT of at least 1")
             if kind == "linspace":
                 depths = np.linspace(start, stop, n)
             elif kind == "sigmoid":
