@@ -277,6 +277,7 @@ def _scored(x: _Document, task, tokenizer, toks: dict) -> dict:
     shape = x.masks.shape[:2]
     answer = np.zeros(shape, dtype=np.float32)
     digits = np.zeros(shape, dtype=np.float32)
+    distracted = np.zeros(shape, dtype=bool)
     out_ids = np.full((*shape, x.width), -1, dtype=np.int32)
     for group in x.same.values():
         got = toks[group[0]]
@@ -284,5 +285,6 @@ def _scored(x: _Document, task, tokenizer, toks: dict) -> dict:
         for i, j in group:
             answer[i, j] = task.score(text, x.doc)  # a fraction: RULER's string_match_all
             digits[i, j] = task.partial(text, x.doc)
+            distracted[i, j] = task.distracted(text, x.doc)
             out_ids[i, j, : x.steps] = got
-    return {"answer": answer, "digits": digits, "ids": out_ids}
+    return {"answer": answer, "digits": digits, "ids": out_ids, "distracted": distracted}

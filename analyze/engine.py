@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import xarray as xr
 
-from analyze import curvature, keptsets, metrics, policies
+from analyze import causes, curvature, keptsets, metrics, policies
 from analyze.keptsets import iter_kept, policy_view
 from analyze.options import AnalyzeOptions
 from analyze.policies import Policy, budget, label
@@ -274,13 +274,16 @@ def assemble(
         dig = np.full((nm, nsp, nl, D, S), np.nan, dtype=np.float32)
         width = next(iter(answers.values()))["ids"].shape[-1] if answers else schema.ANSWER_TOKENS
         ids = np.full((nm, nsp, nl, D, S, width), -1, dtype=np.int32)
+        distracted = np.zeros((nm, nsp, nl, D, S), dtype=bool)
         for (n, d, s), r in answers.items():
             li = plan.lengths.index(n)
             ans[:, :, li, d, s] = r["answer"]
             dig[:, :, li, d, s] = r["digits"]
             ids[:, :, li, d, s] = r["ids"]
+            distracted[:, :, li, d, s] = r["distracted"]
         data["answer"] = (dims[:5], ans)
         data["answer_digits"] = (dims[:5], dig)
+        data["answer_distracted"] = (dims[:5], distracted)
         data["answer_ids"] = ((*dims[:5], "answer_token"), ids)
     ds = xr.Dataset(data, coords=coords)
     for name, var in {**schema.RESULT_VARS, **schema.ANSWER_VARS}.items():
@@ -343,6 +346,8 @@ def summarize_answers(ds: xr.Dataset) -> None:
     for name in schema.ANSWER_METRICS:
         put_summary(ds, name, ds[name], f"{name} averaged over samples")
     answered = ds.retrieved.astype(bool)
+    ds["cause"] = causes.of_results(ds)
+    ds["cause"].attrs.update(causes.attrs())
     ds["answer_given_full"] = ds.answer.where(answered).mean("sample").astype(np.float32)
     ds["answer_given_full"].attrs["long_name"] = (
         "answer accuracy among the documents the model answers with its full cache (`retrieved`)"
@@ -519,8 +524,12 @@ def defined_in(pols, setting: str) -> tuple:
 
 
 def fill_of(var: xr.DataArray):
-    """What a policy not scored in a setting reads: -1 for token ids, 0 documents counted, NaN else."""
-    return -1 if var.name == "answer_ids" else 0 if np.issubdtype(var.dtype, np.integer) else np.nan
+    """What a policy not scored in a setting reads: the schema's fill value (-1 token ids, no cause,
+    NaN metrics), 0 documents counted."""
+    known = {**schema.RESULT_VARS, **schema.ANSWER_VARS}.get(str(var.name))
+    if known is not None:
+        return known.fill
+    return 0 if np.issubdtype(var.dtype, np.integer) else np.nan
 
 
 def settings_of(spec: Spec) -> tuple[str, ...]:

@@ -45,7 +45,8 @@ RUN_KIND, RESULTS_KIND = "run", "results"
 RUN_VERSION = "2.3"
 # 3.0: a `setting` dimension (aware, agnostic); needle metrics over every target span; distractor_kept
 # 3.1: intervals by the metric's kind (Wilson, bootstrap, t: inside the metric's range) and `{metric}_n`
-RESULTS_VERSION = "3.1"
+# 3.2: with answers, `answer_distracted` and each failed answer's `cause`
+RESULTS_VERSION = "3.2"
 READABLE_MAJOR = {RUN_KIND: ("1", "2"), RESULTS_KIND: ("3",)}
 
 _GROUP = re.compile(r"^len_(\d+)$")
@@ -345,6 +346,19 @@ ANSWER_VARS: dict[str, Var] = {  # with `analyze --answers`
     "answer_digits": Var(
         RESULT_DIMS[:5], "float32", "the task's finer score (passkey: its digits reproduced in place)", NAN
     ),
+    "answer_distracted": Var(
+        RESULT_DIMS[:5],
+        "bool",
+        "the answer gives a distractor needle's value (outside every target value)",
+        False,
+    ),
+    "cause": Var(
+        RESULT_DIMS[:5],
+        "int8",
+        "why the answer failed where the full cache answers (`CAUSES`; -1: answered, the full cache fails, "
+        "or not scored)",
+        -1,
+    ),
     "answer_ids": Var(
         (*RESULT_DIMS[:5], "answer_token"),
         "int32",
@@ -353,6 +367,9 @@ ANSWER_VARS: dict[str, Var] = {  # with `analyze --answers`
     ),
 }
 ANSWER_METRICS = ("answer", "answer_digits")
+# a failed answer's one cause (`cause`'s codes, in order), where the full cache answers and the pruned
+# cache does not (answer < 1); the first that holds wins (`analyze.causes.failure_cause`)
+CAUSES = ("distracted", "partial", "evicted", "kept but unused")
 SUBSET_DIM = "subset"
 RESULT_COORDS = (SETTING, *RESULT_DIMS, "pair", "variant", SUBSET_DIM)
 

@@ -14,6 +14,7 @@ from core import schema
 from core.lm import decode, pruned
 from core.tasks import passkey
 from tests.conftest import answer_document, decode_with, greedy_with, one_setting, run_cli
+from tests.test_causes import check_causes
 from tests.test_intervals import check_results_bounds
 
 
@@ -140,6 +141,8 @@ def test_cli_answers_end_to_end(smol_store, tmp_path):
     ds = xr.open_zarr(out).load()
     assert schema.results_differences(ds) == []
     assert check_results_bounds(ds) == len(schema.HEAD_METRICS) + len(schema.ANSWER_METRICS)
+    for setting in ds.setting.values:
+        check_causes(ds.sel(setting=setting))
     ds = one_setting(ds)
     full = ds.answer.sel(policy="full")
     for (

@@ -5,6 +5,7 @@ import pytest
 from scipy import stats
 
 from core import intervals, schema
+from tests.test_causes import check_causes
 
 
 @pytest.mark.parametrize("k,n", [(0, 1), (1, 1), (0, 6), (3, 6), (6, 6), (1, 25), (24, 25), (7, 10)])
@@ -112,4 +113,6 @@ def test_results_bounds_stay_in_range_on_a_ruler_store(tiny_llama_dir, tmp_path)
     ds = xr.open_zarr(out).load()
     assert schema.results_differences(ds) == []
     assert check_results_bounds(ds) == len(schema.HEAD_METRICS) + len(schema.ANSWER_METRICS)
+    for setting in ds.setting.values:
+        check_causes(ds.sel(setting=setting))
     assert int(ds.answer_n.max()) == 3 and ds.answer_n.dtype == np.int32

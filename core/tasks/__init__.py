@@ -176,6 +176,18 @@ class Task:
         """A finer score than `score` (default: the same)."""
         return self.score(text, doc)
 
+    def distracted(self, text: str, doc: Document) -> bool:
+        """Whether the answer gives a distractor needle's value (case-insensitive, spaces removed),
+        outside every copy of an expected value it gives (a distractor inside a target is no sign)."""
+        flat = text.lower().replace(" ", "")
+        for v in doc.expected:
+            flat = flat.replace(v.lower().replace(" ", ""), "\0")
+        return any(
+            n.value.lower().replace(" ", "") in flat
+            for n in doc.needles
+            if n.role == "distractor" and n.value
+        )
+
 
 REGISTRY: dict[str, Task] = {}
 
