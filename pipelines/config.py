@@ -74,6 +74,10 @@ class Config:
     def tasks_table(self) -> str:
         return str(Path(self.out) / "tasks.csv")
 
+    @property
+    def leaderboard_table(self) -> str:
+        return str(Path(self.out) / "leaderboard.csv")
+
     def stage_options(self, progress: bool = True) -> tuple[DumpOptions, AnalyzeOptions, VizOptions]:
         """The three stages' options with this study's paths filled in."""
         return (

@@ -24,6 +24,7 @@ def check_outputs(cfg: Config) -> None:
             check_outputs(study)
         outputs.check_file(cfg.tasks_page, option="out: (its tasks page)")
         outputs.check_file(cfg.tasks_table, option="out: (its tasks table)")
+        outputs.check_file(cfg.leaderboard_table, option="out: (its leaderboard)")
         return
     outputs.check_output(cfg.run_store, schema.RUN_KIND, option="out: (its run.zarr)")
     outputs.check_output(cfg.results_store, schema.RESULTS_KIND, option="out: (its results.zarr)")
@@ -96,8 +97,17 @@ def sweep(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
             timings[stage] = timings.get(stage, 0.0) + seconds
     if until != "viz":
         return timings
+    import pandas as pd
+
     from core import outputs, schema
-    from viz import tasks_answer_table, tasks_long_table, tasks_page, tasks_render
+    from viz import (
+        leaderboard_table,
+        leaderboard_vs_kvpress,
+        tasks_answer_table,
+        tasks_long_table,
+        tasks_page,
+        tasks_render,
+    )
 
     t = time.perf_counter()
     results = {task: schema.open_results(study.results_store).load() for task, study in cfg.studies()}
@@ -109,8 +119,20 @@ def sweep(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
         table.to_csv(tmp, index=False)
     for s in sorted(set(table.sparsity)):
         log("\n" + tasks_render(tasks_answer_table(results, s, metric), s, metric))
+    settings = [str(x) for x in next(iter(results.values()))[schema.SETTING].values]
+    ranked = {name: leaderboard_table(results, name) for name in settings}
+    with outputs.file_output(cfg.leaderboard_table) as tmp:
+        pd.concat([b.assign(setting=name) for name, b in ranked.items()], ignore_index=True).to_csv(
+            tmp, index=False, float_format="%.2f"
+        )
+    for name, board in ranked.items():
+        rho, k, _ = leaderboard_vs_kvpress(board, 0.5)
+        order = ", ".join(f"{p} {m:.1f}" for p, m in zip(board.policy, board["mean"]))
+        log(
+            f"leaderboard {name} (score x100, mean over sparsities): {order}; rho vs kvpress at 0.5: {rho:.2f} ({k} policies)"
+        )
     timings["tasks"] = time.perf_counter() - t
-    return _done(timings, f"open {cfg.tasks_page}; the table: {cfg.tasks_table}")
+    return _done(timings, f"open {cfg.tasks_page}; the tables: {cfg.tasks_table}, {cfg.leaderboard_table}")
 
 
 def _done(timings: dict, what: str) -> dict:

@@ -126,6 +126,13 @@ def test_task_sweep_one_study_per_task_then_a_page_and_a_table(tiny_llama_dir, t
     assert set(table.task) == {"passkey", "multikey:2"} and set(table.setting) == {"aware", "agnostic"}
     assert set(table.policy) == {"full", "h2o", "cab"} and (table.documents == 1).all()
     assert "ranking passkey aware:" in r.stdout
+    board = pd.read_csv(out / "leaderboard.csv")
+    for setting, part in board.groupby("setting"):
+        assert sorted(part["rank"]) == list(range(1, 4)) and set(part.policy) == {"full", "h2o", "cab"}
+        assert part["mean"].is_monotonic_decreasing
+        assert ((part["0.5 lo"] <= part["0.5"]) & (part["0.5"] <= part["0.5 hi"])).all()
+        assert ((part["0.5 lo"] >= 0) & (part["0.5 hi"] <= 100)).all()
+    assert "leaderboard aware" in r.stdout and "rho vs kvpress" in r.stdout
     r = run_cli("pipelines", "run", str(cfg), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("0 documents written (1 already done)") == 2

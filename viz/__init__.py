@@ -1,7 +1,8 @@
 """The viz stage. What other stages may use of it (imported lazily: `import viz` is cheap):
 `VizOptions`, `build_report` (a report folder from a RESULTS.zarr, replaced atomically) and
 `report_key` (what a report is made from, as its marker records it), and a task sweep's page and
-tables (`tasks_page`, `tasks_long_table`, `tasks_answer_table`, `tasks_render`: `viz.tasks`)."""
+tables (`tasks_page`, `tasks_long_table`, `tasks_answer_table`, `tasks_render`: `viz.tasks`), and the
+leaderboard across tasks (`leaderboard_table`, `leaderboard_vs_kvpress`: `viz.leaderboard`)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ _PUBLIC = {
     "tasks_long_table": ("viz.tasks", "long_table"),
     "tasks_answer_table": ("viz.tasks", "answer_table"),
     "tasks_render": ("viz.tasks", "render"),
+    "leaderboard_table": ("viz.leaderboard", "table"),
+    "leaderboard_vs_kvpress": ("viz.leaderboard", "spearman_vs_kvpress"),
 }
 __all__ = list(_PUBLIC)
 

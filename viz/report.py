@@ -18,7 +18,7 @@ import xarray as xr
 
 from analyze import kept_sets_scored
 from core import intervals, schema
-from viz import calibration, curves, heatmaps, keptset
+from viz import calibration, curves, heatmaps, keptset, leaderboard
 from viz.select import cell_mean, default_metric, mean_interval, per_document
 
 _CDN_LINK = re.compile(r'<link[^>]*href="https?://[^"]*"[^>]*>\s*')
@@ -287,7 +287,24 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
     table.to_csv(outdir / "summary.csv", index=False, float_format="%.4f")
     settings_table = side_by_side(everything)
     settings_table.to_csv(outdir / "settings.csv", index=False, float_format="%.4f")
-    write_index(results, outdir, figures, pngs, table, settings_table)
+    ranked = {name: leaderboard.table({"study": everything}, name) for name in names}
+    pd.concat([t.assign(setting=name) for name, t in ranked.items()], ignore_index=True).to_csv(
+        outdir / "leaderboard.csv", index=False, float_format="%.2f"
+    )
+    split = None
+    if "cause" in everything:
+        split = leaderboard.cause_split(everything)
+        split.to_csv(outdir / "causes.csv", index=False)
+        save_html(leaderboard.cause_bars(split), outdir / "causes.html", "Why answers failed")
+        figures.append(
+            (
+                "Why answers failed",
+                outdir / "causes.html",
+                "Per policy and sparsity, the failed answers (the full cache answers, the pruned cache does "
+                "not) by cause: distracted, partial, evicted, kept but unused.",
+            )
+        )
+    write_index(results, outdir, figures, pngs, table, ranked, split)
     return outdir / "index.html"
 
 
@@ -296,7 +313,33 @@ def _img(path: Path) -> str:
     return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{data}" style="max-width:100%">'
 
 
-def write_index(results, outdir: Path, figures, pngs, table: pd.DataFrame, settings_table=None) -> None:
+def leaderboard_html(ranked: dict, split: pd.DataFrame | None) -> list[str]:
+    """The ranked policy × sparsity tables (one per setting), ρ against kvpress, the cause split."""
+    parts = [
+        "<h2>Leaderboard</h2><p>Policies ranked by their mean score ×100 over sparsities (the model's "
+        "answer, RULER's string_match_all, where answers were decoded; else needle_hit), each sparsity "
+        "with its 95% interval over documents; also in <a href='leaderboard.csv'>leaderboard.csv</a>. "
+        "Spearman's ρ compares the order at sparsity 0.5 with kvpress's published one (Llama-3.1-8B, "
+        "RULER 4k) over the policies both score.</p>"
+    ]
+    for name, t in ranked.items():
+        rho, k, _ = leaderboard.spearman_vs_kvpress(t, 0.5)
+        full = t.attrs.get("full", float("nan"))
+        note = f"ρ = {rho:.2f} over {k} policies" if np.isfinite(rho) else f"ρ needs 3 shared policies ({k})"
+        parts.append(f"<h3>{html.escape(name)}</h3><p>full cache {full:.1f}; vs kvpress at 0.5: {note}.</p>")
+        parts.append(leaderboard.html_table(t))
+    if split is not None:
+        parts.append(
+            "<h3>Why answers failed</h3><p>Failed answers where the full cache answers, by cause "
+            "(<a href='causes.csv'>causes.csv</a>): <i>distracted</i> gives a distractor's value; "
+            "<i>partial</i> some of the values; <i>evicted</i>: no retrieval head keeps every target "
+            "value whole; <i>kept but unused</i>: one does, the answer is still wrong.</p>"
+        )
+        parts.append(split[split.failed > 0].to_html(index=False))
+    return parts
+
+
+def write_index(results, outdir: Path, figures, pngs, table: pd.DataFrame, ranked=None, split=None) -> None:
     rho = results.curvature_mass_spearman.mean(["length", "depth", "sample", "layer", "head"]).to_pandas()
     jac = results.jaccard.mean(["length", "depth", "sample", "layer", "head"]).to_pandas()
     parts = [
@@ -313,13 +356,13 @@ def write_index(results, outdir: Path, figures, pngs, table: pd.DataFrame, setti
         f"{int(results.done.sum())} documents under full attention. Figures below are of the "
         f"<b>{html.escape(str(results.attrs.get('setting', 'aware')))}</b> setting unless they say otherwise.</p>",
     ]
-    if settings_table is not None:
+    if ranked:
         parts.append(
-            "<h2>Settings side by side</h2><p>aware: the question's rows are in every statistic and the cache is "
-            "pruned after the question; agnostic: the context is compressed before the question is known "
-            "(means over lengths, depths and samples; also in <a href='settings.csv'>settings.csv</a>).</p>"
+            "<p>Settings: aware: the question's rows are in every statistic and the cache is pruned after "
+            "the question; agnostic: the context is compressed before the question is known (each "
+            "setting's means side by side: <a href='settings.csv'>settings.csv</a>).</p>"
         )
-        parts.append(settings_table.to_html(index=False, float_format="%.3f", na_rep="n/a"))
+        parts += leaderboard_html(ranked, split)
     parts.append("<h2>Interactive figures</h2><ul>")
     parts += [f"<li><a href='{f.name}'>{html.escape(t)}</a>: {html.escape(e)}</li>" for t, f, e in figures]
     parts.append("</ul><h2>Heatmaps</h2>")

@@ -1,0 +1,62 @@
+"""The leaderboard's order against kvpress's published one: Spearman's rho over shared policies."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from viz import leaderboard
+
+
+def board(scores: dict) -> pd.DataFrame:
+    return pd.DataFrame({"policy": list(scores), "0.5": list(scores.values())})
+
+
+def test_rho_is_one_for_kvpress_own_order_and_minus_one_reversed():
+    own = {leaderboard.KVPRESS[p]: s for p, s in leaderboard.KVPRESS_AT_HALF.items() if p != "PyramidKV"}
+    rho, k, side = leaderboard.spearman_vs_kvpress(board(own))
+    assert k == len(own) and abs(rho - 1) < 1e-12
+    rho, _, _ = leaderboard.spearman_vs_kvpress(board({p: -s for p, s in own.items()}))
+    assert abs(rho + 1) < 1e-12
+
+
+def test_rho_counts_only_shared_policies_and_needs_three():
+    rho, k, _ = leaderboard.spearman_vs_kvpress(board({"full": 90.0, "h2o": 50.0, "cab": 70.0}))
+    assert k == 2 and rho != rho  # NaN: two shared policies rank nothing
+    rho, k, _ = leaderboard.spearman_vs_kvpress(board({"full": 90.0, "h2o": 50.0, "random": 60.0}))
+    assert k == 3 and abs(rho - 0.5) < 1e-12  # random above h2o: one swap of three
+
+
+def test_cause_split_counts_each_failed_answer_once_and_draws_bars(tmp_path):
+    import holoviews as hv
+    import numpy as np
+    import xarray as xr
+
+    from core import schema
+    from viz.report import save_html
+
+    hv.extension("bokeh", logo=False)
+    code = np.array(
+        [[[[0, 1, 2, 3, -1]], [[2, 2, -1, -1, -1]]]], dtype=np.int8
+    )  # setting, policy, sparsity, doc
+    ds = xr.Dataset(
+        {
+            "cause": (
+                ("setting", "policy", "sparsity", "length", "depth"),
+                code[:, :, :, None, :].repeat(1, 3),
+            )
+        },
+        coords={
+            "setting": ["aware"],
+            "policy": ["h2o", "snapkv"],
+            "sparsity": [0.5],
+            "length": [256],
+            "depth": np.arange(5),
+        },
+    ).expand_dims(sample=[0], axis=-1)
+    split = leaderboard.cause_split(ds)
+    h2o = split.set_index("policy").loc["h2o"]
+    assert [int(h2o[c]) for c in schema.CAUSES] == [1, 1, 1, 1] and int(h2o.failed) == 4
+    snap = split.set_index("policy").loc["snapkv"]
+    assert int(snap[schema.CAUSES[2]]) == 2 and int(snap.failed) == 2
+    page = save_html(leaderboard.cause_bars(split), tmp_path / "causes.html", "why")
+    assert "evicted" in page.read_text()
