@@ -127,7 +127,7 @@ def test_task_sweep_one_study_per_task_then_a_page_and_a_table(tiny_llama_dir, t
     assert set(table.policy) == {"full", "h2o", "cab"} and (table.documents == 1).all()
     assert "ranking passkey aware:" in r.stdout
     board = pd.read_csv(out / "leaderboard.csv")
-    for setting, part in board.groupby("setting"):
+    for _, part in board.groupby("setting"):
         assert sorted(part["rank"]) == list(range(1, 4)) and set(part.policy) == {"full", "h2o", "cab"}
         assert part["mean"].is_monotonic_decreasing
         assert ((part["0.5 lo"] <= part["0.5"]) & (part["0.5"] <= part["0.5 hi"])).all()
