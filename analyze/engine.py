@@ -545,6 +545,12 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
 
     names = settings_of(spec)
     spec = preflight(path, spec, plan_store(path))  # every setting checked before any work
+    heads = plan_store(path)
+    if retrieval_heads > heads.layers * heads.heads:
+        raise UsageError(
+            f"--retrieval-heads {retrieval_heads} is more than the model's {heads.layers * heads.heads} heads "
+            f"({heads.layers} layers x {heads.heads}): give at most {heads.layers * heads.heads}"
+        )
     made_from = provenance(path, spec, retrieval_heads)  # before any work: what the results will be of
     parts, by_setting, unfinished = [], {}, 0
     for name in names:

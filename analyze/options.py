@@ -35,6 +35,8 @@ def sparsity(value: str) -> float:
     s = number()(value)
     if not 0.0 <= s < 1.0:
         raise ValueError("is outside [0, 1): it is the fraction of keys evicted")
+    if abs(round(s, 4) - s) > 1e-12:  # 0.5 and 0.5000001 would be two rows with one name
+        raise ValueError("has more than 4 decimals: give sparsities to 0.0001 (e.g. 0.875)")
     return s
 
 

@@ -285,6 +285,16 @@ REFUSED = [
     ),
     ("viz tasks out is a directory", ["viz", "tasks", "t={results}", "--out", "{tmp}"], ["is a directory"]),
     ("viz tasks out in memory", ["viz", "tasks", "t={results}", "--out", "memory://t.html"], ["lost"]),
+    (
+        "analyze sparsity near-duplicate",
+        ["analyze", "{store}", "--sparsity", "0.5,0.5000001", "--out", "{tmp}/o"],
+        ["0.5000001", "4 decimals"],
+    ),
+    (
+        "analyze retrieval heads absurd",
+        ["analyze", "{store}", "--retrieval-heads", "100000", "--out", "{tmp}/o"],
+        ["100000", "at most"],
+    ),
     # numbers without bounds
     (
         "dump rope factor infinite",
