@@ -295,6 +295,10 @@ REFUSED = [
         ["analyze", "{store}", "--retrieval-heads", "100000", "--out", "{tmp}/o"],
         ["100000", "at most"],
     ),
+    # fillers must be UTF-8 text with sentences
+    ("dump filler binary", ["dump", "--filler", "{tmp}/binary.txt", "--out", "{tmp}/o"], ["binary"]),
+    ("dump filler not utf-8", ["dump", "--filler", "{tmp}/latin1.txt", "--out", "{tmp}/o"], ["not UTF-8"]),
+    ("dump filler no sentences", ["dump", "--filler", "{tmp}/flat.txt", "--out", "{tmp}/o"], ["0 sentence"]),
     # numbers without bounds
     (
         "dump rope factor infinite",
@@ -316,6 +320,9 @@ REFUSED = [
 
 @pytest.mark.parametrize("case,argv,words", REFUSED, ids=[c[0] for c in REFUSED])
 def test_refused_before_any_work(base, tmp_path, case, argv, words):
+    (tmp_path / "binary.txt").write_bytes(b"Some text.\x00\x01\x02 More text. And more.")
+    (tmp_path / "latin1.txt").write_bytes("Caf\u00e9 au lait. Tr\u00e8s bien. Encore.".encode("latin-1"))
+    (tmp_path / "flat.txt").write_text("words without any sentence end " * 50)
     before = {k: tree(Path(base[k])) for k in ("store", "results")}
     r = run_cli(*fill(tmp_path, base, argv))
     one_sentence(r, 2, [w.format(tmp=tmp_path, **base) for w in words])

@@ -81,10 +81,37 @@ def parse_filler(value: str) -> str:
     if value in FILLERS:
         return value
     if Path(value).is_file():
+        read_filler(value)  # refused now, before any work, if it is not UTF-8 text with sentences
         return value
     raise HaystackError(
         f"unknown filler {value!r}: use one of {', '.join(FILLERS)} or the path of a text file"
     )
+
+
+MIN_SENTENCES = 2  # a needle is placed at a sentence start: one sentence allows depth 0 only
+
+
+def read_filler(path: str) -> list[str]:
+    """A filler file's sentences: UTF-8 text (no NUL bytes) of at least `MIN_SENTENCES` sentences
+    ending in . ! or ?, else one sentence saying what is wrong."""
+    data = Path(path).read_bytes()
+    if b"\x00" in data:
+        raise HaystackError(f"filler file {path!r} is binary (it holds NUL bytes): give a UTF-8 text file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise HaystackError(
+            f"filler file {path!r} is not UTF-8 (byte {err.start} is {data[err.start : err.start + 1]!r}): "
+            f"convert it, e.g. with iconv -t utf-8"
+        ) from None
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if s.strip()]
+    ends = sum(1 for s in sentences if s[-1] in ".!?")
+    if ends < MIN_SENTENCES:
+        raise HaystackError(
+            f"filler file {path!r} holds {ends} sentence(s) ending in . ! or ?: a needle is placed at a "
+            f"sentence start, so give text of at least {MIN_SENTENCES} sentences"
+        )
+    return sentences
 
 
 def filler_sentences(filler: str, rng: np.random.Generator) -> list[str]:
@@ -93,11 +120,7 @@ def filler_sentences(filler: str, rng: np.random.Generator) -> list[str]:
         return list(RULER_SENTENCES)
     if filler == "nature":
         return [NATURE_SENTENCES[i] for i in rng.permutation(len(NATURE_SENTENCES))]
-    text = Path(filler).read_text(encoding="utf-8", errors="replace")
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", " ".join(text.split())) if s.strip()]
-    if not sentences:
-        raise HaystackError(f"filler file {filler!r} holds no text")
-    return sentences
+    return read_filler(filler)
 
 
 def document_rng(seed: int, length: int, depth: float, sample: int) -> np.random.Generator:
