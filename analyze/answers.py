@@ -30,6 +30,7 @@ import hashlib
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -106,10 +107,30 @@ def check_model(path: str) -> str:
     return name
 
 
+def check_filler(st: dict, path: str) -> None:
+    """The dump's filler file as it was (its recorded sha256), or one sentence saying it is not."""
+    from core.tasks import haystack
+
+    want = st.get("filler_sha256")
+    if not want:
+        return
+    filler = st["filler"]
+    if not Path(filler).is_file():
+        raise UsageError(
+            f"the filler file {filler!r} the dump of {path!r} read is gone: restore it to decode answers"
+        )
+    if haystack.filler_digest(filler) != want:
+        raise UsageError(
+            f"the filler file {filler!r} changed since the dump of {path!r} read it (sha256 differs): "
+            f"restore it, or re-dump into a new --out"
+        )
+
+
 def rebuild(tokenizer, attrs: dict, path: str, n: int, d: int, s: int, ids: np.ndarray) -> tasks.Document:
     """The stored document rebuilt by the dump's task rule; the tokenizer must reproduce the stored
     prompt token for token."""
     st = attrs["settings"]
+    check_filler(st, path)
     by_index = schema.seeds_by_depth_index(attrs.get("schema_version", ""))
     doc = tasks.document(
         tokenizer,

@@ -448,10 +448,11 @@ def preflight(path: str, spec: Spec, plan: StorePlan) -> Spec:
     if not documents_of(plan):
         raise UsageError(f"store {path!r} has no finished documents to analyze")
     if spec.answers:
-        from analyze.answers import check_model
+        from analyze.answers import check_filler, check_model
         from core.lm.models import resolve_device
 
         check_model(path)  # refused here, before any work, if the dump's model cannot be used
+        check_filler(dict(plan.attrs.get("settings", {})), path)  # the documents rebuild from it
         spec = dataclasses.replace(spec, answer_device=resolve_device(spec.answer_device, "--answer-device"))
     return spec
 

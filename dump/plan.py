@@ -20,6 +20,7 @@ from core.lm import models
 from core.lm.models import resolve_device
 from core.lm.stats import tile_rows
 from core.outputs import is_local
+from core.tasks import haystack
 from dump.options import DumpOptions
 from dump.store import RunStore
 
@@ -86,6 +87,11 @@ def settings_of(opt: DumpOptions, model_info: dict) -> dict:
         "samples": opt.samples,
         "seed": opt.seed,
         "filler": opt.filler,
+        **(
+            {"filler_sha256": haystack.filler_digest(opt.filler)}
+            if opt.filler not in haystack.FILLERS
+            else {}
+        ),
         "window": opt.window,
         "window_rows": min(opt.window_rows, opt.window),
         "block": opt.block,

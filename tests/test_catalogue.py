@@ -566,6 +566,39 @@ def test_pipelines_never_writes_its_sweep_files_over_foreign_ones(base, tmp_path
     ]
 
 
+def test_a_filler_file_is_recorded_by_content(base, tmp_path):
+    """An edited --filler file never gives two haystacks in one store, nor answers of another text."""
+    filler = tmp_path / "essay.txt"
+    filler.write_text("The river runs to the sea. Birds sing at dawn. The hills are green in spring. " * 40)
+    store = tmp_path / "run.zarr"
+    argv = [
+        "dump",
+        "--model",
+        base["model"],
+        *SMALL,
+        "--filler",
+        str(filler),
+        "--out",
+        str(store),
+        "--no-progress",
+    ]
+    assert run_cli(*argv).returncode == 0
+    filler.write_text(filler.read_text().replace("river", "stream"))
+    one_sentence(run_cli(*argv), 2, ["filler_sha256"])  # resuming: other settings
+    r = run_cli(
+        "analyze",
+        str(store),
+        "--answers",
+        "--methods",
+        "full",
+        "--out",
+        str(tmp_path / "r.zarr"),
+        "--no-progress",
+    )
+    one_sentence(r, 2, ["changed since the dump"])
+    assert not (tmp_path / "r.zarr").exists()
+
+
 def test_an_empty_lock_left_by_a_failed_start_is_stale(base, tmp_path):
     """A full disk while the lock is written leaves it empty: once older than a writer takes to write
     it, reruns take it over instead of naming process '?'."""

@@ -88,6 +88,13 @@ def parse_filler(value: str) -> str:
     )
 
 
+def filler_digest(path: str) -> str:
+    """sha256 of a filler file's bytes: a store records it, and a filler edited since is refused."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 MIN_SENTENCES = 2  # a needle is placed at a sentence start: one sentence allows depth 0 only
 
 
