@@ -258,6 +258,39 @@ def open_document(path: str, length: int, d: int, s: int) -> tuple:
     return g, document_masks(g, path, length, d, s)
 
 
+def _target_spans(raw: str, masks: dict, g, path: str, length: int, doc: tuple) -> list:
+    """The target needles' spans from a document's `needle_table`, checked against the prompt and
+    the `target` mask (a missing or damaged chunk, or spans past the prompt, is named, never used)."""
+    from core.tasks import needles_from_table
+
+    def corrupt(what: str) -> CorruptChunk:
+        return CorruptChunk(f"store {path!r}: {what} of {_where(length, doc)}; " + _advice(g, length, doc))
+
+    if not raw.strip():
+        raise corrupt("the needle table `needle_table` is empty (its chunk is missing on disk)")
+    try:
+        table = needles_from_table(raw)
+    except (ValueError, KeyError, TypeError) as err:
+        raise corrupt(
+            f"the needle table `needle_table` is not readable JSON of needles ({type(err).__name__})"
+        ) from None
+    spans = [x.spans for x in table if x.role == "target"]
+    if not spans or not all(copies for copies in spans):
+        raise corrupt("the needle table `needle_table` names no target span")
+    if any(not (0 <= a < b <= length) for copies in spans for a, b in copies):
+        raise corrupt(f"the needle table `needle_table` has a span outside the prompt's {length} tokens")
+    if "target" in masks:
+        union = np.zeros(length, dtype=bool)
+        for copies in spans:
+            for a, b in copies:
+                union[a:b] = True
+        if not masks["target"].any():
+            raise corrupt("the target mask `target` is empty (its chunk is missing on disk)")
+        if not np.array_equal(union, masks["target"]):
+            raise corrupt("the target mask `target` disagrees with the needle table's spans")
+    return spans
+
+
 def document_masks(g, path: str, length: int, d: int, s: int) -> dict:
     """A document's token masks (`schema.document_masks`: name -> (key,) bool) and `target_spans`:
     for every target needle, the token spans its value can be copied from. Stores before RUN 2.3
@@ -272,10 +305,9 @@ def document_masks(g, path: str, length: int, d: int, s: int) -> dict:
             f"missing on disk); " + _advice(g, length, (d, s))
         )
     if "needle_table" in g:
-        from core.tasks import needles_from_table
 
-        table = needles_from_table(str(_read(g, "needle_table", (d, s), path, length)))
-        masks["target_spans"] = [x.spans for x in table if x.role == "target"]
+        raw = str(_read(g, "needle_table", (d, s), path, length))
+        masks["target_spans"] = _target_spans(raw, masks, g, path, length, (d, s))
     else:
         from core.tasks.passkey import runs
 

@@ -428,6 +428,44 @@ def test_a_damaged_chunk_is_named_and_nothing_is_written(base, tmp_path, how):
     assert not out.exists() and not list(tmp_path.glob("res.zarr.tmp*"))
 
 
+@pytest.mark.parametrize(
+    "how,words",
+    [
+        ("needle_table missing", ["needle_table", "missing on disk"]),
+        ("target missing", ["target", "missing on disk"]),
+        ("needle_table not JSON", ["needle_table", "not readable JSON"]),
+        ("spans past the end", ["needle_table", "outside the prompt"]),
+    ],
+)
+def test_damaged_needle_metadata_is_named_then_skipped(base, tmp_path, how, words):
+    """The needle table and masks are validated on read: a damaged one names its document, and
+    --skip-corrupt scores the others and lists it."""
+    import json
+
+    store = tmp_path / "run.zarr"
+    shutil.copytree(base["store"], store)
+    g = zarr.open_group(str(store / "len_256"), mode="r+")
+    if how.endswith("missing"):
+        name = how.split()[0]
+        chunks = [p for p in (store / "len_256" / name / "c" / "1").rglob("*") if p.is_file()]
+        assert chunks
+        for p in chunks:
+            p.unlink()
+    elif how == "needle_table not JSON":
+        g["needle_table"][1, 0] = '[{"key": "x", "value'
+    else:
+        table = json.loads(str(g["needle_table"][1, 0]))
+        table[0]["spans"] = [[250, 300]]
+        g["needle_table"][1, 0] = json.dumps(table)
+    argv = ["analyze", str(store), "--methods", "h2o", "--sparsity", "0.5", "--workers", "1", "--no-progress"]
+    r = run_cli(*argv, "--out", str(tmp_path / "a.zarr"))
+    one_sentence(r, 2, [*words, "depth 1", "sample 0"])
+    assert not (tmp_path / "a.zarr").exists()
+    r = run_cli(*argv, "--out", str(tmp_path / "b.zarr"), "--skip-corrupt")
+    assert r.returncode == 0 and "skipped 1 corrupt document" in r.stderr, r.stderr
+    assert not bool(one_setting(xr.open_zarr(tmp_path / "b.zarr")).done.isel(depth=1, sample=0).squeeze())
+
+
 def test_skip_corrupt_scores_the_rest_and_lists_what_it_skipped(base, tmp_path):
     store = _damaged(base, tmp_path, "missing")
     out = tmp_path / "res.zarr"
