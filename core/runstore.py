@@ -305,7 +305,6 @@ def document_masks(g, path: str, length: int, d: int, s: int) -> dict:
             f"missing on disk); " + _advice(g, length, (d, s))
         )
     if "needle_table" in g:
-
         raw = str(_read(g, "needle_table", (d, s), path, length))
         masks["target_spans"] = _target_spans(raw, masks, g, path, length, (d, s))
     else:

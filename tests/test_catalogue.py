@@ -299,6 +299,11 @@ REFUSED = [
     ("dump filler binary", ["dump", "--filler", "{tmp}/binary.txt", "--out", "{tmp}/o"], ["binary"]),
     ("dump filler not utf-8", ["dump", "--filler", "{tmp}/latin1.txt", "--out", "{tmp}/o"], ["not UTF-8"]),
     ("dump filler no sentences", ["dump", "--filler", "{tmp}/flat.txt", "--out", "{tmp}/o"], ["0 sentence"]),
+    (
+        "dump task option twice",
+        ["dump", "--task", "single,value=uuid,value=number", "--out", "{tmp}/o"],
+        ["value=", "twice"],
+    ),
     # numbers without bounds
     (
         "dump rope factor infinite",

@@ -244,6 +244,10 @@ def _configured(spec: str) -> Task:
             raise UsageError(f"task option {opt!r} is not key=, value= or haystack= (spec: {SPEC_HELP})")
         if value not in allowed[key]:
             raise UsageError(f"task option {key}={value!r}: use one of {', '.join(allowed[key])}")
+        if key in kw:
+            raise UsageError(
+                f"task option {key}= is given twice in {spec!r} ({kw[key]}, {value}): give it once"
+            )
         if key in ("key", "value") and not proto.typed:
             raise UsageError(f"task {name!r} has no {key} type to choose ({key}={value})")
         kw[key] = value
