@@ -77,4 +77,14 @@ def run_main(prog: str, body, resume: str = "") -> int:
         if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             print(f"{prog}: error: permission denied{where}: choose a writable path", file=sys.stderr)
             return 2
-        raise
+        if err.errno is None:
+            raise
+        import os
+
+        # any other OS error while reading or writing (a file too large for the limit, an I/O error):
+        # what was written is either whole or in a temporary sibling, and a rerun completes
+        print(
+            f"{prog}: error: {os.strerror(err.errno).lower()}{where}: fix that and rerun{hint}",
+            file=sys.stderr,
+        )
+        return 1

@@ -706,6 +706,25 @@ def test_full_disk_dump_says_so_and_the_rerun_finishes(base, small_disk):
     assert zarr.open_group(str(out), mode="r")["len_512"]["done"][:].all()
 
 
+def test_a_file_too_large_ends_in_one_sentence_and_the_rerun_finishes(base, tmp_path):
+    """EFBIG (a file-size limit, `ulimit -f`): one sentence naming the error, status 1, a resumable
+    store; without the limit the same command completes it."""
+    import resource
+
+    out = tmp_path / "run.zarr"
+    argv = ["dump", "--model", base["model"], *SMALL, "--store", "full", "--out", str(out), "--no-progress"]
+    cmd = [sys.executable, "-m", *argv]
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20 * 1024, resource.RLIM_INFINITY))
+
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    one_sentence(r, 1, ["file too large", "rerun"])
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert zarr.open_group(str(out), mode="r")["len_256"]["done"][:].all()
+
+
 @pytest.mark.parametrize("stage", ["analyze", "viz"])
 def test_full_disk_leaves_no_partial_output(base, small_disk, stage):
     (small_disk / "ballast").write_bytes(b"x" * (1024 * 1024 - 64 * 1024))  # leave 64 KiB
