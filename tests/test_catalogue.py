@@ -466,6 +466,8 @@ def test_damaged_needle_metadata_is_named_then_skipped(base, tmp_path, how, word
     r = run_cli(*argv, "--out", str(tmp_path / "a.zarr"))
     one_sentence(r, 2, [*words, "depth 1", "sample 0"])
     assert not (tmp_path / "a.zarr").exists()
+    if how != "needle_table not JSON":  # one case is enough for --skip-corrupt (the same path skips all)
+        return
     r = run_cli(*argv, "--out", str(tmp_path / "b.zarr"), "--skip-corrupt")
     assert r.returncode == 0 and "skipped 1 corrupt document" in r.stderr, r.stderr
     assert not bool(one_setting(xr.open_zarr(tmp_path / "b.zarr")).done.isel(depth=1, sample=0).squeeze())
