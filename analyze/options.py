@@ -64,7 +64,7 @@ class AnalyzeOptions:
     gqa: str = option(
         "kv", "kv: one kept set per kv head (a real cache); head: per query head", choice("kv", "head")
     )
-    seed: int = option(0, "seed of the random policy", integer(minimum=0))
+    seed: int = option(0, "seed of the random policy", integer(minimum=0, maximum=2**32 - 1))
     setting: list[str] = option(
         ["aware"],
         "settings, comma-separated (RESULTS' setting dimension): aware (the question's rows are in every "
@@ -73,12 +73,12 @@ class AnalyzeOptions:
         comma_list(parse_setting),
         metavar="SETTINGS",
     )
-    retrieval_heads: int = option(10, "how many heads count as retrieval heads", integer(minimum=1))
+    retrieval_heads: int = option(10, "how many heads count as retrieval heads", integer(minimum=1, maximum=1 << 20))
     scheduler: str | None = option(
         None, "address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786", optional(scheduler)
     )
     workers: int | None = option(
-        None, "local worker processes (default: min(4, cores))", optional(integer(minimum=1))
+        None, "local worker processes (default: min(4, cores))", optional(integer(minimum=1, maximum=1024))
     )
     answers: bool = option(
         False,

@@ -68,7 +68,7 @@ pack() {  # here: the wheels, then the pieces
   du -sh $G/in* .whl
 }
 
-QWEN="qwen2.5-coder-0.5b qwen2.5-coder-1.5b"
+QWEN=${QWEN:-"qwen2.5-coder-0.5b qwen2.5-coder-1.5b"}  # QWEN=qwen2.5-coder-1.5b packs the 1.5B alone
 
 pack_qwen() {  # here: both Qwen GGUFs (joined and checked by `core.lm.models`) cut into pieces of 60 MiB
   local files=() name
@@ -241,6 +241,24 @@ p17_gemma() {  # every policy but kvzip (sliding-window layers: refused, as kvpr
   python3 bench/policy_table.py runs/p17/gemma.results.zarr 2>&1 | tee -a "$OUT/p17_gemma.txt"
   tar -C runs/p17 -czf "$OUT/p17_gemma.results.tgz" gemma.results.zarr
 }
+leaderboard() {  # configs/leaderboard.yaml one task at a time (TASKS, default all eight), each through dump and
+  # analyze; a task's RESULTS come back in one tarball and its RUN store is removed (about 10 GB per task)
+  local task cfg name
+  mkdir -p runs/lb/cfg
+  for task in ${TASKS:-niah_single_1 niah_single_2 niah_single_3 niah_multikey_1 niah_multikey_2 niah_multikey_3 niah_multivalue niah_multiquery}; do
+    [ -f "runs/lb/$task.done" ] && continue
+    cfg=runs/lb/cfg/$task.yaml
+    python3 -c "import sys, yaml; c = yaml.safe_load(open('configs/leaderboard.yaml')); c['tasks'] = ['ruler:$task']; c['out'] = '../out'; c['analyze']['workers'] = int(sys.argv[1]); yaml.safe_dump(c, open('$cfg', 'w'))" "${WORKERS:-8}" || return 1
+    name=$(ls -d runs/lb/out/*"$task"* 2>/dev/null | head -1)
+    echo "== $task $(date +%T)" | tee -a "$OUT/leaderboard.log"
+    python3 -m pipelines run "$cfg" --until analyze --no-progress 2>&1 | grep -v -i warning | tail -8 | tee -a "$OUT/leaderboard.log"
+    name=$(ls -d runs/lb/out/*"$task"* | head -1)
+    [ -d "$name/results.zarr" ] || { echo "!! $task: no results"; return 1; }
+    du -sh "$name/run.zarr" | tee -a "$OUT/leaderboard.log"
+    rm -rf "$name/run.zarr" && touch "runs/lb/$task.done"
+  done
+}
+lb_pack() { tar -C runs/lb/out --exclude run.zarr -czf "$OUT/leaderboard.results.tgz" . && ls -la "$OUT" runs/lb; }
 study_smollm2() { study smollm2_gpu; }
 study_gemma() { study gemma3_gpu; }
 study_gemma_long() { study gemma3_gpu_long; }

@@ -36,6 +36,13 @@ def filler(value: str) -> str:
     return haystack.parse_filler(value)
 
 
+MAX_LAYERS = 1024  # bounds layer numbers (checked against the model before any work)
+# the largest window, block and sample count an option accepts (each checked against the run before any work)
+MAX_ROWS = 1 << 16
+MAX_SAMPLES = 100_000
+SEED_MAX = 2**32 - 1  # numpy's seed range
+
+
 def layers(value: str) -> list[int]:
     """`18,20-23` -> [18, 20, 21, 22, 23]."""
     out = []
@@ -46,20 +53,22 @@ def layers(value: str) -> list[int]:
                 a, b = (int(x) for x in item.split("-", 1))
                 if b < a:
                     raise ValueError
-                out += list(range(a, b + 1))
             else:
-                out.append(int(item))
+                a = b = int(item)
         except ValueError:
             raise ValueError("cannot be read: use layer numbers and ranges like 18,20-23") from None
-    if any(x < 0 for x in out):
-        raise ValueError("holds a negative layer: layers count from 0")
+        if a < 0:
+            raise ValueError("holds a negative layer: layers count from 0")
+        if b >= MAX_LAYERS:
+            raise ValueError(f"holds a layer of {MAX_LAYERS} or more: no model here has that many")
+        out += range(a, b + 1)
     return sorted(set(out))
 
 
 def block(value: str) -> int | str:
     if str(value).strip() == "auto":
         return "auto"
-    return integer(minimum=1)(value)
+    return integer(minimum=1, maximum=MAX_ROWS)(value)
 
 
 def store_parts(value: str) -> str:
@@ -120,17 +129,19 @@ class DumpOptions:
     depths: list[float] = option(
         [0.1, 0.5, 0.9], "needle depths in [0,1]: 0.1,0.5,0.9 or linspace:0,1,11 or sigmoid:0,1,11", depths
     )
-    samples: int = option(1, "documents per (length, depth), each with its own passkey", integer(minimum=1))
-    seed: int = option(0, "seed of passkeys and filler order", integer(minimum=0))
+    samples: int = option(1, "documents per (length, depth), each with its own passkey", integer(minimum=1, maximum=MAX_SAMPLES))
+    seed: int = option(0, "seed of passkeys and filler order", integer(minimum=0, maximum=SEED_MAX))
     filler: str = option("ruler", "haystack filler: ruler, nature, or a text file path", filler)
     window: int = option(
-        64, "W: the last W queries, whose attention rows are summed into window_sum", integer(minimum=1)
+        64,
+        "W: the last W queries, whose attention rows are summed into window_sum",
+        integer(minimum=1, maximum=MAX_ROWS),
     )
     window_rows: int = option(
         8,
         "R: how many of the last W rows are stored whole (the final row and snapkv:window=R read them); "
         "R = W stores them all",
-        integer(minimum=1),
+        integer(minimum=1, maximum=MAX_ROWS),
     )
     block: int | str = option(
         "auto",
@@ -182,7 +193,7 @@ class DumpOptions:
         config=False,
         metavar="L,D,S",
     )
-    max_gb: float = option(20.0, "refuse --store full above this many GB", number(above=0))
+    max_gb: float = option(20.0, "refuse --store full above this many GB", number(above=0, maximum=1e6))
     progress: bool = option(True, "no progress bars", flag=True, config=False)
     list_tasks: bool = option(
         False, "list the tasks and RULER's configurations and exit", flag=True, config=False

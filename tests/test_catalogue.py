@@ -315,6 +315,9 @@ REFUSED = [
         ["dump", "--rope-scaling", "yarn:1e30", "--out", "{tmp}/o"],
         ["yarn:1e30", "64"],
     ),
+    ("dump layer range absurd", ["dump", "--layers", "0-99999999999", "--out", "{tmp}/o"], ["--layers", "1024"]),
+    ("dump samples absurd", ["dump", "--samples", "99999999999999999999", "--out", "{tmp}/o"], ["--samples", "at most"]),
+    ("dump max gb infinite", ["dump", "--max-gb", "inf", "--out", "{tmp}/o"], ["--max-gb", "at most"]),
     (
         "dump depth grid absurd",
         ["dump", "--depths", "linspace:0,1,100000000000", "--out", "{tmp}/o"],
@@ -957,3 +960,48 @@ def test_dump_redo_rewrites_one_document_and_refuses_one_not_in_the_plan(base, t
         2,
         ["--redo 256,0.4,0"],
     )
+
+
+ABSURD = ["nan", "inf", "-inf", "-1", "0", "1e30", "99999999999999999999", "", "abc", "1e-30", "0.5,nan", "1,inf"]
+
+
+def _numbers(value) -> list:
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, (int, float)):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [x for item in value for x in _numbers(item)]
+    return []
+
+
+def test_every_declared_option_refuses_out_of_range_non_finite_and_absurd_values():
+    """Every option of the three stages, fed out-of-range, non-finite and absurd text, on the command
+    line's path and the config's: either one refusal naming the option and the value, or a value
+    whose every number is finite and below 1e9 (nothing that would allocate or loop without end)."""
+    import math
+
+    from analyze.options import AnalyzeOptions
+    from core import optionkit
+    from core.errors import UsageError
+    from dump.options import DumpOptions
+    from viz.options import VizOptions
+
+    walked = 0
+    for cls, section in ((DumpOptions, "dump"), (AnalyzeOptions, "analyze"), (VizOptions, "viz")):
+        for f in optionkit.fields(cls):
+            if f.metadata["flag"]:
+                continue
+            for text in ABSURD:
+                walked += 1
+                try:
+                    value = optionkit._parse(f, text, optionkit.cli_name(f.name))
+                except UsageError as err:
+                    assert optionkit.cli_name(f.name) in str(err) and "\n" not in str(err), err
+                    if f.metadata["config"]:  # `pipelines check` reads the same declaration
+                        with pytest.raises(UsageError):
+                            optionkit.from_mapping(cls, {f.name: text}, section, "config.yaml")
+                    continue
+                bad = [x for x in _numbers(value) if not math.isfinite(x) or abs(x) >= 1e9]
+                assert not bad, f"{section} {f.name} accepted {text!r} as {value!r}"
+    assert walked > 300

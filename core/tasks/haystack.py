@@ -423,6 +423,9 @@ def parse_depths(value: str) -> list[float]:
     return depths
 
 
+MAX_LENGTH = 1 << 20  # the longest prompt a document may ask for (1024k tokens)
+
+
 def parse_lengths(value: str) -> list[int]:
     """`4k,16K,1500` -> [4096, 16384, 1500] (k = 1024)."""
     out = []
@@ -434,6 +437,8 @@ def parse_lengths(value: str) -> list[int]:
         n = int(m.group(1)) * (1024 if m.group(2) else 1)
         if n < 1:
             raise HaystackError(f"length {item!r} must be at least 1 token")
+        if n > MAX_LENGTH:
+            raise HaystackError(f"length {item!r} is over {MAX_LENGTH:,} tokens (1024k), the most a document may hold")
         out.append(n)
     if not out:
         raise HaystackError("no lengths given: use token counts like 4k,16k")
