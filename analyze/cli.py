@@ -33,11 +33,11 @@ def _main(args) -> int:
     opt = optionkit.from_args(AnalyzeOptions, args)
     from analyze import policies
 
-    if opt.list_methods:
+    if opt.list_policies:
         print("\n".join(policies.describe()))
         return 0
     if not opt.store:
-        raise UsageError("give the RUN.zarr to analyze (python -m analyze RUN.zarr), or --list-methods")
+        raise UsageError("give the RUN.zarr to analyze (python -m analyze RUN.zarr), or --list-policies")
     out = opt.out or default_out(opt.store)
     outputs.check_output(out, schema.RESULTS_KIND, inputs=(opt.store,))
     outputs.check_writable(out)

@@ -103,7 +103,7 @@ class Spec:
 def spec_from(opt) -> Spec:
     """The Spec of an `analyze.options.AnalyzeOptions` (the CLI and a study config both build it here)."""
     return Spec(
-        tuple(policies.parse_method(m) for m in opt.methods),
+        tuple(policies.parse_policy(m) for m in opt.policies),
         tuple(opt.sparsity),
         gqa=opt.gqa,
         seed=opt.seed,

@@ -154,7 +154,7 @@ def reads_of(pols: Sequence[Policy]) -> tuple[str, ...]:
 
 
 def _parse(pols) -> list[Policy]:
-    return [policies.parse_method(p) if isinstance(p, str) else p for p in pols]
+    return [policies.parse_policy(p) if isinstance(p, str) else p for p in pols]
 
 
 def kept_sets(

@@ -28,7 +28,7 @@ def policy_spec(value: str) -> str:
     returned as its RESULTS label, so `h2o` and `h2o:recent_ratio=0.5` count as the same policy."""
     from analyze import policies
 
-    return policies.label(policies.parse_method(value))
+    return policies.label(policies.parse_policy(value))
 
 
 def sparsity(value: str) -> float:
@@ -45,11 +45,12 @@ class AnalyzeOptions:
     store: str | None = option(
         None, "RUN.zarr (a directory or fsspec URL)", optional(text), positional=True, config=False
     )
-    methods: list[str] = option(
+    policies: list[str] = option(
         DEFAULT_POLICIES,
         "policies, comma-separated; parameters as name:key=value[:key=value], e.g. h2o:recent_ratio=0.2",
         comma_list(policy_spec),
         metavar="POLICIES",
+        alias="methods",
     )
     sparsity: list[float] = option(
         [0.9, 0.95, 0.99], "fractions of keys evicted, each in [0, 1)", comma_list(sparsity), metavar="S"
@@ -73,7 +74,9 @@ class AnalyzeOptions:
         comma_list(parse_setting),
         metavar="SETTINGS",
     )
-    retrieval_heads: int = option(10, "how many heads count as retrieval heads", integer(minimum=1, maximum=1 << 20))
+    retrieval_heads: int = option(
+        10, "how many heads count as retrieval heads", integer(minimum=1, maximum=1 << 20)
+    )
     scheduler: str | None = option(
         None, "address of an existing Dask scheduler, e.g. tcp://10.0.0.5:8786", optional(scheduler)
     )
@@ -98,7 +101,7 @@ class AnalyzeOptions:
         flag=True,
     )
     reference: bool = option(False, "use the plain numpy references instead of numba kernels", flag=True)
-    list_methods: bool = option(
-        False, "list policies with their parameters and exit", flag=True, config=False
+    list_policies: bool = option(
+        False, "list policies with their parameters and exit", flag=True, config=False, alias="list_policies"
     )
     progress: bool = option(True, "no progress bars", flag=True, config=False)

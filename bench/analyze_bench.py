@@ -68,8 +68,8 @@ def main():
     by_doc: dict = {}
     for (n, d, s, layer), x in zip(tasks, docs):
         by_doc.setdefault((n, int(d), int(s)), {})[int(layer)] = x
-    for name in policies.ALL_METHODS:
-        policy = policies.parse_method(name)
+    for name in policies.ALL_POLICIES:
+        policy = policies.parse_policy(name)
         times = {}
         for path, ref in (("numba", False), ("numpy", True)):
             keep(policy, docs[0], budget(0.9, docs[0].n), reference=ref)  # compile / warm
@@ -91,7 +91,7 @@ def main():
             f"{name:<11} numba {times['numba']:8.3f} s   numpy {times['numpy']:8.3f} s   "
             f"x{times['numpy'] / times['numba']:6.1f}"
         )
-    spec = engine.Spec(tuple(policies.parse_method(m) for m in policies.ALL_METHODS), SPARSITIES)
+    spec = engine.Spec(tuple(policies.parse_policy(m) for m in policies.ALL_POLICIES), SPARSITIES)
     for workers in (1, 2):
         with client_for(workers=workers, verbose=False) as client:
             client.run(lambda: __import__("analyze.engine"))  # start-up is not analysis

@@ -1,7 +1,7 @@
 """The answer pass against the dump, on the CPU: same documents, same process, same threads.
 
     python bench/answer_bench.py [--lengths 512,1k,2k] [--depths 0.3,0.7] [--samples 1]
-                                 [--methods M,...] [--sparsity 0.5,0.9,0.95] [--setting aware]
+                                 [--policies M,...] [--sparsity 0.5,0.9,0.95] [--setting aware]
                                  [--profile FILE]
 
 Dumps the documents twice with `dump.run_dump` (the model loaded before the clocks start): with
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DEMO_METHODS = "full,oracle,random,streaming,h2o,snapkv,tova,cab,cab_high,cab_hybrid,cab_3c"
+DEMO_POLICIES = "full,oracle,random,streaming,h2o,snapkv,tova,cab,cab_high,cab_hybrid,cab_3c"
 
 
 def main():
@@ -40,7 +40,7 @@ def main():
     p.add_argument("--lengths", default="512,1k,2k")
     p.add_argument("--depths", default="0.3,0.7")
     p.add_argument("--samples", type=int, default=1)
-    p.add_argument("--methods", default=DEMO_METHODS)
+    p.add_argument("--policies", default=DEMO_POLICIES)
     p.add_argument("--sparsity", default="0.5,0.9,0.95")
     p.add_argument("--setting", default="aware", help="aware or agnostic: where the answer pass prunes")
     p.add_argument("--profile", default=None, help="write both answer passes' cProfile (top 25) here")
@@ -55,7 +55,7 @@ def main():
     models.load(models.DEFAULT_MODEL, attn_implementation=capture.NAME)  # both loads before the clocks
     models.load(models.DEFAULT_MODEL, attn_implementation=pruned.NAME)
     spec = engine.Spec(
-        tuple(policies.parse_method(m) for m in args.methods.split(",")),
+        tuple(policies.parse_policy(m) for m in args.policies.split(",")),
         tuple(float(x) for x in args.sparsity.split(",")),
         answers=True,
         setting=args.setting,

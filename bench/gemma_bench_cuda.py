@@ -143,7 +143,7 @@ def answer_pass(store: Path, dtype: str, n: int) -> dict:
     t = time.perf_counter()
     r = subprocess.run(
         [sys.executable, "-m", "analyze", str(store), "--answers", "--answer-device", "cuda",
-         "--methods", "full,h2o,snapkv,tova,streaming", "--sparsity", "0.5,0.9", "--out", str(res),
+         "--policies", "full,h2o,snapkv,tova,streaming", "--sparsity", "0.5,0.9", "--out", str(res),
          "--no-progress"],
         capture_output=True, text=True,
     )  # fmt: skip

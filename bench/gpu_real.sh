@@ -17,7 +17,7 @@
 #   bash bench/gpu_real.sh kernel_errors            # fused statistics vs float64, random and model Q/K
 #   bash bench/gpu_real.sh stats128k                # statistics at 128k vs plain sdpa (no weights)
 #   bash bench/gpu_real.sh fp32 answers             # after piece 6: float32 vs bfloat16, GPU answer pass
-#   bash bench/gpu_real.sh ruler_gemma multikey:3   # after piece 6: one task of issue 16's Gemma table
+#   bash bench/gpu_real.sh ruler_gemma multikey:3   # after piece 6: one task of the Gemma RULER table
 # The Qwen2.5-Coder models (`make qwen-1.5b` first): `bash bench/gpu_real.sh pack_qwen` writes runs/gpu/q1..q27, the
 # 0.5B then the 1.5B GGUF in pieces of 60 MiB, and their manifest; there, after setup, one call per piece:
 #   bash bench/gpu_real.sh qpiece 1 ... qpiece 27 qwen   # joins and checks both into the cache
@@ -203,7 +203,7 @@ study() {  # a config through dump and analyze; the results come back as a tarba
   tar -C runs/$name -czf "$OUT/$name.results.tgz" results.zarr
   du -sh runs/$name/* | tee -a "$OUT/$name.log"
 }
-ruler_gemma() {  # issue 16's GPU table: one task (passkey, multikey:3, multivalue:4) on real Gemma 3 at 4k
+ruler_gemma() {  # the Gemma RULER table: one task (passkey, multikey:3, multivalue:4) on real Gemma 3 at 4k
   # and 16k, 10 documents per cell, both settings, answers on the GPU; the tables by bench/ruler_table.py
   local task=$1 name
   name=$(echo "$task" | tr ':' '_')
@@ -215,31 +215,31 @@ ruler_gemma() {  # issue 16's GPU table: one task (passkey, multikey:3, multival
     | grep -v -i warning | tail -30 | tee -a "$OUT/ruler_gemma.log"
   tar -C runs/ruler_gemma -czf "$OUT/$name.results.tgz" "$name.results.zarr"
 }
-p17_methods() { python3 -c "from analyze.policies import ALL_METHODS as m; print(','.join(x for x in m if x not in '$1'.split(',')))"; }
-p17_smollm2() {  # issue 17's CPU-model table: the demo's 15 SmolLM2 documents (configs/demo.yaml's dump),
+policies_but() { python3 -c "from analyze.policies import ALL_POLICIES as m; print(','.join(x for x in m if x not in '$1'.split(',')))"; }
+policies_smollm2() {  # every policy on the CPU model's documents: the demo's 15 SmolLM2 documents (configs/demo.yaml's dump),
   # float32 with keys and KVzip, every policy x 0.5/0.9/0.95 x both settings, answers on the GPU
-  mkdir -p runs/p17
+  mkdir -p runs/policies
   python3 -m dump --model smollm2-135m --lengths 512,1k,2k --depths 0.1,0.3,0.5,0.7,0.9 --samples 1 --seed 0 \
     --filler ruler --window 16 --block 64 --store stats,keys --kvzip --device cuda --dtype float32 \
-    --out runs/p17/smollm2.zarr --overwrite --no-progress 2>&1 | grep -E "^dump|rror" | tee -a "$OUT/p17_smollm2.txt"
-  python3 -m analyze runs/p17/smollm2.zarr --methods "$(p17_methods none)" --sparsity 0.5,0.9,0.95 \
-    --setting aware,agnostic --answers --answer-device cuda --out runs/p17/smollm2.results.zarr --no-progress 2>&1 \
+    --out runs/policies/smollm2.zarr --overwrite --no-progress 2>&1 | grep -E "^dump|rror" | tee -a "$OUT/policies_smollm2.txt"
+  python3 -m analyze runs/policies/smollm2.zarr --policies "$(policies_but none)" --sparsity 0.5,0.9,0.95 \
+    --setting aware,agnostic --answers --answer-device cuda --out runs/policies/smollm2.results.zarr --no-progress 2>&1 \
     | grep -v -i warning | tail -5
-  python3 bench/policy_table.py runs/p17/smollm2.results.zarr 2>&1 | tee -a "$OUT/p17_smollm2.txt"
-  tar -C runs/p17 -czf "$OUT/p17_smollm2.results.tgz" smollm2.results.zarr
+  python3 bench/policy_table.py runs/policies/smollm2.results.zarr 2>&1 | tee -a "$OUT/policies_smollm2.txt"
+  tar -C runs/policies -czf "$OUT/policies_smollm2.results.tgz" smollm2.results.zarr
 }
-p17_gemma_dump() {  # issue 17's GPU table: real Gemma 3 270M at 16k, 10 documents, bfloat16, with keys
-  mkdir -p runs/p17
+policies_gemma_dump() {  # every policy on real Gemma: real Gemma 3 270M at 16k, 10 documents, bfloat16, with keys
+  mkdir -p runs/policies
   python3 -m dump --model gemma3-270m --lengths 16k --depths 0.1,0.3,0.5,0.7,0.9 --samples 2 --window 64 \
-    --store stats,keys --device cuda --dtype bfloat16 --out runs/p17/gemma.zarr --overwrite --no-progress 2>&1 \
-    | grep -E "^dump|rror" | tee -a "$OUT/p17_gemma.txt"
+    --store stats,keys --device cuda --dtype bfloat16 --out runs/policies/gemma.zarr --overwrite --no-progress 2>&1 \
+    | grep -E "^dump|rror" | tee -a "$OUT/policies_gemma.txt"
 }
-p17_gemma() {  # every policy but kvzip (sliding-window layers: refused, as kvpress refuses Gemma 3)
-  python3 -m analyze runs/p17/gemma.zarr --methods "$(p17_methods kvzip)" --sparsity 0.5,0.9,0.95 \
+policies_gemma() {  # every policy but kvzip (sliding-window layers: refused, as kvpress refuses Gemma 3)
+  python3 -m analyze runs/policies/gemma.zarr --policies "$(policies_but kvzip)" --sparsity 0.5,0.9,0.95 \
     --setting aware,agnostic --answers --answer-device cuda --retrieval-heads 4 \
-    --out runs/p17/gemma.results.zarr --no-progress 2>&1 | grep -v -i warning | tail -5
-  python3 bench/policy_table.py runs/p17/gemma.results.zarr 2>&1 | tee -a "$OUT/p17_gemma.txt"
-  tar -C runs/p17 -czf "$OUT/p17_gemma.results.tgz" gemma.results.zarr
+    --out runs/policies/gemma.results.zarr --no-progress 2>&1 | grep -v -i warning | tail -5
+  python3 bench/policy_table.py runs/policies/gemma.results.zarr 2>&1 | tee -a "$OUT/policies_gemma.txt"
+  tar -C runs/policies -czf "$OUT/policies_gemma.results.tgz" gemma.results.zarr
 }
 leaderboard() {  # configs/leaderboard.yaml one task at a time (TASKS, default all eight), each through dump and
   # analyze; a task's RESULTS come back in one tarball and its RUN store is removed (about 10 GB per task)

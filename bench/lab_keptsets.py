@@ -1,6 +1,6 @@
 """The lab's kept sets of a RUN.zarr as one .npz (what `bench/peer_kvpress.py` compares kvpress's to).
 
-    python bench/lab_keptsets.py RUN.zarr --methods knorm,streaming --sparsity 0.5,0.9 --setting agnostic --out FILE.npz
+    python bench/lab_keptsets.py RUN.zarr --policies knorm,streaming --sparsity 0.5,0.9 --setting agnostic --out FILE.npz
 
 Keys `LENGTH/DEPTH/SAMPLE/METHOD/SPARSITY`: (layer, kv_head, key) bool, the first query head of each
 kv head's group (under --gqa kv a group shares one set), over the prompt (in the agnostic setting
@@ -20,15 +20,15 @@ from core.runstore import plan_store
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("store")
-    p.add_argument("--methods", required=True)
+    p.add_argument("--policies", required=True)
     p.add_argument("--sparsity", required=True)
     p.add_argument("--setting", default="agnostic")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     plan = plan_store(args.store)
-    methods = args.methods.split(",")
+    methods = args.policies.split(",")
     sparsities = [float(s) for s in args.sparsity.split(",")]
-    pols = [policies.parse_method(m) for m in methods]
+    pols = [policies.parse_policy(m) for m in methods]
     g = plan.heads // plan.kv_heads
     out = {}
     for n in plan.lengths:

@@ -196,7 +196,7 @@ def main() -> None:
         results = str(Path(tmp) / "results.zarr")
 
         def analyze_argv(store: str, out: str) -> list[str]:
-            return ["-m", "analyze", store, "--methods", ",".join(twins), "--sparsity", args.ratios,
+            return ["-m", "analyze", store, "--policies", ",".join(twins), "--sparsity", args.ratios,
                     "--setting", ",".join(settings), "--answers", "--out", out, "--no-progress"]  # fmt: skip
 
         # untimed, as kvpress's model is loaded before its clock: the lab's numba kernels compile once
@@ -210,7 +210,7 @@ def main() -> None:
         kept_lab = {}
         for setting in settings:
             npz = str(Path(tmp) / f"kept_{setting}.npz")
-            lab(["bench/lab_keptsets.py", run, "--methods", ",".join(twins), "--sparsity", args.ratios,
+            lab(["bench/lab_keptsets.py", run, "--policies", ",".join(twins), "--sparsity", args.ratios,
                  "--setting", setting, "--out", npz], args.lab_python)  # fmt: skip
             kept_lab[setting] = dict(np.load(npz))
         res = zarr.open_group(results, mode="r")

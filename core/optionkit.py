@@ -32,9 +32,14 @@ def option(
     config: bool = True,
     metavar: str | None = None,
     positional: bool = False,
+    alias: str | None = None,
 ):
-    """A dataclass field that is a stage option (see the module docstring)."""
+    """A dataclass field that is a stage option (see the module docstring). `alias` is an older name
+    that the command line (`--alias`) and a config (`alias:`) still accept, saying that it is one."""
+    if alias:
+        help = f"{help} (--{alias.replace('_', '-')} is an alias)"
     meta = {
+        "alias": alias,
         "help": help,
         "parse": parse or (lambda v: v),
         "flag": flag,
@@ -175,11 +180,13 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
                     "--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", help=help_text
                 )
             else:
-                parser.add_argument(cli_name(f.name), dest=f.name, action="store_true", help=help_text)
+                names = [cli_name(f.name)] + ([cli_name(m["alias"])] if m["alias"] else [])
+                parser.add_argument(*names, dest=f.name, action="store_true", help=help_text)
         else:
             shown = _show(default)
             parser.add_argument(
                 cli_name(f.name),
+                *([cli_name(m["alias"])] if m["alias"] else []),
                 dest=f.name,
                 default=None,
                 metavar=m["metavar"] or f.name.upper(),
@@ -236,6 +243,13 @@ def from_mapping(cls, raw: dict | None, section: str, where: str, **fixed):
     if not isinstance(raw, dict):
         raise UsageError(f"{where}: section {section!r} must be a mapping of settings")
     known = {f.name: f for f in fields(cls) if f.metadata["config"]}
+    aliases = {f.metadata["alias"]: f.name for f in known.values() if f.metadata["alias"]}
+    for old, new in aliases.items():
+        if old in raw and new in raw:
+            raise UsageError(
+                f"{where}: {section}.{old} and {section}.{new} name one setting ({old} is an alias): give one"
+            )
+    raw = {aliases.get(key, key): value for key, value in raw.items()}
     kwargs = dict(fixed)
     for key, value in raw.items():
         if key not in known:

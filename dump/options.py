@@ -129,7 +129,9 @@ class DumpOptions:
     depths: list[float] = option(
         [0.1, 0.5, 0.9], "needle depths in [0,1]: 0.1,0.5,0.9 or linspace:0,1,11 or sigmoid:0,1,11", depths
     )
-    samples: int = option(1, "documents per (length, depth), each with its own passkey", integer(minimum=1, maximum=MAX_SAMPLES))
+    samples: int = option(
+        1, "documents per (length, depth), each with its own passkey", integer(minimum=1, maximum=MAX_SAMPLES)
+    )
     seed: int = option(0, "seed of passkeys and filler order", integer(minimum=0, maximum=SEED_MAX))
     filler: str = option("ruler", "haystack filler: ruler, nature, or a text file path", filler)
     window: int = option(

@@ -393,7 +393,7 @@ def answer_document(
     from core.runstore import plan_store
 
     spec = engine.Spec(
-        tuple(policies.parse_method(m) for m in methods), tuple(sparsities), gqa=gqa, setting=setting
+        tuple(policies.parse_policy(m) for m in methods), tuple(sparsities), gqa=gqa, setting=setting
     )
     return answers.answer_document(store, plan_store(store), (n, d, s), spec)
 

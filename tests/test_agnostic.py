@@ -80,7 +80,7 @@ def test_no_question_row_reaches_a_policy(smol_store, tmp_path):
         5,
         3,
         0,
-        keptsets.reads_of([policies.parse_method(p) for p in pols]),
+        keptsets.reads_of([policies.parse_policy(p) for p in pols]),
         "agnostic",
     )
     c = int(np.flatnonzero(masks["question"])[0])
@@ -112,7 +112,7 @@ def test_no_question_row_reaches_a_policy(smol_store, tmp_path):
 
 def test_both_settings_in_results_and_the_agnostic_full_cache_answers_as_the_model(smol_store, thread_client):
     spec = engine.Spec(
-        tuple(policies.parse_method(p) for p in ("full", "oracle", "h2o")),
+        tuple(policies.parse_policy(p) for p in ("full", "oracle", "h2o")),
         (0.5,),
         answers=True,
         settings=("aware", "agnostic"),

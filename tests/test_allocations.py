@@ -40,7 +40,7 @@ def test_pyramid_schedule_is_kvpress_with_an_exact_total(n, sparsity, beta):
     shares = pyramid_shares(k, n, layers, beta, 64)
     np.testing.assert_allclose(shares, kvpress_pyramid(k, n, layers, beta, 64))
     doc = budgets.Document(n, layers, 9, 3, tuple(range(layers)))
-    got = budgets.allocate(policies.parse_method(f"pyramidkv:beta={beta}"), doc, k)
+    got = budgets.allocate(policies.parse_policy(f"pyramidkv:beta={beta}"), doc, k)
     assert got.sum() == k * 9 * layers  # the fixed budget's total, exactly (asserted in code too)
     per_layer = got[:, 0]
     assert (got == per_layer[:, None]).all() and (np.diff(per_layer) <= 0).all()
@@ -49,7 +49,7 @@ def test_pyramid_schedule_is_kvpress_with_an_exact_total(n, sparsity, beta):
 
 def test_pyramid_only_spreads_over_prunable_layers():
     doc = budgets.Document(1000, 6, 4, 1, (0, 2, 5))  # Gemma-like: sliding layers are not pruned
-    got = budgets.allocate(policies.parse_method("pyramidkv:beta=4:window=8"), doc, 300)
+    got = budgets.allocate(policies.parse_policy("pyramidkv:beta=4:window=8"), doc, 300)
     assert got[[1, 3, 4]].sum() == 0 and got.sum() == 300 * 4 * 3
     assert got[0, 0] > got[2, 0] > got[5, 0]
 
@@ -76,7 +76,7 @@ def test_adakv_head_budgets_numba_equals_reference(seed):
 @pytest.mark.parametrize("gqa", ["kv", "head"])
 def test_allocations_numba_equals_reference_over_a_document(spec, gqa):
     layers = [random_doclayer(seed=s)[0] for s in range(4)]
-    p = policies.parse_method(spec)
+    p = policies.parse_policy(spec)
     for sparsity in (0.5, 0.9):
         k = budget(sparsity, 300)
         masks = {}
@@ -152,7 +152,7 @@ def test_cab_forman_on_a_real_dump_equals_the_textbook_matrices(smol_store):
     ds = keptsets.kept_sets(smol_store, 512, 0, 1, 21, specs, [0.5, 0.9])
     x, _ = keptsets.load_layer(smol_store, 512, 0, 1, 21, plan.kv_heads, 0, ("colsum", "blocks"))
     for spec in specs:
-        p = policies.parse_method(spec)
+        p = policies.parse_policy(spec)
         for j, sp in enumerate((0.5, 0.9)):
             want = keep(p, x, budget(sp, 512), reference=True)
             np.testing.assert_array_equal(ds.kept.sel(policy=spec).values[j], want)
@@ -185,7 +185,7 @@ def test_duo_retrieval_heads_come_from_the_other_fold_and_keep_everything(smol_s
     doc = keptsets.document_of(
         plan, 512, keptsets.loader(smol_store, 512, d, s, plan.kv_heads, 0, ()), (d, s)
     )
-    got = budgets.allocate(policies.parse_method("duo"), doc, k)
+    got = budgets.allocate(policies.parse_policy("duo"), doc, k)
     assert got.sum() == k * plan.heads * plan.layers
     for layer in range(plan.layers):
         for h in range(plan.kv_heads):
@@ -207,13 +207,15 @@ def test_duo_needs_both_folds(tiny_store, tmp_path):
     from tests.conftest import run_cli
 
     r = run_cli(
-        "analyze", tiny_store, "--methods", "duo", "--out", str(tmp_path / "r.zarr"), "--workers", "1"
+        "analyze", tiny_store, "--policies", "duo", "--out", str(tmp_path / "r.zarr"), "--workers", "1"
     )
     assert r.returncode == 0, r.stderr  # the tiny store has both folds
     one = tmp_path / "one.zarr"
     r = run_cli("dump", "--model", str(plan_store(tiny_store).attrs["model"]["name"]), "--lengths", "200",
                 "--depths", "0.5", "--window", "8", "--block", "32", "--out", str(one), "--no-progress")  # fmt: skip
     assert r.returncode == 0, r.stderr
-    r = run_cli("analyze", str(one), "--methods", "duo", "--out", str(tmp_path / "r2.zarr"), "--workers", "1")
+    r = run_cli(
+        "analyze", str(one), "--policies", "duo", "--out", str(tmp_path / "r2.zarr"), "--workers", "1"
+    )
     assert r.returncode == 2 and "calibration fold" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "r2.zarr").exists()

@@ -50,7 +50,7 @@ def client(thread_client):
 
 def analyze(store, client, methods=METHODS, sparsities=(0.5, 0.9, 0.95), reference=False, **kw):
     spec = engine.Spec(
-        tuple(policies.parse_method(m) for m in methods.split(",")),
+        tuple(policies.parse_policy(m) for m in methods.split(",")),
         tuple(sparsities),
         reference=reference,
         **kw,
@@ -154,7 +154,7 @@ def test_unfinished_documents_are_skipped_with_a_warning(tiny_store, tmp_path):
     g["len_256"]["done"][1, 1] = False
     out = tmp_path / "partial.results.zarr"
     r = run_cli(
-        "analyze", str(store), "--methods", "h2o", "--out", str(out), "--workers", "1", "--no-progress"
+        "analyze", str(store), "--policies", "h2o", "--out", str(out), "--workers", "1", "--no-progress"
     )
     assert r.returncode == 0, r.stderr
     assert "1 unfinished documents" in r.stderr
@@ -166,12 +166,12 @@ def test_unfinished_documents_are_skipped_with_a_warning(tiny_store, tmp_path):
 @pytest.mark.parametrize(
     "args,words",
     [
-        (["--methods", "h3o"], "unknown policy 'h3o'"),
-        (["--methods", "h2o:ratio=1"], "no parameter 'ratio'"),
+        (["--policies", "h3o"], "unknown policy 'h3o'"),
+        (["--policies", "h2o:ratio=1"], "no parameter 'ratio'"),
         (["--sparsity", "1.0"], "outside [0, 1)"),
         (["--sparsity", "-0.1"], "outside [0, 1)"),
         (["--scheduler", "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler"),
-        (["--methods", "cab:block=48"], "multiple of the stored block size"),
+        (["--policies", "cab:block=48"], "multiple of the stored block size"),
     ],
 )
 def test_bad_input_is_one_sentence_exit_2_nothing_written(tiny_store, tmp_path, args, words):
@@ -190,8 +190,8 @@ def test_unknown_schema_version_is_refused(tiny_store, tmp_path):
     assert r.returncode == 2 and "schema version '0.3'" in r.stderr
 
 
-def test_list_methods():
-    r = run_cli("analyze", "--list-methods")
+def test_list_policies():
+    r = run_cli("analyze", "--list-policies")
     assert r.returncode == 0
     for name in METHODS.split(","):
         assert name in r.stdout
@@ -215,3 +215,17 @@ def test_real_smollm2_dump(smol_store, client):
     # retrieval heads of SmolLM2 sit in its upper-middle layers
     layers = ds.layer.values[ds.retrieval_head.any("head").values]
     assert np.median(layers) >= 10
+
+
+def test_methods_is_an_alias_of_policies_on_the_command_line_and_in_a_config():
+    from analyze.options import AnalyzeOptions
+    from core import optionkit
+    from core.errors import UsageError
+
+    old = run_cli("analyze", "--list-methods")
+    assert old.returncode == 0 and old.stdout == run_cli("analyze", "--list-policies").stdout
+    assert "--methods is an alias" in run_cli("analyze", "--help").stdout
+    opt = optionkit.from_mapping(AnalyzeOptions, {"methods": ["h2o", "cab"]}, "analyze", "c.yaml")
+    assert opt.policies == ["h2o", "cab"]
+    with pytest.raises(UsageError, match="alias"):
+        optionkit.from_mapping(AnalyzeOptions, {"methods": ["h2o"], "policies": ["cab"]}, "analyze", "c.yaml")

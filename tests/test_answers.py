@@ -126,7 +126,7 @@ def test_cli_answers_end_to_end(smol_store, tmp_path):
         "analyze",
         smol_store,
         "--answers",
-        "--methods",
+        "--policies",
         "full,oracle,h2o",
         "--sparsity",
         "0.5,0.95",
@@ -200,7 +200,7 @@ def test_documents_decoded_in_step_answer_as_each_alone(smol_store, setting):
     from core.runstore import plan_store
 
     methods = ("full", "h2o", "snapkv", "streaming", "random")
-    spec = engine.Spec(tuple(policies.parse_method(m) for m in methods), (0.5, 0.9), setting=setting)
+    spec = engine.Spec(tuple(policies.parse_policy(m) for m in methods), (0.5, 0.9), setting=setting)
     plan = plan_store(smol_store)
     docs = [(512, d, s) for d in range(2) for s in range(2)]
     together = answers.answer_documents(smol_store, plan, docs, spec)

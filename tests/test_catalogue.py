@@ -36,7 +36,7 @@ def base(tiny_llama_dir, tmp_path_factory):
     r = run_cli(
         "analyze",
         str(store),
-        "--methods",
+        "--policies",
         "full,h2o",
         "--sparsity",
         "0.5",
@@ -139,67 +139,75 @@ REFUSED = [
         ["not writable"],
     ),
     ("analyze out is its input", ["analyze", "{store}", "--out", "{store}"], ["input"]),
-    ("analyze out is a run store", ["analyze", "{store}", "--out", "{store}", "--methods", "h2o"], ["input"]),
-    ("analyze unknown policy", ["analyze", "{store}", "--methods", "h3o", "--out", "{tmp}/o"], ["h3o"]),
-    ("analyze policy twice", ["analyze", "{store}", "--methods", "h2o,h2o", "--out", "{tmp}/o"], ["repeats"]),
+    (
+        "analyze out is a run store",
+        ["analyze", "{store}", "--out", "{store}", "--policies", "h2o"],
+        ["input"],
+    ),
+    ("analyze unknown policy", ["analyze", "{store}", "--policies", "h3o", "--out", "{tmp}/o"], ["h3o"]),
+    (
+        "analyze policy twice",
+        ["analyze", "{store}", "--policies", "h2o,h2o", "--out", "{tmp}/o"],
+        ["repeats"],
+    ),
     (
         "analyze same policy two spellings",
-        ["analyze", "{store}", "--methods", "h2o,h2o:recent_ratio=0.5", "--out", "{tmp}/o"],
+        ["analyze", "{store}", "--policies", "h2o,h2o:recent_ratio=0.5", "--out", "{tmp}/o"],
         ["repeats"],
     ),
     (
         "analyze h2o ratio 2",
-        ["analyze", "{store}", "--methods", "h2o:recent_ratio=2", "--out", "{tmp}/o"],
+        ["analyze", "{store}", "--policies", "h2o:recent_ratio=2", "--out", "{tmp}/o"],
         ["recent_ratio", "at most 1"],
     ),
     (
         "analyze h2o ratio -1",
-        ["analyze", "{store}", "--methods", "h2o:recent_ratio=-1", "--out", "{tmp}/o"],
+        ["analyze", "{store}", "--policies", "h2o:recent_ratio=-1", "--out", "{tmp}/o"],
         ["at least 0"],
     ),
     (
         "analyze sinks -5",
-        ["analyze", "{store}", "--methods", "streaming:sinks=-5", "--out", "{tmp}/o"],
+        ["analyze", "{store}", "--policies", "streaming:sinks=-5", "--out", "{tmp}/o"],
         ["sinks"],
     ),
     (
         "analyze cab graph",
-        ["analyze", "{store}", "--methods", "cab:graph=xyz", "--out", "{tmp}/o"],
+        ["analyze", "{store}", "--policies", "cab:graph=xyz", "--out", "{tmp}/o"],
         ["xyz", "blocks, qk"],
     ),
     (
         "analyze snapkv kernel 0",
-        ["analyze", "{store}", "--methods", "snapkv:kernel=0", "--out", "{tmp}/o"],
+        ["analyze", "{store}", "--policies", "snapkv:kernel=0", "--out", "{tmp}/o"],
         ["kernel"],
     ),
     (
         "analyze snapkv kernel even",
-        ["analyze", "{store}", "--methods", "snapkv:kernel=4", "--out", "{tmp}/o"],
+        ["analyze", "{store}", "--policies", "snapkv:kernel=4", "--out", "{tmp}/o"],
         ["odd"],
     ),
     (
         "analyze cab_3c bridge",
-        ["analyze", "{store}", "--methods", "cab_3c:bridge=foo", "--out", "{tmp}/o"],
+        ["analyze", "{store}", "--policies", "cab_3c:bridge=foo", "--out", "{tmp}/o"],
         ["foo"],
     ),
     (
         "analyze cab_3c shares",
-        ["analyze", "{store}", "--methods", "cab_3c:local=0.9:bridges=0.5", "--out", "{tmp}/o"],
+        ["analyze", "{store}", "--policies", "cab_3c:local=0.9:bridges=0.5", "--out", "{tmp}/o"],
         ["<= 1"],
     ),
     (
         "analyze parameter given twice",
-        ["analyze", "{store}", "--methods", "h2o:recent_ratio=0.1:recent_ratio=0.2", "--out", "{tmp}/o"],
+        ["analyze", "{store}", "--policies", "h2o:recent_ratio=0.1:recent_ratio=0.2", "--out", "{tmp}/o"],
         ["twice"],
     ),
     (
         "analyze parameter unknown",
-        ["analyze", "{store}", "--methods", "h2o:ratio=1", "--out", "{tmp}/o"],
+        ["analyze", "{store}", "--policies", "h2o:ratio=1", "--out", "{tmp}/o"],
         ["ratio"],
     ),
     (
         "analyze block not multiple",
-        ["analyze", "{store}", "--methods", "cab:block=48", "--out", "{tmp}/o"],
+        ["analyze", "{store}", "--policies", "cab:block=48", "--out", "{tmp}/o"],
         ["multiple"],
     ),
     (
@@ -240,7 +248,7 @@ REFUSED = [
     ("analyze results as store", ["analyze", "{results}", "--out", "{tmp}/o"], ["results store"]),
     (
         "analyze out unwritable",
-        ["analyze", "{store}", "--methods", "h2o", "--out", "/proc/nope.zarr"],
+        ["analyze", "{store}", "--policies", "h2o", "--out", "/proc/nope.zarr"],
         ["not writable"],
     ),
     ("viz results missing", ["viz", "/nope.zarr", "--out", "{tmp}/o"], ["python -m analyze"]),
@@ -248,7 +256,7 @@ REFUSED = [
     ("viz store missing", ["viz", "{results}", "--store", "/nope", "--out", "{tmp}/o"], ["/nope"]),
     ("viz dpi 5", ["viz", "{results}", "--dpi", "5", "--out", "{tmp}/o"], ["--dpi"]),
     ("viz out is the results", ["viz", "{results}", "--out", "{results}"], ["input"]),
-    # containment, both ways (issue 18, class 1): an --out holding its input, or inside it
+    # containment, both ways: an --out holding its input, or inside it
     ("analyze out contains its input", ["analyze", "{store}", "--out", "{store}/.."], ["contains the input"]),
     (
         "analyze out inside its input",
@@ -315,8 +323,16 @@ REFUSED = [
         ["dump", "--rope-scaling", "yarn:1e30", "--out", "{tmp}/o"],
         ["yarn:1e30", "64"],
     ),
-    ("dump layer range absurd", ["dump", "--layers", "0-99999999999", "--out", "{tmp}/o"], ["--layers", "1024"]),
-    ("dump samples absurd", ["dump", "--samples", "99999999999999999999", "--out", "{tmp}/o"], ["--samples", "at most"]),
+    (
+        "dump layer range absurd",
+        ["dump", "--layers", "0-99999999999", "--out", "{tmp}/o"],
+        ["--layers", "1024"],
+    ),
+    (
+        "dump samples absurd",
+        ["dump", "--samples", "99999999999999999999", "--out", "{tmp}/o"],
+        ["--samples", "at most"],
+    ),
     ("dump max gb infinite", ["dump", "--max-gb", "inf", "--out", "{tmp}/o"], ["--max-gb", "at most"]),
     (
         "dump depth grid absurd",
@@ -422,7 +438,7 @@ def test_a_damaged_chunk_is_named_and_nothing_is_written(base, tmp_path, how):
     r = run_cli(
         "analyze",
         str(store),
-        "--methods",
+        "--policies",
         "h2o",
         "--sparsity",
         "0.5",
@@ -465,7 +481,17 @@ def test_damaged_needle_metadata_is_named_then_skipped(base, tmp_path, how, word
         table = json.loads(str(g["needle_table"][1, 0]))
         table[0]["spans"] = [[250, 300]]
         g["needle_table"][1, 0] = json.dumps(table)
-    argv = ["analyze", str(store), "--methods", "h2o", "--sparsity", "0.5", "--workers", "1", "--no-progress"]
+    argv = [
+        "analyze",
+        str(store),
+        "--policies",
+        "h2o",
+        "--sparsity",
+        "0.5",
+        "--workers",
+        "1",
+        "--no-progress",
+    ]
     r = run_cli(*argv, "--out", str(tmp_path / "a.zarr"))
     one_sentence(r, 2, [*words, "depth 1", "sample 0"])
     assert not (tmp_path / "a.zarr").exists()
@@ -482,7 +508,7 @@ def test_skip_corrupt_scores_the_rest_and_lists_what_it_skipped(base, tmp_path):
     r = run_cli(
         "analyze",
         str(store),
-        "--methods",
+        "--policies",
         "h2o",
         "--sparsity",
         "0.5",
@@ -542,11 +568,11 @@ def test_dump_interrupted_ends_in_one_sentence_and_resumes(base, tmp_path, sig, 
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_analyze_interrupted_leaves_nothing_at_out(base, tmp_path, sig, status):
     out = tmp_path / "res.zarr"
-    argv = ["analyze", base["store"], "--methods", "full,h2o,cab", "--workers", "1", "--out", str(out)]
+    argv = ["analyze", base["store"], "--policies", "full,h2o,cab", "--workers", "1", "--out", str(out)]
     # the first task compiles the policies (seconds): interrupt once the progress bar is drawn
     r = _interrupt(argv, sig, lambda err: "0/6" in err)
     assert r.returncode == status, r.stderr
-    assert "Traceback" not in r.stderr and "interrupted" in r.stderr or "terminated" in r.stderr
+    assert "Traceback" not in r.stderr and ("interrupted" in r.stderr or "terminated" in r.stderr), r.stderr
     assert not out.exists() and not list(tmp_path.glob("res.zarr*"))
 
 
@@ -554,7 +580,7 @@ def _config(tmp_path, base, **over):
     cfg = {
         "out": str(tmp_path / "study"),
         "dump": {"model": base["model"], "lengths": [256], "depths": [0.5]},
-        "analyze": {"methods": ["full"], "sparsity": [0.5]},
+        "analyze": {"policies": ["full"], "sparsity": [0.5]},
     }
     for key, value in over.items():
         section, _, name = key.partition("__")
@@ -565,7 +591,7 @@ def _config(tmp_path, base, **over):
 
 
 PIPELINE_BAD = [
-    ({"analyze__methods": ["cab_3c:bridge=foo"]}, "foo"),
+    ({"analyze__policies": ["cab_3c:bridge=foo"]}, "foo"),
     ({"dump__device": "tpu"}, "tpu"),
     ({"dump__dtype": "fp8"}, "fp8"),
     ({"dump__store": "fulll"}, "fulll"),
@@ -637,7 +663,7 @@ def test_a_filler_file_is_recorded_by_content(base, tmp_path):
         "analyze",
         str(store),
         "--answers",
-        "--methods",
+        "--policies",
         "full",
         "--out",
         str(tmp_path / "r.zarr"),
@@ -738,7 +764,7 @@ def test_full_disk_leaves_no_partial_output(base, small_disk, stage):
         "analyze": [
             "analyze",
             base["store"],
-            "--methods",
+            "--policies",
             "full,h2o,cab",
             "--workers",
             "1",
@@ -765,13 +791,22 @@ def test_an_out_that_is_a_symlink_to_the_input_is_refused(base, tmp_path):
 
 @pytest.mark.parametrize("stage", ["analyze", "viz"])
 def test_sigkill_between_moving_the_old_output_aside_and_renaming_the_new_in(base, tmp_path, stage):
-    """The worst moment of a replacement (issue 18, class 2), hit deterministically: the old output is
+    """The worst moment of a replacement, hit deterministically: the old output is
     aside and the new one not yet in. The next run restores or completes it; nothing is stranded."""
     from core import outputs
 
     out = tmp_path / ("res.zarr" if stage == "analyze" else "report")
     argv = {
-        "analyze": ["analyze", base["store"], "--methods", "full,h2o", "--sparsity", "0.5", "--workers", "1"],
+        "analyze": [
+            "analyze",
+            base["store"],
+            "--policies",
+            "full,h2o",
+            "--sparsity",
+            "0.5",
+            "--workers",
+            "1",
+        ],
         "viz": ["viz", base["results"], "--dpi", "40"],
     }[stage] + ["--out", str(out), "--no-progress"]
     assert run_cli(*argv).returncode == 0
@@ -804,7 +839,7 @@ def _study(tmp_path, base, **over):
 
 def test_a_redumped_document_reruns_analyze_and_viz_options_rerun_viz(base, tmp_path):
     cfg, _ = _study(
-        tmp_path, base, dump__depths=[0.3, 0.7], analyze__methods=["full", "h2o"]
+        tmp_path, base, dump__depths=[0.3, 0.7], analyze__policies=["full", "h2o"]
     )  # h2o reads colsum
     study = tmp_path / "study"
     chunk = next(
@@ -830,7 +865,7 @@ def test_a_redumped_document_reruns_analyze_and_viz_options_rerun_viz(base, tmp_
         tmp_path,
         base,
         dump__depths=[0.3, 0.7],
-        analyze__methods=["full", "h2o"],
+        analyze__policies=["full", "h2o"],
         analyze__skip_corrupt=True,
         analyze__workers=1,
         viz__dpi=41,
@@ -896,7 +931,7 @@ def test_viz_serve_on_a_port_in_use_is_refused(base):
 
 def test_a_budget_below_a_policys_minimum_is_warned_and_recorded(base, tmp_path):
     out = tmp_path / "res.zarr"
-    r = run_cli("analyze", base["store"], "--methods", "streaming:sinks=200", "--sparsity", "0.5", "--workers", "1",
+    r = run_cli("analyze", base["store"], "--policies", "streaming:sinks=200", "--sparsity", "0.5", "--workers", "1",
                 "--out", str(out), "--no-progress")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "below its minimum 201" in r.stderr
@@ -910,7 +945,7 @@ def test_diagnoses_name_the_real_problem(base, tmp_path):
         if chunk.is_file():
             chunk.unlink()  # every document's prompt ids gone: read as the fill value 0
             break
-    r = run_cli("analyze", str(store), "--answers", "--methods", "full", "--sparsity", "0.5", "--workers", "1",
+    r = run_cli("analyze", str(store), "--answers", "--policies", "full", "--sparsity", "0.5", "--workers", "1",
                 "--out", str(tmp_path / "o"), "--no-progress")  # fmt: skip
     one_sentence(r, 2, ["input_ids", "missing on disk"])
     assert "not the one the dump used" not in r.stderr
@@ -962,7 +997,20 @@ def test_dump_redo_rewrites_one_document_and_refuses_one_not_in_the_plan(base, t
     )
 
 
-ABSURD = ["nan", "inf", "-inf", "-1", "0", "1e30", "99999999999999999999", "", "abc", "1e-30", "0.5,nan", "1,inf"]
+ABSURD = [
+    "nan",
+    "inf",
+    "-inf",
+    "-1",
+    "0",
+    "1e30",
+    "99999999999999999999",
+    "",
+    "abc",
+    "1e-30",
+    "0.5,nan",
+    "1,inf",
+]
 
 
 def _numbers(value) -> list:

@@ -112,7 +112,7 @@ def test_cab_forman_keeps_the_block_across_a_bridge():
     """Two cliques of blocks, {0..3} and {4..7}, joined by one bridge from the query block 7 to block
     1: the bridge is the most negative Forman-Ricci edge in both forms (weighted -4 against -3,
     augmented -4 against 3), so cab_forman keeps block 1 first."""
-    from analyze.policies import keep, parse_method
+    from analyze.policies import keep, parse_policy
     from core.runstore import DocLayer
 
     m, b = 8, 4
@@ -131,7 +131,7 @@ def test_cab_forman_keeps_the_block_across_a_bridge():
         blocks=a[None].astype(np.float32),
     )
     for form in ("weighted", "augmented"):
-        p = parse_method(f"cab_forman:form={form}")
+        p = parse_policy(f"cab_forman:form={form}")
         f = p.scores(x)[0]
         assert f[1] == f[:7].min() and f[1] == -4, (form, f)
         kept = keep(p, x, b)[0]

@@ -42,7 +42,7 @@ def hybrid(tiny_gemma3_dir, tmp_path_factory):
     r = run_cli(
         "analyze",
         str(store),
-        "--methods",
+        "--policies",
         "full,h2o,snapkv",
         "--sparsity",
         "0.5,0.9",
@@ -192,7 +192,7 @@ def test_lengths_beyond_the_context_need_rope_scaling_which_is_recorded(tiny_gem
     # the answer pass runs the same stretched model: with the full cache it decodes the dump's answer
     out = tmp_path / "long.results.zarr"
     r = run_cli(
-        "analyze", str(store), "--methods", "full", "--sparsity", "0.5", "--answers", "--workers", "1",
+        "analyze", str(store), "--policies", "full", "--sparsity", "0.5", "--answers", "--workers", "1",
         "--out", str(out), "--no-progress",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr

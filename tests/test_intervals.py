@@ -106,7 +106,7 @@ def test_results_bounds_stay_in_range_on_a_ruler_store(tiny_llama_dir, tmp_path)
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     r = run_cli(
-        "analyze", str(store), "--answers", "--methods", "full,h2o,streaming", "--sparsity", "0.5,0.9",
+        "analyze", str(store), "--answers", "--policies", "full,h2o,streaming", "--sparsity", "0.5,0.9",
         "--setting", "aware,agnostic", "--workers", "1", "--out", str(out), "--no-progress",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr

@@ -125,7 +125,7 @@ def test_kvzip_allocation_numba_equals_reference():
 
     for layer in layers:
         layers[layer] = dataclasses.replace(x, kvzip=rng.random((x.kv_heads, x.n)))
-    p = policies.parse_method("kvzip")
+    p = policies.parse_policy("kvzip")
     for k in (5, 40, x.n):
         doc = budgets.Document(x.n, 3, x.heads, x.kv_heads, (0, 1, 2), lambda layer: layers[layer])
         fast = budgets.allocate(p, doc, k)

@@ -19,7 +19,7 @@ def write(tmp_path, **over):
             "window": 8,
             "block": 32,
         },
-        "analyze": {"methods": ["full", "h2o", "cab"], "sparsity": [0.5, 0.9], "workers": 1},
+        "analyze": {"policies": ["full", "h2o", "cab"], "sparsity": [0.5, 0.9], "workers": 1},
         "viz": {"dpi": 50},
     }
     for key, value in over.items():
@@ -70,7 +70,7 @@ def test_until_stops_after_the_named_stage(tiny_llama_dir, tmp_path):
         ({"dump__lengths": ["4q"]}, "4q"),
         ({"dump__samples": 0}, "dump.samples"),
         ({"dump__colour": 1}, "unknown setting dump.colour"),
-        ({"analyze__methods": ["h3o"]}, "unknown policy 'h3o'"),
+        ({"analyze__policies": ["h3o"]}, "unknown policy 'h3o'"),
         ({"analyze__sparsity": [1.5]}, "outside [0, 1)"),
         ({"viz__dpi": 5}, "viz.dpi"),
         ({"extra": {}}, "unknown top-level key 'extra'"),

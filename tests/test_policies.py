@@ -84,7 +84,7 @@ SPECS = [
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9, 0.99])
 def test_numba_equals_reference_and_budget_is_exact(spec, gqa, sparsity):
     x, _ = random_doclayer(seed=len(spec))
-    p = policies.parse_method(spec)
+    p = policies.parse_policy(spec)
     k = budget(sparsity, x.n)
     fast = keep(p, x, k, gqa)
     ref = keep(p, x, k, gqa, reference=True)
@@ -98,27 +98,27 @@ def test_numba_equals_reference_and_budget_is_exact(spec, gqa, sparsity):
 
 def test_full_keeps_everything():
     x, _ = random_doclayer()
-    assert keep(policies.parse_method("full"), x, 10).all()
+    assert keep(policies.parse_policy("full"), x, 10).all()
 
 
 def test_oracle_has_the_most_final_row_mass_on_every_head():
     x, _ = random_doclayer(seed=3)
     k = budget(0.9, x.n)
-    mass = {s: (keep(policies.parse_method(s), x, k) * x.final_row).sum(1) for s in SPECS}
+    mass = {s: (keep(policies.parse_policy(s), x, k) * x.final_row).sum(1) for s in SPECS}
     for s, m in mass.items():
         assert (mass["oracle"] >= m - 1e-6).all(), s
 
 
 def test_streaming_keeps_sinks_and_recent():
     x, _ = random_doclayer()
-    kept = keep(policies.parse_method("streaming"), x, 30)
+    kept = keep(policies.parse_policy("streaming"), x, 30)
     assert kept[:, :4].all() and kept[:, -26:].all() and kept.sum(1).tolist() == [30] * 6
 
 
 def test_h2o_brute_force_from_full_matrix():
     x, a = random_doclayer(seed=7, heads=4, kv_heads=4)
     k = budget(0.8, x.n)
-    kept = keep(policies.parse_method("h2o"), x, k)
+    kept = keep(policies.parse_policy("h2o"), x, k)
     for h in range(4):
         recent = round(0.5 * k)
         heavy = [j for j in np.argsort(-a[h].sum(0), kind="stable") if j < x.n - recent][: k - recent]
@@ -129,7 +129,7 @@ def test_h2o_brute_force_from_full_matrix():
 def test_block_policies_keep_whole_blocks_then_fill():
     x, _ = random_doclayer(seed=2, heads=2, kv_heads=2, n=320, block=32)
     k = 100  # 3 whole blocks + 4 keys
-    kept = keep(policies.parse_method("cab_high"), x, k)
+    kept = keep(policies.parse_policy("cab_high"), x, k)
     per_block = kept.reshape(2, 10, 32).sum(-1)
     for h in range(2):
         assert sorted(per_block[h].tolist())[-4:] == [4, 32, 32, 32]
@@ -148,18 +148,18 @@ def test_cab_high_ranks_like_block_magnitude():
 
 def test_random_is_seeded():
     x, _ = random_doclayer()
-    p = policies.parse_method("random")
+    p = policies.parse_policy("random")
     np.testing.assert_array_equal(keep(p, x, 50), keep(p, x, 50))
-    assert not (keep(policies.parse_method("random:seed=1"), x, 50) == keep(p, x, 50)).all()
+    assert not (keep(policies.parse_policy("random:seed=1"), x, 50) == keep(p, x, 50)).all()
 
 
 def test_parse_errors():
     from core.errors import UsageError
 
     with pytest.raises(UsageError, match="unknown policy 'h3o'"):
-        policies.parse_method("h3o")
+        policies.parse_policy("h3o")
     with pytest.raises(UsageError, match="no parameter 'ratio'"):
-        policies.parse_method("h2o:ratio=0.2")
+        policies.parse_policy("h2o:ratio=0.2")
     with pytest.raises(UsageError, match="must be a number"):
-        policies.parse_method("h2o:recent_ratio=abc")
-    assert policies.label(policies.parse_method("h2o:recent_ratio=0.2")) == "h2o:recent_ratio=0.2"
+        policies.parse_policy("h2o:recent_ratio=abc")
+    assert policies.label(policies.parse_policy("h2o:recent_ratio=0.2")) == "h2o:recent_ratio=0.2"

@@ -34,7 +34,7 @@ def stores(smollm2_dir, tmp_path_factory):
 
 def _analyze(store, out, methods):
     r = run_cli(
-        "analyze", str(store), "--methods", methods, "--sparsity", "0.5,0.9,0.97", "--workers", "1",
+        "analyze", str(store), "--policies", methods, "--sparsity", "0.5,0.9,0.97", "--workers", "1",
         "--out", str(out), "--no-progress",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
@@ -69,7 +69,7 @@ def test_snapkv_scores_the_same_from_the_stored_sum_as_from_every_row(stores, tm
 def test_a_policy_needing_rows_the_store_lacks_is_refused(stores, tmp_path):
     store = stores[1]
     r = run_cli(
-        "analyze", str(store), "--methods", "snapkv:window=16", "--out", str(tmp_path / "o"), "--no-progress"
+        "analyze", str(store), "--policies", "snapkv:window=16", "--out", str(tmp_path / "o"), "--no-progress"
     )
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "--window-rows 16" in r.stderr and "stores 8" in r.stderr

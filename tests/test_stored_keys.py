@@ -60,7 +60,7 @@ def with_keys(seed: int):
 @pytest.mark.parametrize("sparsity", [0.0, 0.5, 0.9])
 def test_key_scorers_numba_equals_reference(spec, gqa, sparsity):
     x = with_keys(len(spec))
-    p = policies.parse_method(spec)
+    p = policies.parse_policy(spec)
     k = budget(sparsity, x.n)
     if p.allocation.per_layer or p.name == "pyramidkv":
         from analyze import budgets
@@ -80,13 +80,13 @@ def test_knorm_and_keydiff_from_their_definitions():
     x = with_keys(3)
     k = 40
     keys = x.key_cache.astype(np.float64)
-    kept = keep(policies.parse_method("knorm"), x, k)
+    kept = keep(policies.parse_policy("knorm"), x, k)
     for h in range(x.kv_heads):  # the k smallest norms of the kv head, shown to its 3 query heads
         want = np.zeros(x.n, bool)
         want[np.argsort(np.linalg.norm(keys[h], axis=-1), kind="stable")[:k]] = True
         for q in range(3 * h, 3 * h + 3):
             np.testing.assert_array_equal(kept[q], want)
-    kept = keep(policies.parse_method("keydiff"), x, k)
+    kept = keep(policies.parse_policy("keydiff"), x, k)
     for h in range(x.kv_heads):
         unit = keys[h] / np.linalg.norm(keys[h], axis=-1, keepdims=True)
         mean = unit.mean(0)
@@ -101,7 +101,7 @@ def test_expected_attention_from_its_definition():
     over a kv head's 3 query heads, times ||v||; the 4 sinks always kept."""
     x = with_keys(5)
     k = 30
-    kept = keep(policies.parse_method("expected_attention"), x, k)
+    kept = keep(policies.parse_policy("expected_attention"), x, k)
     keys = x.key_cache.astype(np.float64)
     for h in range(x.kv_heads):
         probs = []
@@ -236,7 +236,7 @@ def test_key_scorers_on_a_real_dump_equal_brute_force(kv_store, smol_store, tmp_
                 for q in range(3 * h, 3 * h + 3):
                     np.testing.assert_array_equal(kept[q], want, err_msg=f"{name} {setting} head {q}")
     r = run_cli(
-        "analyze", smol_store, "--methods", "knorm", "--out", str(tmp_path / "r.zarr"), "--workers", "1"
+        "analyze", smol_store, "--policies", "knorm", "--out", str(tmp_path / "r.zarr"), "--workers", "1"
     )
     assert r.returncode == 2 and "--store stats,keys" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "r.zarr").exists()

@@ -31,7 +31,7 @@ def client(thread_client):
 
 
 def spec(names, **kw):
-    return engine.Spec(tuple(policies.parse_method(m) for m in names), (0.5, 0.9), **kw)
+    return engine.Spec(tuple(policies.parse_policy(m) for m in names), (0.5, 0.9), **kw)
 
 
 def test_dumped_store_matches_the_schema_exactly(store):
@@ -120,7 +120,7 @@ def test_a_policy_registered_from_outside_is_scored_without_touching_the_engine(
     "stage,cls,config_only_paths",
     [
         ("dump", "dump.options.DumpOptions", {"out", "progress", "redo", "list_tasks"}),
-        ("analyze", "analyze.options.AnalyzeOptions", {"store", "out", "progress", "list_methods"}),
+        ("analyze", "analyze.options.AnalyzeOptions", {"store", "out", "progress", "list_policies"}),
         ("viz", "viz.options.VizOptions", {"results", "out", "store", "progress"}),
     ],
 )
@@ -158,7 +158,7 @@ def test_config_and_cli_parse_the_same_values_the_same_way(tmp_path):
             "devices": "cuda:0,cuda:1",
             "block": "auto",
         },
-        "analyze": {"methods": ["h2o:recent_ratio=0.2", "cab"], "sparsity": [0.5]},
+        "analyze": {"policies": ["h2o:recent_ratio=0.2", "cab"], "sparsity": [0.5]},
     }
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(cfg))

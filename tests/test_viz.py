@@ -43,7 +43,7 @@ def study(tiny_llama_dir, tmp_path_factory):
     r = run_cli(
         "analyze",
         str(store),
-        "--methods",
+        "--policies",
         METHODS,
         "--sparsity",
         "0.5,0.9",
@@ -86,7 +86,7 @@ def test_report_files_and_offline_html(report):
 
 def test_summary_csv_rows_and_values(report, study):
     df = pd.read_csv(report / "summary.csv")
-    assert len(df) == 6 * 2 * 2  # method x sparsity x length
+    assert len(df) == 6 * 2 * 2  # policy x sparsity x length
     ds = one_setting(xr.open_zarr(study[1]))
     # independent: mean over layer, head, then samples, then depths
     expected = (
@@ -157,7 +157,7 @@ def test_picture_kept_sets_are_the_scored_ones_random_and_gqa_head(study, tmp_pa
     r = run_cli(
         "analyze",
         str(store),
-        "--methods",
+        "--policies",
         "random,h2o,full",
         "--sparsity",
         "0.5,0.9",

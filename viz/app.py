@@ -29,22 +29,24 @@ def explorer(everything: xr.Dataset) -> pn.viewable.Viewable:
     sparsity = pn.widgets.Select(name="sparsity", options=[float(s) for s in results.sparsity.values])
     metric = pn.widgets.Select(name="metric", options=list(metrics_of(results)))
     subset = pn.widgets.Select(name="heads", options=subsets(results))
-    methods = pn.widgets.MultiChoice(
+    shown = pn.widgets.MultiChoice(
         name="policies",
         options=list(map(str, results[POLICY].values)),
         value=list(map(str, results[POLICY].values)),
     )
 
     def heatmap(st, s, m, h, ms):
-        return pn.pane.HoloViews(heatmaps.figure(views[st], s, m, h, methods=ms or None), name="heatmap")
+        return pn.pane.HoloViews(
+            heatmaps.figure(views[st], s, m, h, policies_shown=ms or None), name="heatmap"
+        )
 
     def curve(st, s, m, h):
         return pn.pane.HoloViews(curves.vs_length(views[st], s, m, h))
 
     return pn.Row(
-        pn.Column("## NIAH explorer", setting, sparsity, metric, subset, methods, width=280),
+        pn.Column("## NIAH explorer", setting, sparsity, metric, subset, shown, width=280),
         pn.Column(
-            pn.bind(heatmap, setting, sparsity, metric, subset, methods),
+            pn.bind(heatmap, setting, sparsity, metric, subset, shown),
             pn.bind(curve, setting, sparsity, metric, subset),
         ),
     )

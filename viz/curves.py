@@ -25,7 +25,7 @@ def _band(x, mean, lo, hi, n, label, xdim, ydim):
 def _curves(
     docs: xr.DataArray, over: list[str], xdim: str, metric: str, title: str, logx: bool
 ) -> hv.Overlay:
-    """One band per method of docs averaged over `over`, against the coordinate `xdim`."""
+    """One band per policy of docs averaged over `over`, against the coordinate `xdim`."""
     mean, lo, hi, n = mean_interval(docs, over, metric)
     x = np.asarray(docs[xdim].values, dtype=float)
     layers = [
@@ -65,7 +65,7 @@ def difference(
     subset: str = "all",
     backend: str = "bokeh",
 ) -> hv.Element:
-    """Heatmap of method a minus method b (length x depth), diverging colours centred at 0, with a
+    """Heatmap of policy a minus policy b (length x depth), diverging colours centred at 0, with a
     paired bootstrap 95% interval over each cell's documents (`core.intervals.paired_difference`)
     in the hover text; a value is starred where its interval excludes 0."""
     docs = per_document(results, metric, subset).sel(sparsity=sparsity)

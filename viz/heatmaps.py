@@ -22,7 +22,7 @@ def _cells(grid: xr.DataArray) -> list[tuple]:
     ]
 
 
-def method_panel(
+def policy_panel(
     grid: xr.DataArray, title: str, backend: str = "bokeh", label: str = "needle_hit"
 ) -> hv.Element:
     hm = hv.HeatMap(
@@ -59,12 +59,12 @@ def figure(
     metric: str = "needle_hit",
     subset: str = "all",
     backend: str = "bokeh",
-    methods=None,
+    policies_shown=None,
 ) -> hv.Layout:
-    """One figure per sparsity: a panel per method."""
+    """One figure per sparsity: a panel per policy."""
     cells = cell_mean(results, metric, subset).sel(sparsity=sparsity)
-    methods = list(methods or results[POLICY].values)
-    panels = [method_panel(cells.sel({POLICY: m}), str(m), backend, metric) for m in methods]
+    policies_shown = list(policies_shown or results[POLICY].values)
+    panels = [policy_panel(cells.sel({POLICY: m}), str(m), backend, metric) for m in policies_shown]
     cols = min(4, len(panels))
     heads = "" if metric in ("answer", "answer_digits") else f" ({subset} heads)"
     title = f"{metric}{heads} at sparsity {sparsity:g}; {full_cache_note(results)}"
@@ -81,7 +81,7 @@ def frame_key(sparsity: float, metric: str, subset: str) -> str:
 def interactive(results: xr.Dataset):
     """A Bokeh document with widgets for sparsity, metric and head subset (all / retrieval / one layer).
 
-    Each method's panel is drawn by HoloViews once; every (sparsity, metric, subset) frame travels as
+    Each policy's panel is drawn by HoloViews once; every (sparsity, metric, subset) frame travels as
     extra columns of the panel's data source and a widget swaps them in the browser, so the page stays
     small and needs no server (a HoloMap would render every frame as a separate plot).
     """
@@ -95,15 +95,15 @@ def interactive(results: xr.Dataset):
     grids = {(m, h): cell_mean(results, m, h) for m in offered_metrics for h in offered}
     first = keys[0]
     rects, texts, fields, figures = [], [], [], []
-    for method in results[POLICY].values:
+    for policy in results[POLICY].values:
         plot = hv.render(
-            method_panel(grids[first[1:]].sel({POLICY: method, "sparsity": first[0]}), str(method))
+            policy_panel(grids[first[1:]].sel({POLICY: policy, "sparsity": first[0]}), str(policy))
         )
         for r in plot.renderers:
             src = r.data_source
             cells = list(zip(src.data["length"], src.data["depth"]))
             for s, m, h in keys:
-                grid = grids[(m, h)].sel({POLICY: method, "sparsity": s})
+                grid = grids[(m, h)].sel({POLICY: policy, "sparsity": s})
                 lookup = {(a, b): v for a, b, v in _cells(grid)}
                 values = [lookup[c] for c in cells]
                 if "zvalues" in src.data:
@@ -167,4 +167,4 @@ def by_task(results: dict):
     return column(row(task, setting), *panels)
 
 
-__all__ = ["figure", "interactive", "by_task", "frame_key", "method_panel", "METRICS"]
+__all__ = ["figure", "interactive", "by_task", "frame_key", "policy_panel", "METRICS"]

@@ -15,7 +15,7 @@ import xarray as xr
 from core import intervals, schema
 from viz.select import per_document
 
-# kvpress press -> lab policy label (`python -m analyze --list-methods`)
+# kvpress press -> lab policy label (`python -m analyze --list-policies`)
 KVPRESS = {
     "no press": "full",
     "KVzip": "kvzip",

@@ -197,13 +197,13 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
             pngs.append((f"{metric}, {name} setting, sparsity {s:g}", p))
 
     progress("viz: curves")
-    methods = list(results[schema.POLICY].values)
+    pols = list(results[schema.POLICY].values)
     metric = default_metric(results)
     curve_layout = hv.Layout(
         [curves.vs_length(results, s, metric) for s in sparsities] + [curves.vs_sparsity(results, metric)]
     ).cols(2)
     save_html(curve_layout, outdir / "curves.html", "Accuracy curves")
-    if "cab" in methods and "h2o" in methods:
+    if "cab" in pols and "h2o" in pols:
         diffs = hv.Layout([curves.difference(results, "cab", "h2o", s) for s in sparsities]).cols(3)
         save_html(diffs, outdir / "difference_cab_h2o.html", "cab − h2o")
         p = save_png(

@@ -55,7 +55,7 @@ REGISTRY: dict[str, type[Policy]] = {
         KVzip,
     )
 }
-ALL_METHODS = list(REGISTRY)
+ALL_POLICIES = list(REGISTRY)
 
 
 def register(cls: type[Policy]) -> type[Policy]:
@@ -73,7 +73,7 @@ def default(name: str) -> Policy:
 
 __all__ = [
     "REGISTRY",
-    "ALL_METHODS",
+    "ALL_POLICIES",
     "DocLayer",
     "Policy",
     "Ranking",
@@ -81,7 +81,7 @@ __all__ = [
     "keep",
     "select",
     "select_reference",
-    "parse_method",
+    "parse_policy",
     "describe",
     "register",
     "default",
@@ -101,7 +101,7 @@ def _convert(value: str, f: dataclasses.Field):
         raise ValueError(f"must be a {type(f.default).__name__}") from None
 
 
-def parse_method(spec: str) -> Policy:
+def parse_policy(spec: str) -> Policy:
     """`h2o` or `h2o:recent_ratio=0.2:normalize=true` -> a policy instance, every parameter checked."""
     name, *params = spec.strip().split(":")
     if name not in REGISTRY:
@@ -130,7 +130,7 @@ def parse_method(spec: str) -> Policy:
 
 
 def label(policy: Policy) -> str:
-    """The method's coordinate in RESULTS.zarr: its name, plus any non-default parameters."""
+    """The policy's coordinate in RESULTS.zarr: its name, plus any non-default parameters."""
     changed = [
         f"{f.name}={getattr(policy, f.name)}"
         for f in dataclasses.fields(policy)

@@ -205,7 +205,7 @@ def _shared(budgets: np.ndarray, size: int, policy) -> None:
 
 def param(default, parse, allowed: str):
     """A policy parameter: its default, its parser (text -> value, ValueError saying what is allowed)
-    and a short description of the allowed values for `--list-methods`."""
+    and a short description of the allowed values for `--list-policies`."""
     return dataclasses.field(default=default, metadata={"parse": parse, "allowed": allowed})
 
 

@@ -438,7 +438,9 @@ def parse_lengths(value: str) -> list[int]:
         if n < 1:
             raise HaystackError(f"length {item!r} must be at least 1 token")
         if n > MAX_LENGTH:
-            raise HaystackError(f"length {item!r} is over {MAX_LENGTH:,} tokens (1024k), the most a document may hold")
+            raise HaystackError(
+                f"length {item!r} is over {MAX_LENGTH:,} tokens (1024k), the most a document may hold"
+            )
         out.append(n)
     if not out:
         raise HaystackError("no lengths given: use token counts like 4k,16k")
