@@ -102,6 +102,6 @@ class AnalyzeOptions:
     )
     reference: bool = option(False, "use the plain numpy references instead of numba kernels", flag=True)
     list_policies: bool = option(
-        False, "list policies with their parameters and exit", flag=True, config=False, alias="list_policies"
+        False, "list policies with their parameters and exit", flag=True, config=False, alias="list_methods"
     )
     progress: bool = option(True, "no progress bars", flag=True, config=False)
