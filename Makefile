@@ -30,8 +30,7 @@ $(QWEN15): $(STAMP)
 qwen-1.5b: $(QWEN15)
 
 # two pytest workers, a test module each at a time (its module-scoped stores built once), the
-# modules with most tests first (xdist's order; a longest-first order measured slower here:
-# 627.3 s against 593.8 s)
+# modules with most tests first (xdist's order)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 

@@ -103,4 +103,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from stamp import stamp
+
+    stamp()
     main()

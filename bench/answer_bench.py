@@ -160,4 +160,7 @@ def timed_answers(store: str, spec, profile: bool, in_step: bool = True):
 
 
 if __name__ == "__main__":
+    from stamp import stamp
+
+    stamp()
     main()

@@ -9,6 +9,9 @@ import sys
 
 import numpy as np
 import xarray as xr
+from stamp import stamp  # noqa: E402
+
+stamp()
 
 a, b = (xr.open_zarr(p).load() for p in sys.argv[1:3])
 a, b = (ds.rename({"method": "policy"}) if "method" in ds.dims else ds for ds in (a, b))

@@ -9,6 +9,9 @@ import sys
 
 import numpy as np
 import zarr
+from stamp import stamp  # noqa: E402
+
+stamp()
 
 exact = "--exact" in sys.argv
 paths = [a for a in sys.argv[1:] if a != "--exact"]

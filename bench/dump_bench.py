@@ -143,4 +143,7 @@ def main():
 
 
 if __name__ == "__main__":
+    from stamp import stamp
+
+    stamp()
     main()

@@ -204,7 +204,7 @@ study() {  # a config through dump and analyze; the results come back as a tarba
   du -sh runs/$name/* | tee -a "$OUT/$name.log"
 }
 ruler_gemma() {  # the Gemma RULER table: one task (passkey, multikey:3, multivalue:4) on real Gemma 3 at 4k
-  # and 16k, 10 documents per cell, both settings, answers on the GPU; the tables by bench/ruler_table.py
+  # and 16k, 10 documents per cell, both settings, answers on the GPU; the tables by `python -m viz tasks` here
   local task=$1 name
   name=$(echo "$task" | tr ':' '_')
   python3 -m dump --model gemma3-270m --task "$task" --lengths 4k,16k --depths 0.1,0.3,0.5,0.7,0.9 --samples 2 \
@@ -225,7 +225,6 @@ policies_smollm2() {  # every policy on the CPU model's documents: the demo's 15
   python3 -m analyze runs/policies/smollm2.zarr --policies "$(policies_but none)" --sparsity 0.5,0.9,0.95 \
     --setting aware,agnostic --answers --answer-device cuda --out runs/policies/smollm2.results.zarr --no-progress 2>&1 \
     | grep -v -i warning | tail -5
-  python3 bench/policy_table.py runs/policies/smollm2.results.zarr 2>&1 | tee -a "$OUT/policies_smollm2.txt"
   tar -C runs/policies -czf "$OUT/policies_smollm2.results.tgz" smollm2.results.zarr
 }
 policies_gemma_dump() {  # every policy on real Gemma: real Gemma 3 270M at 16k, 10 documents, bfloat16, with keys
@@ -238,7 +237,6 @@ policies_gemma() {  # every policy but kvzip (sliding-window layers: refused, as
   python3 -m analyze runs/policies/gemma.zarr --policies "$(policies_but kvzip)" --sparsity 0.5,0.9,0.95 \
     --setting aware,agnostic --answers --answer-device cuda --retrieval-heads 4 \
     --out runs/policies/gemma.results.zarr --no-progress 2>&1 | grep -v -i warning | tail -5
-  python3 bench/policy_table.py runs/policies/gemma.results.zarr 2>&1 | tee -a "$OUT/policies_gemma.txt"
   tar -C runs/policies -czf "$OUT/policies_gemma.results.tgz" gemma.results.zarr
 }
 leaderboard() {  # configs/leaderboard.yaml one task at a time (TASKS, default all eight), each through dump and

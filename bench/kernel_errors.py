@@ -8,7 +8,7 @@ import torch
 sys.path.insert(0, ".")
 from core.lm import capture  # noqa: E402
 from core.lm.kernels.triton_stats import fused_stats  # noqa: E402
-from tests.test_stats import reference  # noqa: E402
+from core.lm.reference import reference  # noqa: E402
 
 
 def errors(q, k, scale, window, block):
@@ -31,7 +31,10 @@ for n, block in ((2048, 64), (4000, 64), (8192, 128)):
     )
 
 # a model's own Q/K: capture them from the attention function of a SmolLM2-shaped model
+from stamp import stamp  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+stamp()
 
 cfg = LlamaConfig(
     vocab_size=49152,

@@ -48,4 +48,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from stamp import stamp
+
+    stamp()
     main()

@@ -395,4 +395,7 @@ class Named:
 
 
 if __name__ == "__main__":
+    from stamp import stamp
+
+    stamp()
     main()

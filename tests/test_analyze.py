@@ -199,6 +199,7 @@ def test_list_policies():
 
 
 @pytest.mark.slow
+@pytest.mark.finding  # the curvature-mass correlations below are findings on this model; the rest is contract
 def test_real_smollm2_dump(smol_store, client):
     """The embedded model at 512 tokens: full keeps the needle, oracle tops mass, numba = numpy."""
     ds = analyze(smol_store, client, sparsities=(0.5, 0.9))

@@ -50,6 +50,7 @@ def test_real_gemma_capture_equals_eager_on_both_layer_types(gemma_dir):
     assert float(got[5].window[:, -1, : 600 - 512].sum()) > 0  # a global layer sees further back
 
 
+@pytest.mark.finding  # that the base model finds this passkey is a finding; the layer types are contract
 def test_real_gemma_dump_records_its_layer_types_and_answers(gemma_dir, tmp_path):
     store = tmp_path / "gemma.zarr"
     r = run_cli(

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from core.lm import kernels
-from tests.test_stats import reference
+from core.lm.reference import reference
 
 pytestmark = [
     pytest.mark.gpu,

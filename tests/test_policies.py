@@ -135,6 +135,7 @@ def test_block_policies_keep_whole_blocks_then_fill():
         assert sorted(per_block[h].tolist())[-4:] == [4, 32, 32, 32]
 
 
+@pytest.mark.finding
 def test_cab_high_ranks_like_block_magnitude():
     """The known flaw made visible: V3 curvature is near-identical to block mass in ranking."""
     from analyze import curvature
