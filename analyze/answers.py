@@ -172,7 +172,7 @@ def answer_document(path: str, plan, job, spec) -> dict:
 
 
 @dataclass
-class _Document:
+class _AnswerRows:
     """One document's share of an answer task: its kept sets, prompt cache and pairs to decode."""
 
     key: tuple  # (n, d, s)
@@ -208,7 +208,7 @@ def answer_documents(path: str, plan, docs: list[tuple], spec) -> dict:
     out = {}
     with torch.no_grad():
         prepared = [_prepare(root, attrs, path, plan, key, spec, lm, task, device) for key in docs]
-        by_end: dict[tuple, list[_Document]] = {}
+        by_end: dict[tuple, list[_AnswerRows]] = {}
         for x in prepared:  # in step: the same prompt end, the same prompt tokens left, the same steps
             by_end.setdefault((x.cut, len(x.rest), x.steps), []).append(x)
         for group in by_end.values():
@@ -248,7 +248,7 @@ def answer_documents(path: str, plan, docs: list[tuple], spec) -> dict:
     return out
 
 
-def _prepare(root, attrs, path, plan, key, spec, lm, task, device) -> _Document:
+def _prepare(root, attrs, path, plan, key, spec, lm, task, device) -> _AnswerRows:
     """A document's kept sets for every (policy, sparsity) and its prompt's cache up to the cut."""
     n, d, s = key
     pols, sparsities = spec.policies, spec.sparsities
@@ -288,12 +288,12 @@ def _prepare(root, attrs, path, plan, key, spec, lm, task, device) -> _Document:
         for j in range(len(sparsities)):
             digest = hashlib.sha1(np.packbits(masks[i, j, list(whole.prunable)]).tobytes()).digest()
             same.setdefault(digest, []).append((i, j))
-    return _Document(
+    return _AnswerRows(
         key, doc, cut, ids[cut:], steps, masks, list(whole.prunable), prompt, same, g["answer_ids"].shape[-1]
     )
 
 
-def _scored(x: _Document, task, tokenizer, toks: dict) -> dict:
+def _scored(x: _AnswerRows, task, tokenizer, toks: dict) -> dict:
     """The answer arrays of one document from its decoded pairs' token ids."""
     shape = x.masks.shape[:2]
     answer = np.zeros(shape, dtype=np.float32)

@@ -2,7 +2,7 @@
 
 Keep-set selection is rank -> allocate -> select. A policy's `allocation` spreads the document's
 budget over its prunable layers and their heads; it sees every prunable layer of the document
-(`Document.layer(l)` loads one's statistics) and returns a (layer, head) array. The total is
+(`DocumentLayers.layer(l)` loads one's statistics) and returns a (layer, head) array. The total is
 asserted equal to the fixed-budget total: budget_for(k, N) keys for every head of every prunable
 layer, so every policy at one sparsity spends the same number of keys on a document.
 """
@@ -18,7 +18,7 @@ from core.runstore import DocLayer
 
 
 @dataclass
-class Document:
+class DocumentLayers:
     """The layers of one document an allocation may look at."""
 
     n: int
@@ -76,7 +76,7 @@ class Allocation:
     per_layer = False
     has_reference = False  # `allocate` takes reference=True for its plain numpy twin
 
-    def allocate(self, doc: Document, k: int, policy) -> np.ndarray:  # pragma: no cover - interface
+    def allocate(self, doc: DocumentLayers, k: int, policy) -> np.ndarray:  # pragma: no cover - interface
         raise NotImplementedError
 
 
@@ -85,7 +85,7 @@ class Uniform(Allocation):
 
     name = "uniform"
 
-    def allocate(self, doc: Document, k: int, policy) -> np.ndarray:
+    def allocate(self, doc: DocumentLayers, k: int, policy) -> np.ndarray:
         out = np.zeros((doc.layers, doc.heads), dtype=np.int64)
         out[list(doc.prunable)] = k
         return out
@@ -94,7 +94,7 @@ class Uniform(Allocation):
 UNIFORM = Uniform()
 
 
-def allocate_layer(policy, doc: Document, k: int, layer: int, reference: bool = False) -> np.ndarray:
+def allocate_layer(policy, doc: DocumentLayers, k: int, layer: int, reference: bool = False) -> np.ndarray:
     """(head,) budgets of `policy` on one layer of `doc`: a `per_layer` allocation's, checked to
     keep the layer's fixed-budget total, else the layer's row of `allocate`."""
     alloc = getattr(policy, "allocation", UNIFORM)
@@ -115,7 +115,7 @@ def allocate_layer(policy, doc: Document, k: int, layer: int, reference: bool = 
     return row
 
 
-def allocate(policy, doc: Document, k: int, reference: bool = False) -> np.ndarray:
+def allocate(policy, doc: DocumentLayers, k: int, reference: bool = False) -> np.ndarray:
     """(layer, head) budgets of `policy` on `doc` under the fixed budget k = round((1 - s) N); the
     total is checked against the fixed-budget total (an allocation that spends more or less than the
     others at the same sparsity is a bug, never a result)."""

@@ -412,7 +412,7 @@ def check_setting(spec: Spec, plan: StorePlan | None = None) -> None:
     agnostic setting needs a store with the context's own statistics (RUN schema 2.3)."""
     from core.runstore import has_context
 
-    for name in settings_of(spec):
+    for name in setting_names(spec):
         if settings.get(name).context_only and plan is not None and not has_context(plan.path):
             raise UsageError(
                 f"store {plan.path!r} has no context-only statistics (dumped before RUN schema 2.3): the "
@@ -502,7 +502,7 @@ def provenance(path: str, spec: Spec, retrieval_heads: int = RETRIEVAL_HEADS) ->
         "sparsities": list(spec.sparsities),
         "gqa": spec.gqa,
         "seed": spec.seed,
-        "setting": list(settings_of(spec)),
+        "setting": list(setting_names(spec)),
         "answers": spec.answers,
         "retrieval_heads": retrieval_heads,
     }
@@ -533,7 +533,7 @@ def fill_of(var: xr.DataArray):
     return 0 if np.issubdtype(var.dtype, np.integer) else np.nan
 
 
-def settings_of(spec: Spec) -> tuple[str, ...]:
+def setting_names(spec: Spec) -> tuple[str, ...]:
     return spec.settings or (spec.setting,)
 
 
@@ -544,7 +544,7 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
     alone."""
     import pandas as pd
 
-    names = settings_of(spec)
+    names = setting_names(spec)
     spec = preflight(path, spec, plan_store(path))  # every setting checked before any work
     heads = plan_store(path)
     if retrieval_heads > heads.layers * heads.heads:

@@ -50,11 +50,11 @@ def kept(
     return out
 
 
-def document_of(plan, n: int, load=None, doc: tuple[int, int] | None = None) -> budgets.Document:
+def document_of(plan, n: int, load=None, doc: tuple[int, int] | None = None) -> budgets.DocumentLayers:
     """The document an allocation sees: its prunable layers, `load(layer)` for their statistics, and
     where it lies in the store (`doc` = (depth index, sample)) for allocations calibrated on others."""
     windows = plan.windows
-    return budgets.Document(
+    return budgets.DocumentLayers(
         n,
         plan.layers,
         plan.heads,
@@ -114,14 +114,14 @@ def iter_kept(
     sparsities: Sequence[float],
     gqa: str = "kv",
     reference: bool = False,
-    doc: budgets.Document | None = None,
+    doc: budgets.DocumentLayers | None = None,
     layer: int | None = None,
     setting: str = "aware",
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """(sparsity index, policy index, (head, key) mask) for every pair, sparsity-major, on `layer`
     of `doc` (a document-layer given alone is one layer with every head at the fixed budget)."""
     if doc is None:
-        doc, layer = budgets.Document(x.n, 1, x.heads, x.kv_heads, (0,), lambda _: x), 0
+        doc, layer = budgets.DocumentLayers(x.n, 1, x.heads, x.kv_heads, (0,), lambda _: x), 0
         doc._cache[0] = x
     shown = settings.get(setting)
     doc.n = x.n  # the cache being pruned: the context alone in the agnostic setting

@@ -84,12 +84,12 @@ def main():
     import numpy as np
 
     from core import schema
-    from dump.store import RunStore
+    from dump.store import RunWriter
 
     context = int(np.flatnonzero(doc.question)[0])
     with tempfile.TemporaryDirectory() as tmp:
         settings = {"depths": [0.5], "samples": 1, "task": "passkey"}
-        store = RunStore(f"{tmp}/a.zarr", settings, {})
+        store = RunWriter(f"{tmp}/a.zarr", settings, {})
         store.length_group(args.length, lm.config, 64, 64, tile_rows(args.length, heads, 64), [], 8)
 
         def dumped(ctx):

@@ -11,7 +11,7 @@ from core import schema, tasks
 from core.lm import capture, decode
 from dump.options import DumpOptions
 from dump.plan import DocPlan
-from dump.store import RunStore
+from dump.store import RunWriter
 
 
 def build_document(tokenizer, opt: DumpOptions, n: int, d: int, s: int) -> tasks.Document:
@@ -19,7 +19,7 @@ def build_document(tokenizer, opt: DumpOptions, n: int, d: int, s: int) -> tasks
     return tasks.document(tokenizer, opt.task, opt.seed, opt.filler, n, opt.depths[d], d, s)
 
 
-def dump_document(store: RunStore, lm, opt: DumpOptions, doc, item: DocPlan, progress=False) -> bool:
+def dump_document(store: RunWriter, lm, opt: DumpOptions, doc, item: DocPlan, progress=False) -> bool:
     """One document: run the model once with capture, stream every layer, answer, then `done`."""
     n, d, s = item.length, item.depth, item.sample
     task = tasks.get(opt.task)
@@ -67,7 +67,7 @@ def dump_document(store: RunStore, lm, opt: DumpOptions, doc, item: DocPlan, pro
     return hit
 
 
-def write_kvzip(store: RunStore, lm, cache, ids, item: DocPlan, context: int | None) -> None:
+def write_kvzip(store: RunWriter, lm, cache, ids, item: DocPlan, context: int | None) -> None:
     """KVzip's scores of each setting's prefill (`core.lm.kvzip`): the whole prompt, then the context
     before the question (the cache cut there), each layer written as `kvzip` / `kvzip_ctx`."""
     from core.lm import kvzip

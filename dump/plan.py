@@ -22,7 +22,7 @@ from core.lm.stats import tile_rows
 from core.outputs import is_local
 from core.tasks import haystack
 from dump.options import DumpOptions
-from dump.store import RunStore
+from dump.store import RunWriter
 
 
 class DocPlan(NamedTuple):
@@ -75,7 +75,7 @@ def resolve_devices(devices: list[str] | None) -> list[str]:
     return devices
 
 
-def settings_of(opt: DumpOptions, model_info: dict) -> dict:
+def run_config_of(opt: DumpOptions, model_info: dict) -> dict:
     """What makes two runs comparable: a store is only resumed with equal settings (lengths may grow)."""
     return {
         "schema_version": schema.RUN_VERSION,
@@ -199,12 +199,12 @@ def root_attributes(opt: DumpOptions, cfg: dict, info: dict, device: str) -> dic
     }
 
 
-def open_store(checked: Checked, info: dict, device: str) -> tuple[RunStore, list[DocPlan]]:
+def open_store(checked: Checked, info: dict, device: str) -> tuple[RunWriter, list[DocPlan]]:
     """The store with every length group created, and the plan: one `DocPlan` per document."""
     opt, cfg = checked.opt, checked.cfg
-    store = RunStore(
+    store = RunWriter(
         opt.out,
-        settings_of(opt, info),
+        run_config_of(opt, info),
         root_attributes(opt, cfg, info, device),
         overwrite=opt.overwrite,
         background=device.startswith("cuda"),

@@ -32,8 +32,8 @@ def check(opt: DumpOptions) -> Checked:
 
     import torch
 
-    from dump.plan import resolve_dtype, settings_of
-    from dump.store import check_settings
+    from dump.plan import resolve_dtype, run_config_of
+    from dump.store import check_run_config
 
     outputs.check_writable(opt.out)
     exists = outputs.check_output(opt.out, schema.RUN_KIND)
@@ -47,11 +47,11 @@ def check(opt: DumpOptions) -> Checked:
 
         old = dict(zarr.open_group(opt.out, mode="r").attrs.get("settings", {}))
         dtype = resolve_dtype(opt.dtype, "cuda" if device.startswith("cuda") else checked.device)
-        new = settings_of(checked.opt, models.describe(opt.model, dtype, opt.rope_scaling))
+        new = run_config_of(checked.opt, models.describe(opt.model, dtype, opt.rope_scaling))
         if device == "auto" and opt.dtype == "auto":  # the dtype follows the host that runs it
             old.pop("dtype", None)
             new.pop("dtype", None)
-        check_settings(opt.out, old, new, option="out:")
+        check_run_config(opt.out, old, new, option="out:")
     return checked
 
 

@@ -51,21 +51,21 @@ def _torch_dtypes():
 TORCH_DTYPES = _torch_dtypes()
 
 
-def diff_settings(old: dict, new: dict) -> list[str]:
+def diff_run_config(old: dict, new: dict) -> list[str]:
     keys = sorted(set(old) | set(new))
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
 
 
-def check_settings(path: str, old: dict, new: dict, option: str = "--out") -> None:
+def check_run_config(path: str, old: dict, new: dict, option: str = "--out") -> None:
     """A store is resumed only with the settings it was made with (`dump`, and `pipelines check`)."""
     if old != new:
         raise StoreMismatch(
-            f"store {path!r} was made with other settings ({'; '.join(diff_settings(old, new))}): "
+            f"store {path!r} was made with other settings ({'; '.join(diff_run_config(old, new))}): "
             f"choose another {option} or pass --overwrite to replace it"
         )
 
 
-class RunStore:
+class RunWriter:
     """Open-or-create a RUN.zarr for one set of settings; write documents layer by layer."""
 
     def __init__(
@@ -82,7 +82,7 @@ class RunStore:
             exists = False
         if exists:
             root = zarr.open_group(path, mode="r+", use_consolidated=False)  # a writer sees new groups
-            check_settings(path, dict(root.attrs.get("settings", {})), settings)
+            check_run_config(path, dict(root.attrs.get("settings", {})), settings)
             self.root = root
         else:
             self.root = zarr.open_group(path, mode="w")
@@ -101,7 +101,7 @@ class RunStore:
         self._opened: dict = {}
 
     @classmethod
-    def attach(cls, path: str, background: bool = False) -> RunStore:
+    def attach(cls, path: str, background: bool = False) -> RunWriter:
         """An existing store whose layout and settings were set up by the process that planned the run
         (a Dask worker, a device shard): it only fills chunks."""
         self = cls.__new__(cls)

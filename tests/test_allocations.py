@@ -39,7 +39,7 @@ def test_pyramid_schedule_is_kvpress_with_an_exact_total(n, sparsity, beta):
     k, layers = budget(sparsity, n), 30
     shares = pyramid_shares(k, n, layers, beta, 64)
     np.testing.assert_allclose(shares, kvpress_pyramid(k, n, layers, beta, 64))
-    doc = budgets.Document(n, layers, 9, 3, tuple(range(layers)))
+    doc = budgets.DocumentLayers(n, layers, 9, 3, tuple(range(layers)))
     got = budgets.allocate(policies.parse_policy(f"pyramidkv:beta={beta}"), doc, k)
     assert got.sum() == k * 9 * layers  # the fixed budget's total, exactly (asserted in code too)
     per_layer = got[:, 0]
@@ -48,7 +48,7 @@ def test_pyramid_schedule_is_kvpress_with_an_exact_total(n, sparsity, beta):
 
 
 def test_pyramid_only_spreads_over_prunable_layers():
-    doc = budgets.Document(1000, 6, 4, 1, (0, 2, 5))  # Gemma-like: sliding layers are not pruned
+    doc = budgets.DocumentLayers(1000, 6, 4, 1, (0, 2, 5))  # Gemma-like: sliding layers are not pruned
     got = budgets.allocate(policies.parse_policy("pyramidkv:beta=4:window=8"), doc, 300)
     assert got[[1, 3, 4]].sum() == 0 and got.sum() == 300 * 4 * 3
     assert got[0, 0] > got[2, 0] > got[5, 0]
@@ -81,7 +81,7 @@ def test_allocations_numba_equals_reference_over_a_document(spec, gqa):
         k = budget(sparsity, 300)
         masks = {}
         for reference in (False, True):
-            doc = budgets.Document(300, 4, 6, 2, (0, 1, 2, 3), lambda layer: layers[layer])
+            doc = budgets.DocumentLayers(300, 4, 6, 2, (0, 1, 2, 3), lambda layer: layers[layer])
             masks[reference] = [
                 m
                 for layer in range(4)

@@ -127,7 +127,7 @@ def test_kvzip_allocation_numba_equals_reference():
         layers[layer] = dataclasses.replace(x, kvzip=rng.random((x.kv_heads, x.n)))
     p = policies.parse_policy("kvzip")
     for k in (5, 40, x.n):
-        doc = budgets.Document(x.n, 3, x.heads, x.kv_heads, (0, 1, 2), lambda layer: layers[layer])
+        doc = budgets.DocumentLayers(x.n, 3, x.heads, x.kv_heads, (0, 1, 2), lambda layer: layers[layer])
         fast = budgets.allocate(p, doc, k)
         ref = budgets.allocate(p, doc, k, reference=True)
         np.testing.assert_array_equal(fast, ref)

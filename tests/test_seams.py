@@ -190,7 +190,7 @@ def test_an_allocation_that_spends_another_total_is_an_error():
     rng = np.random.default_rng(0)
     final = rng.random((4, 64)).astype(np.float32)
     x = DocLayer(final_row=final, block=16, kv_heads=2, colsum=rng.random((4, 64)).astype(np.float32))
-    doc = budgets.Document(64, 2, 4, 2, (0, 1), lambda layer: x)
+    doc = budgets.DocumentLayers(64, 2, 4, 2, (0, 1), lambda layer: x)
 
     @dataclasses.dataclass(frozen=True)
     class Greedy(H2O):

@@ -65,9 +65,9 @@ def test_key_scorers_numba_equals_reference(spec, gqa, sparsity):
     if p.allocation.per_layer or p.name == "pyramidkv":
         from analyze import budgets
 
-        doc = budgets.Document(x.n, 1, x.heads, x.kv_heads, (0,), lambda _: x)
+        doc = budgets.DocumentLayers(x.n, 1, x.heads, x.kv_heads, (0,), lambda _: x)
         fast = [m for *_, m in keptsets.iter_kept(x, [p], [sparsity], gqa, False, doc, 0)][0]
-        doc = budgets.Document(x.n, 1, x.heads, x.kv_heads, (0,), lambda _: x)
+        doc = budgets.DocumentLayers(x.n, 1, x.heads, x.kv_heads, (0,), lambda _: x)
         ref = [m for *_, m in keptsets.iter_kept(x, [p], [sparsity], gqa, True, doc, 0)][0]
         assert fast.sum() == k * x.heads
     else:

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 
-from analyze.budgets import Allocation, Document
+from analyze.budgets import Allocation, DocumentLayers
 from analyze.policies._over_base import OverBase, base_name
 from analyze.policies.base import param
 from core.optionkit import number
@@ -93,7 +93,7 @@ class AdaptiveHeads(Allocation):
     per_layer = True  # budget moves between the heads of a layer only
 
     def allocate_layer(
-        self, doc: Document, layer: int, k: int, policy, reference: bool = False
+        self, doc: DocumentLayers, layer: int, k: int, policy, reference: bool = False
     ) -> np.ndarray:
         g = doc.heads // doc.kv_heads
         scorer = policy.scorer

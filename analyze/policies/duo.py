@@ -3,7 +3,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from analyze.budgets import Allocation, Document, spread
+from analyze.budgets import Allocation, DocumentLayers, spread
 from analyze.policies.base import DocLayer, Policy, Ranking, param
 from core import schema
 from core.errors import UsageError
@@ -50,7 +50,7 @@ class Retrieval(Allocation):
     recent: int
     name = "retrieval heads"
 
-    def allocate(self, doc: Document, k: int, policy) -> np.ndarray:
+    def allocate(self, doc: DocumentLayers, k: int, policy) -> np.ndarray:
         if doc.where is None:
             raise ValueError("duo needs to know where the document lies in its store (its calibration fold)")
         path, _, d, s = doc.where

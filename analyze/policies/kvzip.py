@@ -3,7 +3,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from analyze.budgets import Allocation, Document
+from analyze.budgets import Allocation, DocumentLayers
 from analyze.policies._keys import per_head
 from analyze.policies.adakv import head_budgets, head_budgets_reference
 from analyze.policies.base import DocLayer, Policy, Ranking, param, sink_mask
@@ -28,14 +28,14 @@ class AcrossLayers(Allocation):
     name = "across layers"
     has_reference = True
 
-    def scores(self, doc: Document, layers: list[int]) -> np.ndarray:
+    def scores(self, doc: DocumentLayers, layers: list[int]) -> np.ndarray:
         if doc.where is None:  # a document given with its layers' statistics alone
             return np.stack([doc.shown(layer).kvzip for layer in layers])
         path, n, d, s = doc.where
         var = (doc.setting.stored if doc.setting is not None else {}).get("kvzip", "kvzip")
         return document_scores(path, n, d, s, var)[layers][..., : doc.n]
 
-    def allocate(self, doc: Document, k: int, policy, reference: bool = False) -> np.ndarray:
+    def allocate(self, doc: DocumentLayers, k: int, policy, reference: bool = False) -> np.ndarray:
         layers = list(doc.prunable)
         g = doc.heads // doc.kv_heads
         primary = self.scores(doc, layers).reshape(len(layers) * doc.kv_heads, -1).astype(np.float64)

@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from analyze.budgets import Allocation, Document, spread
+from analyze.budgets import Allocation, DocumentLayers, spread
 from analyze.policies._over_base import OverBase, base_name
 from analyze.policies.base import param
 from core.optionkit import integer
@@ -29,7 +29,7 @@ class Pyramid(Allocation):
     window: int
     name = "pyramid"
 
-    def allocate(self, doc: Document, k: int, policy) -> np.ndarray:
+    def allocate(self, doc: DocumentLayers, k: int, policy) -> np.ndarray:
         layers = list(doc.prunable)
         shares = pyramid_shares(k, doc.n, len(layers), self.beta, self.window)
         per_layer = spread(k * len(layers), shares, doc.n)  # the exact total: kvpress rounds each alone

@@ -14,7 +14,7 @@ from dump.document import build_document, dump_document
 from dump.executors import DumpSummary
 from dump.options import DumpOptions
 from dump.plan import Checked, DocPlan, open_store, resolve_dtype
-from dump.store import RunStore
+from dump.store import RunWriter
 
 
 def dump_task(opt: DumpOptions, item: DocPlan, device: str, dtype: str) -> tuple[bool, int]:
@@ -22,7 +22,7 @@ def dump_task(opt: DumpOptions, item: DocPlan, device: str, dtype: str) -> tuple
     if device.startswith("cuda:"):
         torch.cuda.set_device(device)
     lm = models.load(opt.model, models.DTYPES[dtype], device, capture.NAME, opt.rope_scaling)
-    store = RunStore.attach(opt.out, background=device.startswith("cuda"))
+    store = RunWriter.attach(opt.out, background=device.startswith("cuda"))
     try:
         doc = build_document(lm.tokenizer, opt, item.length, item.depth, item.sample)
         hit = dump_document(store, lm, opt, doc, item)
