@@ -209,6 +209,12 @@ def param(default, parse, allowed: str):
     return dataclasses.field(default=default, metadata={"parse": parse, "allowed": allowed})
 
 
+def fold_of(d: int, s: int) -> int:
+    """A document's calibration fold (depth index + sample) % 2: a policy that learns from documents
+    learns on the other fold, never on the document it scores."""
+    return (d + s) % 2
+
+
 class Policy:
     """Base of all policies: subclasses are frozen dataclasses with a `rank(x, k)` method.
 
@@ -225,7 +231,9 @@ class Policy:
     - `compare_with`: registry names of policies whose kept sets RESULTS compare to this one's
       (`jaccard`, pair "this|that");
     - `reads_answer_row`: it ranks by the answer position's own row (a ceiling), which a setting whose
-      policies see the context alone (`core.settings.Setting.context_only`) does not have: NaN there.
+      policies see the context alone (`core.settings.Setting.context_only`) does not have: NaN there;
+    - `calibrates_on_folds`: it learns from the documents of the other calibration fold (`fold_of`),
+      so the store needs finished documents in both folds.
     """
 
     name = "policy"
@@ -239,6 +247,7 @@ class Policy:
     reads_answer_row = (
         False  # ranks by the answer position's row: undefined where policies see the context alone
     )
+    calibrates_on_folds = False
 
     def check(self) -> str | None:
         """What is wrong with this combination of parameters, or None (each one alone is checked by

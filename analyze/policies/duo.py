@@ -4,15 +4,10 @@ from functools import lru_cache
 import numpy as np
 
 from analyze.budgets import Allocation, DocumentLayers, spread
-from analyze.policies.base import DocLayer, Policy, Ranking, param
+from analyze.policies.base import DocLayer, Policy, Ranking, fold_of, param
 from core import schema
 from core.errors import UsageError
 from core.optionkit import integer
-
-
-def fold_of(d: int, s: int) -> int:
-    """A document's calibration fold: retrieval heads are found on the other fold, never on it."""
-    return (d + s) % 2
 
 
 @lru_cache(maxsize=16)
@@ -86,6 +81,7 @@ class Duo(Policy):
     """
 
     name = "duo"
+    calibrates_on_folds = True
     compare_with = ("h2o", "snapkv")  # Jaccard with accumulated attention and the window's votes
     sinks: int = param(4, integer(minimum=0), ">= 0")
     recent: int = param(64, integer(minimum=1), ">= 1")

@@ -55,14 +55,15 @@ def recording(recorder: Recorder):
 
 
 @contextmanager
-def reconstructing(rec):
-    """While active, each layer's attention is plain sdpa and also hands its queries and the whole
-    cache's keys to `core.lm.kvzip.chunk_scores` (a KVzip reconstruction forward)."""
-    _state.reconstruction = rec
+def observing(observer: Callable[[int, torch.Tensor, torch.Tensor], None]):
+    """While active, each layer hands `observer(layer, queries, keys)` its post-RoPE queries (head, q,
+    dim) and the whole cache's keys (kv_head, N, dim) before attending as usual (KVzip's
+    reconstruction forward scores the context this way: `core.lm.kvzip`)."""
+    _state.observer = observer
     try:
-        yield rec
+        yield observer
     finally:
-        _state.reconstruction = None
+        _state.observer = None
 
 
 def _dense_mask(attention_mask: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -79,11 +80,9 @@ def _dense_mask(attention_mask: torch.Tensor | None, n: int) -> torch.Tensor | N
 
 def capture_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     recorder: Recorder | None = getattr(_state, "recorder", None)
-    rec = getattr(_state, "reconstruction", None)
-    if rec is not None:
-        from core.lm.kvzip import chunk_scores
-
-        chunk_scores(rec, int(module.layer_idx), query[0], key[0])
+    observer = getattr(_state, "observer", None)
+    if observer is not None:
+        observer(int(module.layer_idx), query[0], key[0])
     if recorder is None:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs

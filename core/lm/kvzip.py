@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from core.errors import UsageError
+from core.lm import capture, decode
 
 CHUNK = 2048  # context tokens reconstructed per forward (kvpress's chunk_size)
 SINKS = 4  # first keys in every restricted softmax and always kept (kvpress's n_sink)
@@ -95,8 +96,6 @@ def cut(cache, end: int) -> None:
 def reconstruct(model, tokenizer, cache, ids: torch.Tensor, end: int, layers: int, kv_heads: int):
     """(layer, kv_head, end) float32 KVzip scores of the context ids[:end], from `cache` holding at
     least its first `end` positions (cut back to `end` on return)."""
-    from core.lm import capture, decode
-
     dev = model.device
     cut(cache, end)
     scores = torch.zeros(layers, kv_heads, end, dtype=torch.float32, device=dev)
@@ -111,7 +110,7 @@ def reconstruct(model, tokenizer, cache, ids: torch.Tensor, end: int, layers: in
         tokens = torch.as_tensor(prompt + suffix + context[start:stop], dtype=torch.long, device=dev)[None]
         rec = Reconstruction(start, stop, scores)
         pos = torch.arange(end, end + tokens.shape[1], device=dev)
-        with capture.reconstructing(rec):
+        with capture.observing(lambda layer, q, k, rec=rec: chunk_scores(rec, layer, q, k)):
             inner(
                 input_ids=tokens,
                 position_ids=pos[None],
