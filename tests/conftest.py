@@ -61,19 +61,19 @@ SMALL_DECODER = dict(
 )
 
 
+def dump_args(
+    lengths: str, depths: str = "0.3,0.7", samples: int = 1, window: int = 8, block: int | None = None
+) -> list[str]:
+    """The one factory of the suite's dump option sets: the documents (lengths x depths x samples)
+    and the statistics' shape (W, B), as `python -m dump` arguments."""
+    argv = ["--lengths", lengths, "--depths", depths, "--samples", str(samples), "--window", str(window)]
+    return argv + (["--block", str(block)] if block is not None else [])
+
+
 # the shared tiny-model store: every module that only reads a small dump reads this one
-TINY_DUMP = [
-    "--lengths",
-    "200,256",
-    "--depths",
-    "0.3,0.7",
-    "--samples",
-    "2",
-    "--window",
-    "8",
-    "--block",
-    "32",
-]
+TINY_DUMP = dump_args("200,256", samples=2, window=8, block=32)
+# the real SmolLM2 dump the suite shares (`smol_store`), and the modules that dump it with more parts
+SMOL = dump_args("512", samples=2, window=16)
 
 
 @pytest.fixture(scope="session")
@@ -91,20 +91,7 @@ def smol_store(tmp_path_factory) -> str:
     """The one real-weight dump the suite shares: the embedded SmolLM2 at 512 tokens, 2 depths x 2
     samples, W = 16. Read it, never change it."""
     out = tmp_path_factory.mktemp("smol_store") / "run.zarr"
-    r = run_cli(
-        "dump",
-        "--lengths",
-        "512",
-        "--depths",
-        "0.3,0.7",
-        "--samples",
-        "2",
-        "--window",
-        "16",
-        "--out",
-        str(out),
-        "--no-progress",
-    )
+    r = run_cli("dump", *SMOL, "--out", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr
     return str(out)
 

@@ -21,9 +21,9 @@ import xarray as xr
 import yaml
 import zarr
 
-from tests.conftest import ROOT, one_setting, run_cli
+from tests.conftest import ROOT, dump_args, one_setting, run_cli
 
-SMALL = ["--lengths", "256", "--depths", "0.3,0.7", "--samples", "1", "--window", "8", "--block", "32"]
+SMALL = dump_args("256", samples=1, window=8, block=32)
 
 
 @pytest.fixture(scope="module")

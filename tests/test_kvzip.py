@@ -11,10 +11,11 @@ import zarr
 
 from analyze import budgets, keptsets, policies
 from core.lm import capture, decode, kvzip, models
+from tests import conftest
 from tests.conftest import run_cli
 from tests.test_policies import random_doclayer
 
-SMOL = ["--lengths", "512", "--depths", "0.3,0.7", "--samples", "2", "--window", "16", "--no-progress"]
+SMOL = [*conftest.SMOL, "--no-progress"]
 
 
 @pytest.fixture(scope="module")

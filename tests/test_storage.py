@@ -9,16 +9,14 @@ import xarray as xr
 import zarr
 
 from core import schema
-from tests.conftest import one_setting, run_cli
+from tests.conftest import dump_args, one_setting, run_cli
 
 pytestmark = pytest.mark.slow  # real weights
 
 
 def _dump(model, out, *extra):
-    r = run_cli(
-        "dump", "--model", model, "--lengths", "1k", "--depths", "0.5", "--samples", "1",
-        "--window", "32", "--block", "64", "--out", str(out), "--no-progress", *extra,
-    )  # fmt: skip
+    argv = dump_args("1k", "0.5", samples=1, window=32, block=64)
+    r = run_cli("dump", "--model", model, *argv, "--out", str(out), "--no-progress", *extra)
     assert r.returncode == 0, r.stderr
 
 

@@ -14,10 +14,11 @@ from analyze.policies import budget, keep
 from core import schema
 from core.lm import decode
 from core.runstore import plan_store
+from tests import conftest
 from tests.conftest import answer_document, run_cli
 from tests.test_policies import random_doclayer
 
-SMOL = ["--lengths", "512", "--depths", "0.3,0.7", "--samples", "2", "--window", "16", "--no-progress"]
+SMOL = [*conftest.SMOL, "--no-progress"]
 
 
 @pytest.fixture(scope="module")
