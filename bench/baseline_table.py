@@ -54,7 +54,10 @@ def main() -> None:
     )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({f"{t}@{n}": list(v) for (t, n), v in cells.items()}, f, indent=1)
+            from stamp import line
+
+            cells_out = {f"{t}@{n}": list(v) for (t, n), v in cells.items()}
+            json.dump({"provenance": line(), **cells_out}, f, indent=1)
 
 
 if __name__ == "__main__":

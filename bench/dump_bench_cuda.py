@@ -218,7 +218,9 @@ def main():
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump(out, f, indent=1)
+            from stamp import line
+
+            json.dump({"provenance": line(), **out}, f, indent=1)
     r128 = [r for r in rows if r["shape"] == "smollm2-135m" and r["tokens"] == 131072]
     if r128 and r128[0]["stats_fused_s"]:  # statistics = forward with capture - plain sdpa forward
         print(f"stats_128k_s {r128[0]['stats_fused_s']:.2f}")

@@ -210,7 +210,9 @@ def main():
             print(json.dumps(out["smollm2_128k"]), flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1))
+        from stamp import line
+
+        Path(args.json).write_text(json.dumps({"provenance": line(), **out}, indent=1))
     if "sliding" in out:
         s = out["sliding"]
         print(f"sliding_speedup_32k {s['dense_mask_tiled_s'] / s['fused_banded_s']:.1f}")
