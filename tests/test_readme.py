@@ -61,3 +61,13 @@ def test_a_readme_command_runs_or_parses_as_shown(command):
         return
     args = build_parser().parse_args(argv[1:])
     optionkit.from_args(cls, args)  # every value parsed and range-checked, as the stage does
+
+
+def test_the_results_page_cites_every_output_and_matches_its_json():
+    page = (ROOT / "docs" / "results.md").read_text()
+    uncited = [p.name for p in (ROOT / "bench" / "results").iterdir() if p.name not in page]
+    assert not uncited, f"bench/results files that docs/results.md does not cite: {uncited}"
+    r = subprocess.run(
+        [sys.executable, "bench/results_page.py", "--check"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
