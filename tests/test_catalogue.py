@@ -308,6 +308,11 @@ REFUSED = [
     ("dump filler not utf-8", ["dump", "--filler", "{tmp}/latin1.txt", "--out", "{tmp}/o"], ["not UTF-8"]),
     ("dump filler no sentences", ["dump", "--filler", "{tmp}/flat.txt", "--out", "{tmp}/o"], ["0 sentence"]),
     (
+        "dump passkey in a haystack of needles",
+        ["dump", "--task", "passkey,haystack=needles", "--out", "{tmp}/o"],
+        ["needles", "noise or essay"],
+    ),
+    (
         "dump task option twice",
         ["dump", "--task", "single,value=uuid,value=number", "--out", "{tmp}/o"],
         ["value=", "twice"],

@@ -117,6 +117,8 @@ class Task:
     templates: dict = {}  # recorded in RUN.zarr provenance
     takes_count = False
     typed = False  # the key and value types can be chosen
+    # the haystacks it can build; `needles` only where each haystack needle is recorded as a distractor
+    haystacks: tuple[str, ...] = ("noise", "essay", "needles")
     summary = ""  # one line for --list-tasks
     count = 1
     key_type = "word"
@@ -250,6 +252,10 @@ def _configured(spec: str) -> Task:
             )
         if key in ("key", "value") and not proto.typed:
             raise UsageError(f"task {name!r} has no {key} type to choose ({key}={value})")
+        if key == "haystack" and value not in proto.haystacks:
+            raise UsageError(
+                f"task {name!r} has no {value} haystack (haystack={value}): use {' or '.join(proto.haystacks)}"
+            )
         kw[key] = value
     return proto.configured(**kw)
 
@@ -272,6 +278,10 @@ def with_options(spec: str, needle_type: str | None = None, haystack_kind: str |
     task = get(spec)
     if needle_type is not None and not task.typed:
         raise UsageError(f"--needle-type {needle_type}: the {task.name} task's value has no type to choose")
+    if haystack_kind is not None and haystack_kind not in task.haystacks:
+        raise UsageError(
+            f"--haystack {haystack_kind}: the {task.name} task has no {haystack_kind} haystack; use {' or '.join(task.haystacks)}"
+        )
     return task.configured(value=needle_type, haystack=haystack_kind).label
 
 

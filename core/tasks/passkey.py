@@ -84,6 +84,7 @@ class Passkey(Task):
     """One 5-digit passkey in repeated filler, asked for once."""
 
     name = "passkey"
+    haystacks = ("noise", "essay")  # its document records no distractors
     summary = "one 5-digit pass key stated twice in one sentence (the classic passkey retrieval)"
     templates = {"header": HEADER, "needle": NEEDLE, "question": QUESTION}
 
