@@ -41,6 +41,35 @@ def per_length(data: dict) -> str:
     return "\n".join(out) + f"\n({data['card']}, torch {data['torch']})\n"
 
 
+def _cell(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def _table(rows: list[dict]) -> list[str]:
+    cols = [
+        c
+        for c in dict.fromkeys(k for r in rows for k in r)
+        if all(not isinstance(r.get(c), (list, dict)) for r in rows)
+    ]
+    out = ["| " + " | ".join(cols) + " |", "|---" * len(cols) + "|"]
+    return out + ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
+
+
+def generic(data) -> str:
+    """Any bench JSON: its scalar fields on one line, then a table per list (or mapping) of records."""
+    if isinstance(data, list):
+        data = {"rows": data}
+    scalars = {k: v for k, v in data.items() if not isinstance(v, (list, dict))}
+    out = ["; ".join(f"{k}: {_cell(v)}" for k, v in scalars.items()), ""]
+    for key, value in data.items():
+        rows = value if isinstance(value, list) else [value] if isinstance(value, dict) else None
+        if rows and all(isinstance(r, dict) for r in rows):
+            out += [f"`{key}`:", "", *_table(rows), ""]
+    return "\n".join(out)
+
+
 RENDER = {"per_length_h200.json": per_length}
 
 
@@ -48,7 +77,7 @@ def render(page: str) -> str:
     def one(m: re.Match) -> str:
         name = m.group(2)
         data = json.loads((ROOT / "bench" / "results" / name).read_text())
-        return m.group(1) + RENDER[name](data) + m.group(4)
+        return m.group(1) + RENDER.get(name, generic)(data) + m.group(4)
 
     return BLOCK.sub(one, page)
 
