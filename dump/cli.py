@@ -34,7 +34,11 @@ def main(argv=None) -> int:
             return 0
         from dump.run import run_dump  # heavy imports after --help and option checks
 
-        print(run_dump(opt).line())
+        summary = run_dump(opt)
+        print(summary.line())
+        sizes = summary.sizes()
+        if sizes:
+            print(sizes)
         return 0
 
     return run_main("python -m dump", body, resume="rerun the same command to resume")

@@ -307,6 +307,36 @@ class RunWriter:
         return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
 
 
+def bytes_per_document(path: str) -> dict[int, dict[str, float]]:
+    """Stored bytes per finished document of each variable, per length (a local store; {} otherwise):
+    what each statistic costs, the figure a study's disk budget is planned from."""
+    if not is_local(path):
+        return {}
+    root = local_path(path)
+    out = {}
+    for group in sorted(root.glob("len_*"), key=lambda p: int(p.name[4:])):
+        done = zarr.open_group(str(group), mode="r")["done"][:] if (group / "done").exists() else None
+        docs = int(np.count_nonzero(done)) if done is not None else 0
+        if not docs:
+            continue
+        sizes = {
+            var.name: sum(f.stat().st_size for f in var.rglob("*") if f.is_file()) / docs
+            for var in group.iterdir()
+            if var.is_dir()
+        }
+        out[int(group.name[4:])] = dict(sorted(sizes.items(), key=lambda kv: -kv[1]))
+    return out
+
+
+def sizes_line(path: str, top: int = 6) -> str:
+    """One line: per length, MB per document and its largest variables."""
+    parts = []
+    for n, sizes in bytes_per_document(path).items():
+        head = ", ".join(f"{v} {b / 1e6:.2f}" for v, b in list(sizes.items())[:top])
+        parts.append(f"{n} tokens {sum(sizes.values()) / 1e6:.2f} MB ({head})")
+    return "dump: per document: " + "; ".join(parts) if parts else ""
+
+
 def _layer_tensors(stats: LayerStats, r: int) -> dict:
     """The stored statistics of one layer: the W rows at stored precision, their sum (SnapKV's votes)
     whole, only the last R rows kept (fewer rows than R: zero rows in front)."""

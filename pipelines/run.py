@@ -43,7 +43,11 @@ def run(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
     t = time.perf_counter()
     from dump import run_dump
 
-    log(run_dump(dump_opt).line())
+    summary = run_dump(dump_opt)
+    log(summary.line())
+    sizes = summary.sizes()
+    if sizes:
+        log(sizes)
     timings["dump"] = time.perf_counter() - t
     if until == "dump":
         return _done(timings, cfg.run_store)

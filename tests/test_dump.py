@@ -14,38 +14,23 @@ import xarray as xr
 import zarr
 
 from core import schema
+from tests import conftest
 from tests.conftest import ROOT, run_cli
 
 # every stored variable of a document (the schema's, not a copy): the equality tests compare them all
 VARS = [*schema.RUN_DOCUMENT, *schema.RUN_STATISTICS]
 
 
-def dump_args(model, out, *extra):
-    return [
-        "dump",
-        "--model",
-        model,
-        "--lengths",
-        "256,300",
-        "--depths",
-        "0.2,0.8",
-        "--samples",
-        "2",
-        "--window",
-        "8",
-        "--block",
-        "32",
-        "--out",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
+def dump_argv(model, out, *extra):
+    """This module's reference dump: `conftest.dump_args`' documents of 256 and 300 tokens."""
+    documents = conftest.dump_args("256,300", "0.2,0.8", samples=2, window=8, block=32)
+    return ["dump", "--model", model, *documents, "--out", str(out), "--no-progress", *extra]
 
 
 @pytest.fixture(scope="module")
 def reference_store(tiny_llama_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "run.zarr"
-    r = run_cli(*dump_args(tiny_llama_dir, out))
+    r = run_cli(*dump_argv(tiny_llama_dir, out))
     assert r.returncode == 0, r.stderr
     assert "8 documents written" in r.stdout
     return out
@@ -85,18 +70,18 @@ def test_schema_and_invariants(reference_store):
 
 
 def test_rerun_skips_done_documents(reference_store, tiny_llama_dir):
-    r = run_cli(*dump_args(tiny_llama_dir, reference_store))
+    r = run_cli(*dump_argv(tiny_llama_dir, reference_store))
     assert r.returncode == 0, r.stderr
     assert "0 documents written (8 already done)" in r.stdout
 
 
 def test_other_settings_are_refused_then_overwritten(tiny_llama_dir, tmp_path):
     out = tmp_path / "run.zarr"
-    assert run_cli(*dump_args(tiny_llama_dir, out)).returncode == 0
-    r = run_cli(*dump_args(tiny_llama_dir, out, "--seed", "7"))
+    assert run_cli(*dump_argv(tiny_llama_dir, out)).returncode == 0
+    r = run_cli(*dump_argv(tiny_llama_dir, out, "--seed", "7"))
     assert r.returncode == 2
     assert "other settings" in r.stderr and "seed" in r.stderr and "Traceback" not in r.stderr
-    r = run_cli(*dump_args(tiny_llama_dir, out, "--seed", "7", "--overwrite"))
+    r = run_cli(*dump_argv(tiny_llama_dir, out, "--seed", "7", "--overwrite"))
     assert r.returncode == 0, r.stderr
     assert zarr.open_group(str(out), mode="r").attrs["settings"]["seed"] == 7
 
@@ -113,7 +98,7 @@ def _store_values(path):
 def test_sigkill_at_any_moment_then_rerun_equals_uninterrupted(reference_store, tiny_llama_dir, tmp_path):
     out = tmp_path / "killed.zarr"
     rng = random.Random(0)
-    cmd = [sys.executable, "-m", *dump_args(tiny_llama_dir, out)]
+    cmd = [sys.executable, "-m", *dump_argv(tiny_llama_dir, out)]
     for _ in range(3):  # kill three times at random moments once writing has begun
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
@@ -125,7 +110,7 @@ def test_sigkill_at_any_moment_then_rerun_equals_uninterrupted(reference_store, 
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    r = run_cli(*dump_args(tiny_llama_dir, out))
+    r = run_cli(*dump_argv(tiny_llama_dir, out))
     assert r.returncode == 0, r.stderr
     got, ref = _store_values(out), _store_values(reference_store)
     for key in ref:
@@ -136,7 +121,7 @@ def test_sharded_over_two_processes_equals_one_process(reference_store, tiny_lla
     """--devices shards documents one process per device into one store (two CPU processes here; the
     same code runs one process per GPU)."""
     out = tmp_path / "sharded.zarr"
-    r = run_cli(*dump_args(tiny_llama_dir, out, "--devices", "cpu,cpu"))
+    r = run_cli(*dump_argv(tiny_llama_dir, out, "--devices", "cpu,cpu"))
     assert r.returncode == 0, r.stderr
     assert "8 documents written" in r.stdout
     got, ref = _store_values(out), _store_values(reference_store)
@@ -283,3 +268,25 @@ def test_stores_before_2_2_are_rebuilt_by_the_depth_index(tokenizer):
     np.testing.assert_array_equal(old.input_ids, want.input_ids)
     new = tasks.document(tokenizer, "passkey", 0, "ruler", 200, 0.5, 1, 0)
     assert new.passkey == passkey.make_passkey(haystack.document_rng(0, 200, 0.5, 0))
+
+
+def test_bytes_per_document_add_up_to_the_store_and_the_summary_prints_them(tiny_store):
+    """Every variable's stored bytes per finished document, per length: together they are the store's
+    chunk bytes over its documents (what a study's disk is planned from)."""
+    from pathlib import Path
+
+    from dump.store import bytes_per_document, sizes_line
+
+    sizes = bytes_per_document(tiny_store)
+    assert sorted(sizes) == [200, 256]
+    for n, per in sizes.items():
+        group = Path(tiny_store) / f"len_{n}"
+        total = sum(
+            f.stat().st_size for v in group.iterdir() if v.is_dir() for f in v.rglob("*") if f.is_file()
+        )
+        assert abs(sum(per.values()) * 4 - total) < 1e-6 * total  # 2 depths x 2 samples, all done
+        assert {"colsum", "window", "blocks", "input_ids"} <= set(per) and list(per.values()) == sorted(
+            per.values(), reverse=True
+        )
+    line = sizes_line(tiny_store)
+    assert line.startswith("dump: per document: 200 tokens") and "256 tokens" in line

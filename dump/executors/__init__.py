@@ -24,3 +24,9 @@ class DumpSummary:
             f"model answered (full cache) {self.retrieved}/{self.documents}, "
             f"{rate:,.0f} tokens/s, store {self.store_bytes / 2**20:,.1f} MiB at {self.path}"
         )
+
+    def sizes(self) -> str:
+        """MB per document, and of its largest variables, per length ("" for a remote store)."""
+        from dump.store import sizes_line
+
+        return sizes_line(self.path)
