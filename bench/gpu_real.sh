@@ -24,6 +24,10 @@
 #   bash bench/gpu_real.sh qwen_kernels                  # fused kernels on both real models vs float64
 #   bash bench/gpu_real.sh baseline 4k,8k,16k,32k        # the 1.5B's full-cache table, every RULER NIAH task
 #   TASKS=niah_single_1 bash bench/gpu_real.sh baseline 64k,128k yarn:4   # beyond 32k by YaRN, some tasks
+#   timeout 540 bash bench/gpu_real.sh leaderboard; bash bench/gpu_real.sh lb_pack   # configs/leaderboard.yaml,
+#       a task at a time (TASKS to choose), each task's RUN store removed once analyzed; rerun to resume
+# With the 1.5B alone (QWEN=qwen2.5-coder-1.5b bash bench/gpu_real.sh wheels pack_qwen here): 18 pieces, then
+# `setup` in a call of its own (the wheels and a piece together pass the 64 MiB a call carries).
 # On a 2-GPU machine (kind nvidia-h200-x2), after the pieces as above up to 3:
 #   bash bench/gpu_real.sh two_gpus                 # real SmolLM2 sharded over both GPUs == one GPU
 # Everything a step reports lands in $OUT.
