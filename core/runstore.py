@@ -245,6 +245,22 @@ def _checked(g, var: str, index: tuple, path: str, length: int) -> np.ndarray:
     return a
 
 
+def _context_copy(g, var: str, name: str, index: tuple, path: str, length: int) -> np.ndarray:
+    """The context's copy of a `schema.SHARED_ROWS` statistic: the block rows it shares with the
+    prompt's copy are NaN on disk (RUN 2.4) and read from that copy, bit for bit. A chunk missing on
+    disk is all NaN, which no stored copy is (the rows holding the question always differ)."""
+    a = np.array(_read(g, name, index, path, length))
+    shared = np.isnan(a).all(axis=tuple(i for i in range(a.ndim) if i != 1))
+    if shared.any() and not shared.all():
+        a[:, shared] = _checked(g, var, index, path, length)[:, shared]
+    if np.isnan(a).any():
+        raise CorruptChunk(
+            f"store {path!r}: variable {name} of {_where(length, index)} is missing on disk; "
+            + _advice(g, length, index)
+        )
+    return a
+
+
 def has_context(path: str) -> bool:
     """Whether a RUN.zarr holds the context's own statistics (RUN schema 2.3 on)."""
     root = _open(path)
@@ -347,7 +363,12 @@ def load_doclayer(
             rows = _checked(g, "window", index, path, length).astype(np.float32)
             stats[var] = rows.astype(np.float64).sum(axis=1).astype(np.float32)
         elif var in reads:
-            a = _checked(g, name, index, path, length)
+            shares = var in schema.SHARED_ROWS and name == var + schema.CONTEXT
+            a = (
+                _context_copy(g, var, name, index, path, length)
+                if shares
+                else _checked(g, name, index, path, length)
+            )
             stats[var] = a.astype(np.float32) if a.dtype == np.float16 else a
     for var in PART_OF:  # keys and values of the context do not depend on the question
         if var not in reads:

@@ -42,7 +42,11 @@ RUN_KIND, RESULTS_KIND = "run", "results"
 # 2.2: a document's passkey and haystack are seeded by its depth *value* (before: its index in the grid)
 # 2.3: every needle (`target`, `distractor`, `needle_table`), the context's own statistics (`*_ctx`),
 #      answers as long as the task's (`answer_token`)
-RUN_VERSION = "2.3"
+# 2.4: the context's block sums and pooled Q/K (`blocks_ctx`, `qpool_ctx`, `kpool_ctx`) keep only the
+#      block rows that differ from the prompt's own copy; a row they share is NaN there and read from it
+RUN_VERSION = "2.4"
+# statistics whose context copy stores only the block rows (axis 1) that differ from the prompt's copy
+SHARED_ROWS = ("blocks", "qpool", "kpool")
 # 3.0: a `setting` dimension (aware, agnostic); needle metrics over every target span; distractor_kept
 # 3.1: intervals by the metric's kind (Wilson, bootstrap, t: inside the metric's range) and `{metric}_n`
 # 3.2: with answers, `answer_distracted` and each failed answer's `cause`

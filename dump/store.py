@@ -34,6 +34,10 @@ COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), Crc32cC
 # 0.92 of their size at 0.3 s a 2k document to write, 0.2 s to read): checksummed only
 RAW = (Crc32cCodec(),)
 UNCOMPRESSED = frozenset(("key_cache", "value_cache"))
+# block sums (half of them exact zeros: the causal triangle) and pooled Q/K compress better with bytes
+# shuffled than bits; every other statistic the other way (docs/results.md, "What a store costs")
+BYTE_SHUFFLED = (BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"), Crc32cCodec())
+SHUFFLE_BYTES = frozenset(v + c for v in ("blocks", "qpool", "kpool") for c in ("", "_ctx"))
 # what a chunk torn by a kill raises when read: a short Blosc frame, a crc32c mismatch, a bad header
 CHUNK_ERRORS = (ValueError, RuntimeError, OSError)
 
@@ -169,7 +173,11 @@ class RunWriter:
                 shape=tuple(sizes[d] for d in spec.dims),
                 dtype=spec.dtype,
                 chunks=schema.chunks_of(spec, sizes, tile),
-                compressors=RAW if var in UNCOMPRESSED else COMPRESSORS,
+                compressors=RAW
+                if var in UNCOMPRESSED
+                else BYTE_SHUFFLED
+                if var in SHUFFLE_BYTES
+                else COMPRESSORS,
                 fill_value=spec.fill,
                 dimension_names=list(spec.dims),
                 attributes={"long_name": spec.long_name},
@@ -239,6 +247,12 @@ class RunWriter:
             var: t.detach().to(TORCH_DTYPES[str(targets[var].dtype)]).cpu().numpy()
             for var, t in tensors.items()
         }
+        if SHARE_CONTEXT_ROWS:
+            for var in schema.SHARED_ROWS:
+                if var + schema.CONTEXT in arrays:
+                    arrays[var + schema.CONTEXT] = shared_rows_dropped(
+                        arrays[var + schema.CONTEXT], arrays[var]
+                    )
         self._submit(self._write_layer, targets, d, s, layer, arrays)
 
     @staticmethod
@@ -305,6 +319,24 @@ class RunWriter:
             return 0
         root = local_path(self.path)
         return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+# the context's copies of block sums and pooled Q/K store only the rows that differ (RUN 2.4)
+SHARE_CONTEXT_ROWS = True
+
+
+def shared_rows_dropped(context: np.ndarray, prompt: np.ndarray) -> np.ndarray:
+    """The context's copy with NaN in every block row (axis 1) equal bit for bit to the prompt's copy
+    (the rows before the question's block): NaN compresses to nothing, and the reader takes those
+    rows from the prompt's copy (`core.runstore`)."""
+    bits = np.dtype(f"u{context.dtype.itemsize}")
+    other = tuple(i for i in range(context.ndim) if i != 1)
+    same = (context.view(bits) == prompt.view(bits)).all(axis=other)
+    if same.all():  # never dropped whole: a chunk of NaN alone reads as missing
+        same[-1] = False
+    out = np.array(context)
+    out[:, same] = np.nan
+    return out
 
 
 def bytes_per_document(path: str) -> dict[int, dict[str, float]]:

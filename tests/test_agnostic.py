@@ -132,3 +132,53 @@ def test_both_settings_in_results_and_the_agnostic_full_cache_answers_as_the_mod
     assert np.isnan(agnostic.needle_hit.sel(policy="oracle")).all()  # it reads the answer row: aware only
     assert not np.isnan(one_setting(ds, "aware").needle_hit.sel(policy="oracle")).any()
     assert float(agnostic.answer.sel(policy="full").mean()) == float(g["retrieved"][:].mean())
+
+
+def test_context_copies_store_only_the_rows_they_do_not_share_and_read_back_bit_for_bit(
+    tiny_llama_dir, tmp_path, monkeypatch
+):
+    """RUN 2.4: `blocks_ctx`, `qpool_ctx` and `kpool_ctx` keep only the block rows that differ from the
+    prompt's copy. The same documents dumped with every row stored give bit-identical RESULTS in
+    both settings, and the stored copies are smaller."""
+    import xarray as xr
+
+    from dump import store as run_store
+    from tests.conftest import dump_args, run_cli
+
+    outs = {}
+    for share in (True, False):
+        monkeypatch.setattr(run_store, "SHARE_CONTEXT_ROWS", share)
+        run = tmp_path / f"share{share}.zarr"
+        argv = dump_args("256,300", "0.2,0.8", samples=2, window=8, block=32)
+        r = run_cli(
+            "dump",
+            "--model",
+            tiny_llama_dir,
+            "--task",
+            "ruler:niah_multikey_1",
+            *argv,
+            "--out",
+            str(run),
+            "--no-progress",
+        )
+        assert r.returncode == 0, r.stderr
+        res = tmp_path / f"share{share}.results.zarr"
+        r = run_cli(
+            "analyze", str(run), "--policies", "full,h2o,snapkv,cab,cab_high,block_mass,cab_3c",
+            "--sparsity", "0.5,0.9", "--setting", "aware,agnostic", "--workers", "1", "--out", str(res), "--no-progress",
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        outs[share] = (run, xr.open_zarr(res).load())
+    g = zarr.open_group(str(outs[True][0] / "len_300"), mode="r")
+    for var in schema.SHARED_ROWS:
+        ctx, own = np.asarray(g[var + schema.CONTEXT][0, 0, 1]), np.asarray(g[var][0, 0, 1])
+        shared = np.isnan(ctx).all(axis=(0, 2))
+        assert shared.any() and not shared.all(), var  # the rows before the question's block are shared
+        full = np.asarray(
+            zarr.open_group(str(outs[False][0] / "len_300"), mode="r")[var + schema.CONTEXT][0, 0, 1]
+        )
+        assert np.array_equal(full[:, shared].view(np.uint8), own[:, shared].view(np.uint8))
+    a, b = outs[True][1], outs[False][1]
+    assert set(a.data_vars) == set(b.data_vars)
+    for v in a.data_vars:
+        assert a[v].equals(b[v]), v
