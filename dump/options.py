@@ -140,9 +140,9 @@ class DumpOptions:
         integer(minimum=1, maximum=MAX_ROWS),
     )
     window_rows: int = option(
-        8,
-        "R: how many of the last W rows are stored whole (the final row and snapkv:window=R read them); "
-        "R = W stores them all",
+        1,
+        "R: how many of the last W rows are stored whole (the final row, which every policy's metrics "
+        "read; snapkv:window=R reads R of them, and is refused on a store with fewer); R = W stores them all",
         integer(minimum=1, maximum=MAX_ROWS),
     )
     block: int | str = option(

@@ -49,7 +49,7 @@ def test_schema_and_invariants(reference_store):
         "layer": 3,
         "head": 4,
         "key": 300,
-        "wq": 8,
+        "wq": 1,
         "qblock": 10,
         "kblock": 10,
         "dim": 8,

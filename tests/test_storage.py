@@ -22,11 +22,11 @@ def _dump(model, out, *extra):
 
 @pytest.fixture(scope="module")
 def stores(smollm2_dir, tmp_path_factory):
-    """The real SmolLM2 at 1k, dumped with all 32 rows whole and with the default 8."""
+    """The real SmolLM2 at 1k, dumped with all 32 rows whole and with 8."""
     d = tmp_path_factory.mktemp("storage")
     every, few = d / "every.zarr", d / "few.zarr"
     _dump(smollm2_dir, every, "--window-rows", "32")
-    _dump(smollm2_dir, few)
+    _dump(smollm2_dir, few, "--window-rows", "8")
     return every, few
 
 
