@@ -5,9 +5,10 @@
 
 The first form reads stores: last line per store and length `store_mb_per_doc N MB` (N = tokens);
 the dump prints the same figures, largest variables first, after each run. `--layouts` dumps the same
-documents twice in this run, with the context's block sums and pooled Q/K stored whole and every statistic's
-bits shuffled (the layout of RUN 2.3), and with only the rows they do not share and the block sums'
-and pooled Q/K's bytes shuffled (RUN 2.4), and prints
+documents twice in this run: in RUN 2.3's layout (8 of the last W rows whole, the context's block
+sums and pooled Q/K stored whole, every statistic's bits shuffled) and in today's (the final row
+whole, only the context rows not shared with the prompt's copy, block sums' and pooled Q/K's bytes
+shuffled), and prints
 `store_mb_per_doc_before`, `store_mb_per_doc` and their ratio."""
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def layouts(args) -> None:
                 args.depths,
             ]
             argv += ["--samples", "1", "--device", args.device, "--out", out, "--no-progress"]
+            argv += [] if share else ["--window-rows", "8"]  # RUN 2.3's default
             assert dump_main(argv) == 0
             sizes[share] = next(iter(report(out).values()))
     print(f"store_mb_per_doc_before {sizes[False]:.3f}")
