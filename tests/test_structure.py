@@ -42,7 +42,7 @@ def test_dumped_store_matches_the_schema_exactly(store):
     for n in (200, 256):
         g = root[schema.group_name(n)]
         assert schema.run_group_differences(g, full=False) == []
-        sizes = schema.run_sizes(n, 2, 2, root.attrs["model_config"], 8, 32, [])
+        sizes = schema.run_sizes(n, 2, 2, root.attrs["model_config"], 8, 32, [], window_rows=1)
         for name, var in schema.run_vars(False).items():
             assert g[name].shape == tuple(sizes[d] for d in var.dims), name
             assert g[name].chunks == schema.chunks_of(var, sizes, int(g.attrs["tile"])), name
