@@ -251,7 +251,6 @@ leaderboard() {  # configs/leaderboard.yaml one task at a time (TASKS, default a
     [ -f "runs/lb/$task.done" ] && continue
     cfg=runs/lb/cfg/$task.yaml
     python3 -c "import sys, yaml; c = yaml.safe_load(open('configs/leaderboard.yaml')); c['tasks'] = ['ruler:$task']; c['out'] = '../out'; c['analyze']['workers'] = int(sys.argv[1]); yaml.safe_dump(c, open('$cfg', 'w'))" "${WORKERS:-8}" || return 1
-    name=$(ls -d runs/lb/out/*"$task"* 2>/dev/null | head -1)
     echo "== $task $(date +%T)" | tee -a "$OUT/leaderboard.log"
     python3 -m pipelines run "$cfg" --until analyze --no-progress 2>&1 | grep -v -i warning | tail -8 | tee -a "$OUT/leaderboard.log"
     name=$(ls -d runs/lb/out/*"$task"* | head -1)

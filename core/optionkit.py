@@ -172,6 +172,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
             continue
         default = f.default if f.default is not MISSING else f.default_factory()
         help_text = m["help"]
+        names = [cli_name(f.name)] + ([cli_name(m["alias"])] if m["alias"] else [])
         if m["positional"]:
             parser.add_argument(f.name, nargs="?", default=None, help=help_text)
         elif m["flag"]:
@@ -180,13 +181,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
                     "--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", help=help_text
                 )
             else:
-                names = [cli_name(f.name)] + ([cli_name(m["alias"])] if m["alias"] else [])
                 parser.add_argument(*names, dest=f.name, action="store_true", help=help_text)
         else:
             shown = _show(default)
             parser.add_argument(
-                cli_name(f.name),
-                *([cli_name(m["alias"])] if m["alias"] else []),
+                *names,
                 dest=f.name,
                 default=None,
                 metavar=m["metavar"] or f.name.upper(),

@@ -238,11 +238,15 @@ def _checked(g, var: str, index: tuple, path: str, length: int) -> np.ndarray:
     """A float statistic: NaN anywhere means its chunk is missing on disk (NaN is the fill value)."""
     a = _read(g, var, index, path, length)
     if a.dtype.kind == "f" and np.isnan(a).any():
-        raise CorruptChunk(
-            f"store {path!r}: variable {var} of {_where(length, index)} is missing on disk; "
-            + _advice(g, length, index)
-        )
+        raise _missing(g, var, index, path, length)
     return a
+
+
+def _missing(g, var: str, index: tuple, path: str, length: int) -> CorruptChunk:
+    return CorruptChunk(
+        f"store {path!r}: variable {var} of {_where(length, index)} is missing on disk; "
+        + _advice(g, length, index)
+    )
 
 
 def _context_copy(g, var: str, name: str, index: tuple, path: str, length: int) -> np.ndarray:
@@ -254,10 +258,7 @@ def _context_copy(g, var: str, name: str, index: tuple, path: str, length: int) 
     if shared.any() and not shared.all():
         a[:, shared] = _checked(g, var, index, path, length)[:, shared]
     if np.isnan(a).any():
-        raise CorruptChunk(
-            f"store {path!r}: variable {name} of {_where(length, index)} is missing on disk; "
-            + _advice(g, length, index)
-        )
+        raise _missing(g, name, index, path, length)
     return a
 
 

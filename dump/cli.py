@@ -34,11 +34,7 @@ def main(argv=None) -> int:
             return 0
         from dump.run import run_dump  # heavy imports after --help and option checks
 
-        summary = run_dump(opt)
-        print(summary.line())
-        sizes = summary.sizes()
-        if sizes:
-            print(sizes)
+        print("\n".join(run_dump(opt).lines()))
         return 0
 
     return run_main("python -m dump", body, resume="rerun the same command to resume")

@@ -43,11 +43,8 @@ def run(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
     t = time.perf_counter()
     from dump import run_dump
 
-    summary = run_dump(dump_opt)
-    log(summary.line())
-    sizes = summary.sizes()
-    if sizes:
-        log(sizes)
+    for line in run_dump(dump_opt).lines():
+        log(line)
     timings["dump"] = time.perf_counter() - t
     if until == "dump":
         return _done(timings, cfg.run_store)

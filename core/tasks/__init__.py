@@ -137,6 +137,10 @@ class Task:
         return out + (f",haystack={self.haystack}" if self.haystack else "")
 
     def configured(self, count=None, key=None, value=None, haystack=None) -> Task:
+        if haystack is not None and haystack not in self.haystacks:
+            raise UsageError(
+                f"the {self.name} task has no {haystack} haystack (haystack={haystack}): use {' or '.join(self.haystacks)}"
+            )
         out = copy.copy(self)
         for attr, v in (("count", count), ("key_type", key), ("value_type", value), ("haystack", haystack)):
             if v is not None:
@@ -252,10 +256,6 @@ def _configured(spec: str) -> Task:
             )
         if key in ("key", "value") and not proto.typed:
             raise UsageError(f"task {name!r} has no {key} type to choose ({key}={value})")
-        if key == "haystack" and value not in proto.haystacks:
-            raise UsageError(
-                f"task {name!r} has no {value} haystack (haystack={value}): use {' or '.join(proto.haystacks)}"
-            )
         kw[key] = value
     return proto.configured(**kw)
 
@@ -278,10 +278,6 @@ def with_options(spec: str, needle_type: str | None = None, haystack_kind: str |
     task = get(spec)
     if needle_type is not None and not task.typed:
         raise UsageError(f"--needle-type {needle_type}: the {task.name} task's value has no type to choose")
-    if haystack_kind is not None and haystack_kind not in task.haystacks:
-        raise UsageError(
-            f"--haystack {haystack_kind}: the {task.name} task has no {haystack_kind} haystack; use {' or '.join(task.haystacks)}"
-        )
     return task.configured(value=needle_type, haystack=haystack_kind).label
 
 

@@ -25,8 +25,8 @@ class DumpSummary:
             f"{rate:,.0f} tokens/s, store {self.store_bytes / 2**20:,.1f} MiB at {self.path}"
         )
 
-    def sizes(self) -> str:
-        """MB per document, and of its largest variables, per length ("" for a remote store)."""
+    def lines(self) -> list[str]:
+        """`line()`, then MB per document and of its largest variables per length (a local store)."""
         from dump.store import sizes_line
 
-        return sizes_line(self.path)
+        return [self.line(), *filter(None, [sizes_line(self.path)])]
