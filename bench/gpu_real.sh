@@ -102,12 +102,35 @@ qwen() {  # there: join the pieces, cut and check each GGUF into the cache, conv
     at=$((at + size))
   done < $G/qmanifest
   rm -f $all
-  for name in $QWEN; do python3 -c "from core.lm import models; print(models.resolve('$name'))" 2>&1 | grep -v Warning | tail -1; done
+  for name in $QWEN; do python3 -c "from core.lm import models; print(models.resolve('$name'))" 2>&1 | grep --line-buffered -v Warning | tail -1; done
   return 0
 }
 
 qwen_kernels() {  # the fused CUDA statistics on the real Qwen models against float64
-  python3 -m pytest -q -p no:cacheprovider tests/test_qwen.py -m "slow or not slow" -k cuda 2>&1 | grep -E "worst relative|passed|failed" | tee -a "$OUT/qwen_kernels.txt"
+  python3 -m pytest -q -s -p no:cacheprovider tests/test_qwen.py -m "slow or not slow" -k cuda 2>&1 | grep --line-buffered -E "worst relative|passed|failed|skipped" | tee -a "$OUT/qwen_kernels.txt"
+}
+
+plain_baseline() {  # the 1.5B's full-cache answers without statistics (bench/answer_baseline.py): TASKS (default
+  # the eight NIAH tasks and passkey) at LENGTHS, 5 depths x SAMPLES (default 2)
+  local lengths=$1 rope=${2:-}
+  python3 bench/answer_baseline.py --model qwen2.5-coder-1.5b --lengths "$lengths" ${rope:+--rope-scaling $rope} \
+    --tasks "${TASKS:-niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,niah_multikey_2,niah_multikey_3,niah_multivalue,niah_multiquery,passkey}" \
+    --samples "${SAMPLES:-2}" --json "$OUT/plain_baseline_${lengths//,/_}.json" 2>&1 | grep --line-buffered -v -i warning | tee -a "$OUT/plain_baseline.txt"
+}
+
+plain_check() {  # the plain baseline gives the dump's own answers: one task's 8k dump, then the same documents
+  python3 -m dump --model qwen2.5-coder-1.5b --task ruler:niah_multikey_2 --lengths 8k --depths 0.1,0.3,0.5,0.7,0.9 \
+    --samples 2 --window 1 --block 512 --device cuda --out runs/check/mk2.zarr --no-progress 2>&1 | grep --line-buffered -E "^dump|rror" | tee -a "$OUT/plain_check.txt"
+  python3 bench/answer_baseline.py --model qwen2.5-coder-1.5b --tasks niah_multikey_2 --lengths 1k --depths 0.5 --samples 1 \
+    --check niah_multikey_2=runs/check/mk2.zarr 2>&1 | grep --line-buffered -v -i warning | tee -a "$OUT/plain_check.txt"
+}
+
+store32k() {  # RUN 2.3's layout against today's on one 32k document of the 1.5B
+  python3 bench/store_bench.py --layouts --model qwen2.5-coder-1.5b --length 32k --device cuda 2>&1 | grep --line-buffered -v -i warning | tee "$OUT/store32k.txt" | tail -12
+}
+
+capture8b() {  # no weights needed: the Llama-3-8B shape at 128k, capture against a plain forward
+  python3 bench/dump_bench_cuda.py --skip-small --llama8b 128k --tiled-max 1k --warps 8 --json "$OUT/capture8b.json" 2>&1 | grep --line-buffered -v -i warning | tee "$OUT/capture8b.txt" | tail -8
 }
 
 baseline() {  # the 1.5B's full-cache answers, every RULER NIAH task (and passkey, when TASKS names it) at
@@ -120,7 +143,7 @@ baseline() {  # the 1.5B's full-cache answers, every RULER NIAH task (and passke
     spec=$task && [[ $task == niah_* ]] && spec=ruler:$task
     python3 -m dump --model qwen2.5-coder-1.5b --task "$spec" --lengths "$lengths" \
       --depths 0.1,0.3,0.5,0.7,0.9 --samples "${SAMPLES:-2}" --window 1 --window-rows 1 --block 512 --device cuda --dtype bfloat16 ${rope:+--rope-scaling $rope} \
-      --out "runs/base/$task${rope:+_${rope//:/}}.zarr" --no-progress 2>&1 | grep -E "^dump|rror" | tee -a "$OUT/baseline.log"
+      --out "runs/base/$task${rope:+_${rope//:/}}.zarr" --no-progress 2>&1 | grep --line-buffered -E "^dump|rror" | tee -a "$OUT/baseline.log"
   done
   local stores=()
   for s in runs/base/*.zarr; do stores+=("$(basename "$s" .zarr | sed 's/_yarn.*//')=$s"); done
@@ -162,48 +185,48 @@ kernels() {  # no weights needed
 }
 
 sliding() {
-  python3 bench/gemma_bench_cuda.py --parts sliding --json "$OUT/sliding.json" 2>&1 | grep -v Warning | tail -4
+  python3 bench/gemma_bench_cuda.py --parts sliding --json "$OUT/sliding.json" 2>&1 | grep --line-buffered -v Warning | tail -4
 }
 
 smollm2() { join smollm2 && python3 -c "from core.lm import models; print(models.resolve('smollm2-135m'))"; }
 gemma() { join gemma && python3 -c "from core.lm import models; print(models.resolve('gemma3-270m'))"; }
 
 kernel_errors() {  # no weights needed
-  python3 bench/kernel_errors.py 2>&1 | grep -v Warning | tee -a "$OUT/kernel_errors.txt"
+  python3 bench/kernel_errors.py 2>&1 | grep --line-buffered -v Warning | tee -a "$OUT/kernel_errors.txt"
 }
 
 two_gpus() {  # one real-weight dump sharded over two GPUs equals the same dump on one
   local args="--lengths 2k,4k,8k --depths 0.2,0.5,0.8 --samples 2 --window 16 --no-progress"
   nvidia-smi --query-gpu=index,name --format=csv,noheader
-  python3 -m dump $args --devices cuda:0,cuda:1 --out /tmp/two.zarr 2>&1 | grep -E "^dump|rror"
-  python3 -m dump $args --device cuda:0 --out /tmp/one.zarr 2>&1 | grep -E "^dump|rror"
+  python3 -m dump $args --devices cuda:0,cuda:1 --out /tmp/two.zarr 2>&1 | grep --line-buffered -E "^dump|rror"
+  python3 -m dump $args --device cuda:0 --out /tmp/one.zarr 2>&1 | grep --line-buffered -E "^dump|rror"
   python3 bench/compare_stores.py /tmp/two.zarr /tmp/one.zarr | tee -a "$OUT/two_gpus.txt"
 }
 
 stats128k() {  # no weights needed: SmolLM2's shape at 128k, bf16; prints stats_vs_sdpa_128k
   python3 bench/dump_bench_cuda.py --lengths 128k --tiled-max 1k --eager-max 1k --llama8b '' \
-    --json "$OUT/dump_bench_128k.json" 2>&1 | grep -v Warning | tail -6
+    --json "$OUT/dump_bench_128k.json" 2>&1 | grep --line-buffered -v Warning | tail -6
 }
 
 fp32() {  # real Gemma at 32k, bfloat16 and float32: prints fp32_vs_bf16_32k
-  python3 bench/gemma_bench_cuda.py --parts fp32 --docs 3 --json "$OUT/fp32.json" 2>&1 | grep -v Warning | tail -6
+  python3 bench/gemma_bench_cuda.py --parts fp32 --docs 3 --json "$OUT/fp32.json" 2>&1 | grep --line-buffered -v Warning | tail -6
 }
 
 answers() {  # the answer pass on the GPU, default workers: float32 at 32k, bfloat16 at 128k
-  python3 bench/gemma_bench_cuda.py --parts answers --json "$OUT/answers.json" 2>&1 | grep -v Warning | tail -6
+  python3 bench/gemma_bench_cuda.py --parts answers --json "$OUT/answers.json" 2>&1 | grep --line-buffered -v Warning | tail -6
 }
 
 bench() {
-  python3 bench/gemma_bench_cuda.py --parts gemma,smollm2 --json "$OUT/gemma_bench.json" 2>&1 | grep -v Warning | tail -8
+  python3 bench/gemma_bench_cuda.py --parts gemma,smollm2 --json "$OUT/gemma_bench.json" 2>&1 | grep --line-buffered -v Warning | tail -8
 }
 
 lengths() {
-  python3 bench/gemma_bench_cuda.py --parts lengths --json "$OUT/per_length.json" 2>&1 | grep -v Warning | tail -12
+  python3 bench/gemma_bench_cuda.py --parts lengths --json "$OUT/per_length.json" 2>&1 | grep --line-buffered -v Warning | tail -12
 }
 
 study() {  # a config through dump and analyze; the results come back as a tarball
   local name=$1
-  python3 -m pipelines run "configs/$name.yaml" --until analyze --no-progress 2>&1 | grep -v -i warning | tail -40 | tee "$OUT/$name.log"
+  python3 -m pipelines run "configs/$name.yaml" --until analyze --no-progress 2>&1 | grep --line-buffered -v -i warning | tail -40 | tee "$OUT/$name.log"
   tar -C runs/$name -czf "$OUT/$name.results.tgz" results.zarr
   du -sh runs/$name/* | tee -a "$OUT/$name.log"
 }
@@ -213,10 +236,10 @@ ruler_gemma() {  # the Gemma RULER table: one task (passkey, multikey:3, multiva
   name=$(echo "$task" | tr ':' '_')
   python3 -m dump --model gemma3-270m --task "$task" --lengths 4k,16k --depths 0.1,0.3,0.5,0.7,0.9 --samples 2 \
     --window 64 --device cuda --dtype bfloat16 --out "runs/ruler_gemma/$name.zarr" --overwrite --no-progress 2>&1 \
-    | grep -E "^dump|rror" | tee -a "$OUT/ruler_gemma.log"
+    | grep --line-buffered -E "^dump|rror" | tee -a "$OUT/ruler_gemma.log"
   python3 -m analyze "runs/ruler_gemma/$name.zarr" --setting aware,agnostic --answers --answer-device cuda \
     --sparsity 0.5,0.9 --retrieval-heads 4 --out "runs/ruler_gemma/$name.results.zarr" --no-progress 2>&1 \
-    | grep -v -i warning | tail -30 | tee -a "$OUT/ruler_gemma.log"
+    | grep --line-buffered -v -i warning | tail -30 | tee -a "$OUT/ruler_gemma.log"
   tar -C runs/ruler_gemma -czf "$OUT/$name.results.tgz" "$name.results.zarr"
 }
 policies_but() { python3 -c "from analyze.policies import ALL_POLICIES as m; print(','.join(x for x in m if x not in '$1'.split(',')))"; }
@@ -225,22 +248,22 @@ policies_smollm2() {  # every policy on the CPU model's documents: the demo's 15
   mkdir -p runs/policies
   python3 -m dump --model smollm2-135m --lengths 512,1k,2k --depths 0.1,0.3,0.5,0.7,0.9 --samples 1 --seed 0 \
     --filler ruler --window 16 --block 64 --store stats,keys --kvzip --device cuda --dtype float32 \
-    --out runs/policies/smollm2.zarr --overwrite --no-progress 2>&1 | grep -E "^dump|rror" | tee -a "$OUT/policies_smollm2.txt"
+    --out runs/policies/smollm2.zarr --overwrite --no-progress 2>&1 | grep --line-buffered -E "^dump|rror" | tee -a "$OUT/policies_smollm2.txt"
   python3 -m analyze runs/policies/smollm2.zarr --policies "$(policies_but none)" --sparsity 0.5,0.9,0.95 \
     --setting aware,agnostic --answers --answer-device cuda --out runs/policies/smollm2.results.zarr --no-progress 2>&1 \
-    | grep -v -i warning | tail -5
+    | grep --line-buffered -v -i warning | tail -5
   tar -C runs/policies -czf "$OUT/policies_smollm2.results.tgz" smollm2.results.zarr
 }
 policies_gemma_dump() {  # every policy on real Gemma: real Gemma 3 270M at 16k, 10 documents, bfloat16, with keys
   mkdir -p runs/policies
   python3 -m dump --model gemma3-270m --lengths 16k --depths 0.1,0.3,0.5,0.7,0.9 --samples 2 --window 64 \
     --store stats,keys --device cuda --dtype bfloat16 --out runs/policies/gemma.zarr --overwrite --no-progress 2>&1 \
-    | grep -E "^dump|rror" | tee -a "$OUT/policies_gemma.txt"
+    | grep --line-buffered -E "^dump|rror" | tee -a "$OUT/policies_gemma.txt"
 }
 policies_gemma() {  # every policy but kvzip (sliding-window layers: refused, as kvpress refuses Gemma 3)
   python3 -m analyze runs/policies/gemma.zarr --policies "$(policies_but kvzip)" --sparsity 0.5,0.9,0.95 \
     --setting aware,agnostic --answers --answer-device cuda --retrieval-heads 4 \
-    --out runs/policies/gemma.results.zarr --no-progress 2>&1 | grep -v -i warning | tail -5
+    --out runs/policies/gemma.results.zarr --no-progress 2>&1 | grep --line-buffered -v -i warning | tail -5
   tar -C runs/policies -czf "$OUT/policies_gemma.results.tgz" gemma.results.zarr
 }
 leaderboard() {  # configs/leaderboard.yaml one task at a time (TASKS, default all eight), each through dump and
@@ -252,7 +275,7 @@ leaderboard() {  # configs/leaderboard.yaml one task at a time (TASKS, default a
     cfg=runs/lb/cfg/$task.yaml
     python3 -c "import sys, yaml; c = yaml.safe_load(open('configs/leaderboard.yaml')); c['tasks'] = ['ruler:$task']; c['out'] = '../out'; c['analyze']['workers'] = int(sys.argv[1]); yaml.safe_dump(c, open('$cfg', 'w'))" "${WORKERS:-8}" || return 1
     echo "== $task $(date +%T)" | tee -a "$OUT/leaderboard.log"
-    python3 -m pipelines run "$cfg" --until analyze --no-progress 2>&1 | grep -v -i warning | tail -8 | tee -a "$OUT/leaderboard.log"
+    python3 -m pipelines run "$cfg" --until analyze --no-progress 2>&1 | grep --line-buffered -v -i warning | tail -8 | tee -a "$OUT/leaderboard.log"
     name=$(ls -d runs/lb/out/*"$task"* | head -1)
     [ -d "$name/results.zarr" ] || { echo "!! $task: no results"; return 1; }
     du -sh "$name/run.zarr" | tee -a "$OUT/leaderboard.log"
@@ -273,6 +296,10 @@ while [ $# -gt 0 ]; do
       lengths=$1 rope=""; shift
       if [[ "${1:-}" == yarn:* ]]; then rope=$1; shift; fi
       echo "== baseline $lengths $rope"; baseline "$lengths" "$rope" ;;
+    plain_baseline)
+      lengths=$1 rope=""; shift
+      if [[ "${1:-}" == yarn:* ]]; then rope=$1; shift; fi
+      echo "== plain_baseline $lengths $rope"; plain_baseline "$lengths" "$rope" ;;
     ruler_gemma) echo "== ruler_gemma $1"; ruler_gemma "$1" || echo "!! ruler_gemma failed"; shift ;;
     *) echo "== $step"; $step || echo "!! $step failed" ;;
   esac

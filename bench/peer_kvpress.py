@@ -18,7 +18,11 @@ in `.venv` through subprocesses (`--lab-python`). In one run, on one machine:
 3. per press, setting and ratio: the kept-set agreement per layer and kv head (kvpress's kept
    positions are recovered from its pruned cache: every post-RoPE key is unique), the answer
    agreement (identical answer ids; equal RULER string_match_all score), and last
-   `sweep_speedup_vs_kvpress`: kvpress seconds / lab seconds (dump + analysis).
+   `sweep_speedup_vs_kvpress`: kvpress seconds / lab seconds (dump + analysis);
+4. with `--leaderboard`: the lab timed again on configs/leaderboard.yaml's whole grid (its --store,
+   every policy, sparsity and setting, with answers) on the same documents, and
+   `leaderboard_speedup_vs_kvpress`: kvpress's measured seconds per run times the grid's runs, over
+   the lab's seconds (dump + analysis) for that grid.
 
 Where kept sets cannot agree by definition the script says why and measures what can agree:
 - budgets: kvpress keeps int((1 - r) n) keys, the lab round((1 - s) n); cells where they differ are
@@ -170,6 +174,12 @@ def main() -> None:
         help="the lab dump's --store (default stats,kv: the prompt's cache, which the answer pass reads "
         "instead of prefilling every document again, and the keys the key scorers read)",
     )
+    p.add_argument(
+        "--leaderboard",
+        action="store_true",
+        help="also time the lab on configs/leaderboard.yaml's whole grid (its --store, policies, sparsities and "
+        "settings, with answers) on the same documents, and print leaderboard_speedup_vs_kvpress",
+    )
     args = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -207,6 +217,16 @@ def main() -> None:
         lab_dump = lab(dump_argv(root, run, args.lab_store), args.lab_python)
         lab_analyze = lab(analyze_argv(run, results), args.lab_python)
         lab_s = lab_dump + lab_analyze
+        if args.leaderboard:  # the leaderboard's grid, on the same documents, timed as a whole
+            board = leaderboard_grid()
+            lb_run = str(Path(tmp) / "lb.run.zarr")
+            lb_dump = lab(dump_argv(root, lb_run, board["store"]), args.lab_python)
+            lb_analyze = lab(
+                ["-m", "analyze", lb_run, "--policies", ",".join(board["policies"]),
+                 "--sparsity", ",".join(board["sparsity"]), "--setting", ",".join(board["setting"]),
+                 "--answers", "--out", str(Path(tmp) / "lb.results.zarr"), "--no-progress"],
+                args.lab_python,
+            )  # fmt: skip
         kept_lab = {}
         for setting in settings:
             npz = str(Path(tmp) / f"kept_{setting}.npz")
@@ -346,6 +366,31 @@ def main() -> None:
         f"(without the {Recorder.seconds:.1f} s this script spent recovering kept sets)"
     )
     print(f"sweep_speedup_vs_kvpress {kvpress_s / lab_s:.2f}")
+    if args.leaderboard:
+        per_run = kvpress_s / grid
+        runs = len(docs) * len(board["policies"]) * len(board["sparsity"]) * len(board["setting"])
+        print(
+            f"leaderboard grid (configs/leaderboard.yaml) on these {len(docs)} documents: {runs} (policy, sparsity, "
+            f"setting, document) runs; the lab {lb_dump + lb_analyze:.1f} s (dump --store {board['store']} "
+            f"{lb_dump:.1f} + analyze --answers {lb_analyze:.1f}); kvpress {per_run:.2f} s per run as measured above, "
+            f"{per_run * runs:.1f} s for the grid"
+        )
+        print(f"leaderboard_speedup_vs_kvpress {per_run * runs / (lb_dump + lb_analyze):.2f}")
+
+
+def leaderboard_grid() -> dict:
+    """configs/leaderboard.yaml's dump --store and analyze grid (policies, sparsities, settings)."""
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs" / "leaderboard.yaml").read_text())
+    d, a = cfg["dump"], cfg["analyze"]
+    store = str(d.get("store", "stats")) + (",kvzip" if d.get("kvzip") else "")
+    return {
+        "store": store,
+        "policies": [str(x) for x in a["policies"]],
+        "sparsity": [str(x) for x in a["sparsity"]],
+        "setting": [str(x) for x in a["setting"]],
+    }
 
 
 TIE = 1e-5

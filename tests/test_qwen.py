@@ -127,7 +127,9 @@ def test_real_qwen_full_cache_reproduces_the_dumps_own_answer(qwen_store, settin
 @pytest.mark.parametrize("name", [QWEN, "qwen2.5-coder-1.5b"])
 def test_real_qwen_on_cuda_equals_eager_float64(name):
     """The fused CUDA kernels (float32) on the real model against eager float64 attention on a 2k
-    RULER prompt: every statistic and the logits within 1e-4."""
+    RULER prompt: every statistic and the logits within 1e-4, or within twice the error of plain
+    float32 eager attention (IEEE, no TF32) of the same float32 model, where float32 itself errs more
+    (Qwen2's first layer, whose queries and keys are very large)."""
     from types import SimpleNamespace as cpu
 
     from core import tasks
@@ -145,9 +147,32 @@ def test_real_qwen_on_cuda_equals_eager_float64(name):
     ref = cpu(logits=ref.logits.cpu(), attentions=[a.cpu() for a in ref.attentions])
     del model
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager")
-    model.to("cuda").set_attn_implementation(capture.NAME)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.no_grad():  # float32's own error: eager attention of the same float32 model
+            plain = model.to("cuda").eval()(ids, output_attentions=True)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    block, window = 64, 32
+    as_stats = {}
+    for layer, a in enumerate(plain.attentions):
+        a = a[0].double().cpu()
+        m = a.shape[-1] // block
+        as_stats[layer] = cpu(
+            colsum=a.sum(1),
+            window=a[:, -window:],
+            blocks=a.view(a.shape[0], m, block, m, block).sum((2, 4)),
+        )
+    floor = {}
+    try:
+        check(ref, cpu(logits=plain.logits.cpu()), as_stats, 2048, window, block, errors=floor)
+    except AssertionError:
+        pass  # float32's own errors may pass 1e-4: they set the tolerance below, never fail the test
+    del plain
+    model.set_attn_implementation(capture.NAME)
     got = {}
-    rec = capture.Recorder(window=32, block=64, on_layer=got.__setitem__)
+    rec = capture.Recorder(window=window, block=block, on_layer=got.__setitem__)
     with torch.no_grad(), capture.recording(rec):
         out = model.eval()(ids)
     got = {
@@ -155,5 +180,11 @@ def test_real_qwen_on_cuda_equals_eager_float64(name):
         for layer, st in got.items()
     }
     errors = {}
-    check(ref, cpu(logits=out.logits.cpu()), got, 2048, 32, 64, errors=errors)
-    print(f"real {name}, 2048 tokens, fused CUDA float32 vs eager float64, worst relative error: {errors}")
+    tolerance = {k: 2 * v for k, v in floor.items()}
+    print(f"real {name}, 2048 tokens, plain float32 eager vs eager float64, worst relative error: {floor}")
+    try:
+        check(ref, cpu(logits=out.logits.cpu()), got, 2048, window, block, errors=errors, tolerance=tolerance)
+    finally:
+        print(
+            f"real {name}, 2048 tokens, fused CUDA float32 vs eager float64, worst relative error: {errors}"
+        )

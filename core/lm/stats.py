@@ -269,8 +269,8 @@ _CUDNN: dict = {}  # (dtype, head dim, device) -> whether cuDNN's attention ran 
 def attention_stats_fused(query, key, value, scaling, window, block, sliding: int | None = None):
     """CUDA path: the layer output and its rows' log-sum-exp from PyTorch's attention kernels (flash,
     or memory-efficient for float32; banded chunks for sliding-window layers), the statistics from
-    the fused Triton kernels (core/lm/kernels/triton_stats.py), which reuse that log-sum-exp and so
-    read Q·K once. Same contract as `attention_stats`."""
+    the fused Triton kernels (core/lm/kernels/triton_stats.py), which reuse that log-sum-exp in
+    half precision and so read Q·K once (float32 computes its own). Same contract as `attention_stats`."""
     from core.lm.kernels.triton_stats import fused_stats
 
     heads, kv_heads = query.shape[0], key.shape[0]
@@ -279,6 +279,11 @@ def attention_stats_fused(query, key, value, scaling, window, block, sliding: in
         out, lse = causal_output_lse(query, key, value, scaling)
     else:
         out, lse = sliding_output(query, key, value, scaling, sliding), None
+    if query.dtype == torch.float32:
+        # float32 is the precise capture: the rows' normalizers come from the kernels' own dots, as
+        # the probabilities do (the memory-efficient kernel's float32 log-sum-exp is not that exact:
+        # on Qwen2's first layer, rows summed to 1 only within 1e-3), at the cost of one more pass
+        lse = None
     colsum, rows, blocks = fused_stats(query, key, scaling, window, block, sliding, lse)
     expand = torch.arange(heads, device=query.device) // group
     return out, LayerStats(colsum, rows, blocks, pool_blocks(query, block), pool_blocks(key, block)[expand])
