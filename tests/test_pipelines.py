@@ -95,7 +95,7 @@ def test_missing_and_broken_config(tmp_path):
 
 def test_shipped_configs_are_valid():
     assert run_cli("pipelines", "check", "configs/demo.yaml").returncode == 0
-    for name in ("paper", "ruler", "ruler_gemma_gpu"):
+    for name in ("paper", "paper_long", "ruler", "ruler_gemma_gpu", "leaderboard"):
         r = run_cli("pipelines", "check", f"configs/{name}.yaml")
         assert r.returncode == 0, r.stderr
 
