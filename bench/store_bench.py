@@ -2,13 +2,14 @@
 
     python bench/store_bench.py RUN.zarr [RUN.zarr ...]
     python bench/store_bench.py --layouts --model qwen2.5-coder-1.5b --length 32k [--device cuda]
+        [--store stats,keys] [--dtype bfloat16]
 
 The first form reads stores: last line per store and length `store_mb_per_doc N MB` (N = tokens);
 the dump prints the same figures, largest variables first, after each run. `--layouts` dumps the same
 documents twice in this run: in RUN 2.3's layout (8 of the last W rows whole, the context's block
 sums and pooled Q/K stored whole, every statistic's bits shuffled) and in today's (the final row
 whole, only the context rows not shared with the prompt's copy, block sums' and pooled Q/K's bytes
-shuffled), and prints
+shuffled, and a half-precision model's keys and values bytes shuffled instead of raw), and prints
 `store_mb_per_doc_before`, `store_mb_per_doc` and their ratio."""
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def layouts(args) -> None:
         for share in (False, True):  # RUN 2.3's layout (every row, bits shuffled), then RUN 2.4's
             run_store.SHARE_CONTEXT_ROWS = share
             run_store.SHUFFLE_BYTES = codecs if share else frozenset()
+            run_store.SHUFFLE_HALF_KEYS = share  # RUN 2.3 kept a half-precision model's keys raw
             out = str(Path(tmp) / f"share{share}.zarr")
             argv = [
                 "--model",
@@ -57,6 +59,7 @@ def layouts(args) -> None:
                 args.depths,
             ]
             argv += ["--samples", "1", "--device", args.device, "--out", out, "--no-progress"]
+            argv += ["--store", args.store, "--dtype", args.dtype]
             argv += [] if share else ["--window-rows", "8"]  # RUN 2.3's default
             assert dump_main(argv) == 0
             sizes[share] = next(iter(report(out).values()))
@@ -79,6 +82,10 @@ def main() -> int:
     p.add_argument("--length", default="2k")
     p.add_argument("--depths", default="0.5")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--dtype", default="auto", help="the dump's --dtype (auto: float32 on the CPU, bfloat16 on CUDA)"
+    )
+    p.add_argument("--store", default="stats", help="the dump's --store, e.g. stats,keys")
     args = p.parse_args()
     if args.layouts:
         layouts(args)

@@ -30,16 +30,27 @@ logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 # zstd level 1: on real attention rows level 5 is 2.8x slower for 8% smaller chunks
 COMPRESSORS = (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"), Crc32cCodec())
-# the prompt's float32 keys and values (--store ...,keys / ...,kv) do not compress (measured: 0.99 and
-# 0.92 of their size at 0.3 s a 2k document to write, 0.2 s to read): checksummed only
+# the prompt's keys and values (--store ...,keys / ...,kv), stored as float32: from a float32 model they
+# do not compress (measured: 0.99 and 0.92 of their size at 0.3 s a 2k document to write, 0.2 s to
+# read), checksummed only; from a bfloat16 or float16 model the low 16 bits of every float32 are zero,
+# which shuffled bytes gather and zstd removes (lossless, about half the size: BYTE_SHUFFLED below)
 RAW = (Crc32cCodec(),)
 UNCOMPRESSED = frozenset(("key_cache", "value_cache"))
 # block sums (half of them exact zeros: the causal triangle) and pooled Q/K compress better with bytes
 # shuffled than bits; every other statistic the other way (docs/results.md, "What a store costs")
 BYTE_SHUFFLED = (BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"), Crc32cCodec())
 SHUFFLE_BYTES = frozenset(v + c for v in ("blocks", "qpool", "kpool") for c in ("", "_ctx"))
+SHUFFLE_HALF_KEYS = True  # the keys and values of a half-precision model bytes shuffled (else raw)
 # what a chunk torn by a kill raises when read: a short Blosc frame, a crc32c mismatch, a bad header
 CHUNK_ERRORS = (ValueError, RuntimeError, OSError)
+
+
+def codecs_of(var: str, dtype: str) -> tuple:
+    """A variable's codecs: keys and values raw from a float32 model, bytes shuffled from a half-precision
+    one; block sums and pooled Q/K bytes shuffled; every other statistic bits shuffled."""
+    if var in UNCOMPRESSED:
+        return BYTE_SHUFFLED if SHUFFLE_HALF_KEYS and dtype in ("bfloat16", "float16") else RAW
+    return BYTE_SHUFFLED if var in SHUFFLE_BYTES else COMPRESSORS
 
 
 class StoreMismatch(UsageError):
@@ -173,11 +184,7 @@ class RunWriter:
                 shape=tuple(sizes[d] for d in spec.dims),
                 dtype=spec.dtype,
                 chunks=schema.chunks_of(spec, sizes, tile),
-                compressors=RAW
-                if var in UNCOMPRESSED
-                else BYTE_SHUFFLED
-                if var in SHUFFLE_BYTES
-                else COMPRESSORS,
+                compressors=codecs_of(var, str(s.get("dtype", "float32"))),
                 fill_value=spec.fill,
                 dimension_names=list(spec.dims),
                 attributes={"long_name": spec.long_name},
