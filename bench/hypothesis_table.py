@@ -1,0 +1,110 @@
+"""The research question's headline table from a study's RESULTS: per length, setting, policy and
+sparsity, the documents the pruned cache answers among those the full cache answers, with a 95% Wilson
+interval, and why the others failed (`cause`: distracted / partial / evicted / kept but unused).
+
+    python bench/hypothesis_table.py runs/paper/results.zarr [--policies full,h2o,cab,...]
+        [--sparsity 0.9,0.95,0.99] [--csv OUT]
+
+A cell reads `k/n [lo, hi] d/p/e/k`: k answered of the n documents whose full cache answers, the
+Wilson interval of k/n x100, then the failures by cause (distracted, partial, evicted, kept but
+unused: `core.schema.CAUSES`). Where the full cache answers no document the cell reads `full cache
+fails` and nothing is ranked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core import intervals, schema  # noqa: E402
+
+DEFAULT_POLICIES = "full,h2o,cab,cab_high,cab_hybrid,cab_3c,cab_forman"
+
+
+def cells(ds, policies, sparsities):
+    """Rows of (length, setting, policy, sparsity, k, n, lo, hi, causes {name: count})."""
+    rows = []
+    for n_tok in ds.length.values:
+        for setting in ds[schema.SETTING].values:
+            one = ds.sel(length=n_tok, setting=setting)
+            answered = (one.retrieved & one.done).values.astype(bool)  # (depth, sample)
+            for pol in policies:
+                for sp in sparsities:
+                    a = one.answer.sel({schema.POLICY: pol, "sparsity": sp}).values
+                    cause = one.cause.sel({schema.POLICY: pol, "sparsity": sp}).values
+                    k = int(((a == 1.0) & answered).sum())
+                    n = int(answered.sum())
+                    lo, hi = intervals.wilson(np.array([k]), np.array([n]))
+                    counts = {c: int(((cause == i) & answered).sum()) for i, c in enumerate(schema.CAUSES)}
+                    rows.append(
+                        (int(n_tok), str(setting), pol, float(sp), k, n, 100 * lo[0], 100 * hi[0], counts)
+                    )
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results")
+    p.add_argument("--policies", default=DEFAULT_POLICIES)
+    p.add_argument("--sparsity", default="0.9,0.95,0.99")
+    p.add_argument("--csv")
+    args = p.parse_args()
+    from stamp import line
+
+    print(line())
+    ds = schema.open_results(args.results).load()
+    have = [str(x) for x in ds[schema.POLICY].values]
+    policies = [x for x in args.policies.split(",") if x in have]
+    sparsities = [float(x) for x in args.sparsity.split(",") if float(x) in ds.sparsity.values]
+    rows = cells(ds, policies, sparsities)
+    short = {c: c[0] for c in schema.CAUSES}  # d(istracted), p(artial), e(victed), k(ept but unused)
+    print(
+        f"model {ds.attrs.get('model', '?')}; causes: "
+        + ", ".join(f"{short[c]} = {c}" for c in schema.CAUSES)
+    )
+    for n_tok in sorted({r[0] for r in rows}):
+        for setting in dict.fromkeys(r[1] for r in rows):
+            sub = [r for r in rows if r[0] == n_tok and r[1] == setting]
+            print(
+                f"\n{n_tok // 1024}k, {setting}: answered / documents the full cache answers, 95% Wilson x100, causes"
+            )
+            print(f"{'policy':<12}" + "".join(f"{f'sparsity {sp:g}':>34}" for sp in sparsities))
+            for pol in policies:
+                out = f"{pol:<12}"
+                for sp in sparsities:
+                    r = next(x for x in sub if x[2] == pol and x[3] == sp)
+                    if r[5] == 0:
+                        out += f"{'full cache fails':>34}"
+                        continue
+                    causes = "/".join(str(r[8][c]) for c in schema.CAUSES)
+                    out += f"{f'{r[4]}/{r[5]} [{r[6]:.0f}, {r[7]:.0f}] {causes}':>34}"
+                print(out)
+    if args.csv:
+        import csv
+
+        with open(args.csv, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(
+                [
+                    "length",
+                    "setting",
+                    "policy",
+                    "sparsity",
+                    "answered",
+                    "documents",
+                    "lo",
+                    "hi",
+                    *schema.CAUSES,
+                ]
+            )
+            for r in rows:
+                w.writerow([*r[:6], f"{r[6]:.1f}", f"{r[7]:.1f}", *[r[8][c] for c in schema.CAUSES]])
+
+
+if __name__ == "__main__":
+    main()
