@@ -429,6 +429,8 @@ class Named:
             if dim in where:
                 values = coords.get(dim)
                 v = where[dim]
+                if values is not None and v not in values and str(v).split(":")[0] in values:
+                    v = str(v).split(":")[0]  # a twin whose parameters are the defaults is labelled bare
                 index.append(
                     values.index(v)
                     if values is not None and dim in ("policy", "sparsity", "setting", "length")
