@@ -254,7 +254,14 @@ def test_half_precision_keys_are_stored_bytes_shuffled_and_read_back_exactly(tin
     well under their raw size, and read back bit for bit what a raw store of the same dump holds."""
     from dump import store as run_store
 
-    args = ["dump", "--model", tiny_llama_dir, *conftest.dump_args("256", depths="0.5"), "--dtype", "bfloat16"]
+    args = [
+        "dump",
+        "--model",
+        tiny_llama_dir,
+        *conftest.dump_args("256", depths="0.5"),
+        "--dtype",
+        "bfloat16",
+    ]
     args += ["--store", "stats,kv", "--device", "cpu", "--no-progress"]
     assert run_cli(*args, "--out", str(tmp_path / "shuffled.zarr")).returncode == 0
     default, run_store.SHUFFLE_HALF_KEYS = run_store.SHUFFLE_HALF_KEYS, False
