@@ -3,14 +3,15 @@ its attention the model's own (sdpa), nothing captured or stored.
 
     python bench/answer_baseline.py --model qwen2.5-coder-1.5b --tasks niah_single_1,passkey \\
         --lengths 64k,128k --rope-scaling yarn:4 [--depths 0.1,0.3,0.5,0.7,0.9] [--samples 2] \\
-        [--device cuda] [--json OUT] [--check TASK=RUN.zarr ...]
+        [--device cuda] [--workers 12] [--json OUT] [--check TASK=RUN.zarr ...]
 
 The documents are the dump's (`core.tasks.document` with the dump's defaults: seed 0, RULER's filler),
 scored by the task's own rule as the dump scores `retrieved` (RULER's string_match_all equal to 1).
 At long lengths this costs one plain prefill and a few decoding steps per document, a fraction of a
 dump. `--check` compares, on the documents of the given dump stores, every answer token with the
 dump's own (`answer_ids`), so that the two baselines are known to be one. Prints the table of
-`bench/baseline_table.py` and the seconds per document.
+`bench/baseline_table.py` and the seconds per document (the model's prefill and decode; the documents
+are built ahead in `--workers` processes, a 128k document taking about 4 s of one core).
 """
 
 from __future__ import annotations
@@ -42,6 +43,34 @@ def answer(lm, doc, task, device) -> tuple[list[int], bool]:
     return got, task.score(lm.tokenizer.decode(got), doc) == 1.0
 
 
+_tokenizer = None
+
+
+def _start_builder(model: str) -> None:
+    global _tokenizer
+    _tokenizer = models.load_tokenizer(model)
+
+
+def _build(item: tuple) -> tasks.Document:
+    spec, n, depth, d, s = item
+    return tasks.document(_tokenizer, spec, 0, "ruler", n, depth, d, s)
+
+
+def documents(model: str, items: list[tuple], workers: int):
+    """The documents of `items` (spec, length, depth, depth index, sample), in order, built ahead of
+    their use by `workers` processes (in this one when `workers` is 0)."""
+    if workers <= 0:
+        _start_builder(model)
+        yield from map(_build, items)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(workers, initializer=_start_builder, initargs=(model,)) as pool:
+        futures = [pool.submit(_build, item) for item in items]
+        for f in futures:
+            yield f.result()
+
+
 def spec_of(task: str) -> str:
     return f"ruler:{task}" if task.startswith("niah_") else task
 
@@ -57,6 +86,9 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on the CPU (the dump's)")
     p.add_argument("--at-least", type=float, default=0.9)
+    p.add_argument(
+        "--workers", type=int, default=4, help="processes building the documents ahead (0: build in line)"
+    )
     p.add_argument("--json")
     p.add_argument(
         "--check", nargs="*", default=[], help="TASK=RUN.zarr: compare with the dump's own answers"
@@ -111,28 +143,32 @@ def main() -> None:
                     same += got[: len(want)] == want and hit == bool(plan.retrieved[n][d, s])
                     total += 1
         print(f"check {name}: {same} of {total} documents with the dump's answer ids and verdict", flush=True)
-    for name in args.tasks.split(","):
+    grid = [(name, n) for name in args.tasks.split(",") for n in parse_lengths(args.lengths)]
+    items = [
+        (spec_of(name), n, depth, d, s)
+        for name, n in grid
+        for d, depth in enumerate(depths)
+        for s in range(args.samples)
+    ]
+    built = documents(args.model, items, args.workers)
+    for name, n in grid:
         spec = spec_of(name)
         task = tasks.get(spec)
-        for n in parse_lengths(args.lengths):
-            hits, times = 0, []
-            for d, depth in enumerate(depths):
-                for s in range(args.samples):
-                    doc = tasks.document(lm.tokenizer, spec, 0, "ruler", n, depth, d, s)
-                    if args.device.startswith("cuda"):
-                        torch.cuda.synchronize()
-                    t = time.perf_counter()
-                    _, hit = answer(lm, doc, task, args.device)
-                    if args.device.startswith("cuda"):
-                        torch.cuda.synchronize()
-                    times.append(time.perf_counter() - t)
-                    hits += hit
-            cells[name, n] = (hits, len(times))
-            seconds[name, n] = float(np.mean(times))
-            print(
-                f"{name} {n}: {hits}/{len(times)} answered, {seconds[name, n]:.2f} s per document", flush=True
-            )
-            save()
+        hits, times = 0, []
+        for _ in range(len(depths) * args.samples):
+            doc = next(built)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            _, hit = answer(lm, doc, task, args.device)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+            hits += hit
+        cells[name, n] = (hits, len(times))
+        seconds[name, n] = float(np.mean(times))
+        print(f"{name} {n}: {hits}/{len(times)} answered, {seconds[name, n]:.2f} s per document", flush=True)
+        save()
     lengths = sorted({n for _, n in cells})
     print(f"{'task':<18}" + "".join(f"{f'{n // 1024}k' if n % 1024 == 0 else n:>10}" for n in lengths))
     rankable = []

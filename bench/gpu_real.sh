@@ -24,6 +24,7 @@
 #   bash bench/gpu_real.sh qwen_kernels                  # fused kernels on both real models vs float64
 #   bash bench/gpu_real.sh baseline 4k,8k,16k,32k        # the 1.5B's full-cache table, every RULER NIAH task
 #   TASKS=niah_single_1 bash bench/gpu_real.sh baseline 64k,128k yarn:4   # beyond 32k by YaRN, some tasks
+#   UNTIL=dump bash bench/gpu_real.sh paper 4k; bash bench/gpu_real.sh paper 4k   # configs/paper.yaml at 4k
 #   timeout 540 bash bench/gpu_real.sh leaderboard; bash bench/gpu_real.sh lb_pack   # configs/leaderboard.yaml,
 #       a task at a time (TASKS to choose), each task's RUN store removed once analyzed; rerun to resume
 # With the 1.5B alone (QWEN=qwen2.5-coder-1.5b bash bench/gpu_real.sh wheels pack_qwen here): 18 pieces, then
@@ -115,7 +116,7 @@ plain_baseline() {  # the 1.5B's full-cache answers without statistics (bench/an
   local lengths=$1 rope=${2:-}
   python3 bench/answer_baseline.py --model qwen2.5-coder-1.5b --lengths "$lengths" ${rope:+--rope-scaling $rope} \
     --tasks "${TASKS:-niah_single_1,niah_single_2,niah_single_3,niah_multikey_1,niah_multikey_2,niah_multikey_3,niah_multivalue,niah_multiquery,passkey}" \
-    --samples "${SAMPLES:-2}" --json "$OUT/plain_baseline_${lengths//,/_}.json" 2>&1 | grep --line-buffered -v -i warning | tee -a "$OUT/plain_baseline.txt"
+    --samples "${SAMPLES:-2}" --workers 12 --json "$OUT/plain_baseline_${lengths//,/_}.json" 2>&1 | grep --line-buffered -v -i warning | tee -a "$OUT/plain_baseline.txt"
 }
 
 plain_check() {  # the plain baseline gives the dump's own answers: one task's 8k dump, then the same documents
@@ -283,6 +284,18 @@ leaderboard() {  # configs/leaderboard.yaml one task at a time (TASKS, default a
   done
 }
 lb_pack() { tar -C runs/lb/out --exclude run.zarr -czf "$OUT/leaderboard.results.tgz" . && ls -la "$OUT" runs/lb; }
+paper() {  # configs/paper.yaml at LENGTHS (e.g. 4k), into runs/paper_LENGTHS; UNTIL=dump stops after the dump
+  # (a rerun resumes it), then without UNTIL the analysis; the RESULTS come back as a tarball
+  local lengths=$1 name=paper_${1//,/_}
+  mkdir -p runs/cfg
+  python3 -c "import sys, yaml; c = yaml.safe_load(open('configs/paper.yaml')); c['dump']['lengths'] = sys.argv[1].split(','); c['out'] = '../$name'; yaml.safe_dump(c, open('runs/cfg/$name.yaml', 'w'))" "$lengths" || return 1
+  echo "== $name until ${UNTIL:-analyze} $(date +%T)" | tee -a "$OUT/$name.log"
+  python3 -m pipelines run "runs/cfg/$name.yaml" --until "${UNTIL:-analyze}" --no-progress 2>&1 | grep --line-buffered -v -i warning | tail -30 | tee -a "$OUT/$name.log"
+  du -sh runs/$name/* | tee -a "$OUT/$name.log"
+  echo "== done $(date +%T)" | tee -a "$OUT/$name.log"
+  [ -d runs/$name/results.zarr ] && tar -C runs/$name -czf "$OUT/$name.results.tgz" results.zarr
+  return 0
+}
 study_smollm2() { study smollm2_gpu; }
 study_gemma() { study gemma3_gpu; }
 study_gemma_long() { study gemma3_gpu_long; }
@@ -301,6 +314,7 @@ while [ $# -gt 0 ]; do
       if [[ "${1:-}" == yarn:* ]]; then rope=$1; shift; fi
       echo "== plain_baseline $lengths $rope"; plain_baseline "$lengths" "$rope" ;;
     ruler_gemma) echo "== ruler_gemma $1"; ruler_gemma "$1" || echo "!! ruler_gemma failed"; shift ;;
+    paper) paper "$1" || echo "!! paper failed"; shift ;;
     *) echo "== $step"; $step || echo "!! $step failed" ;;
   esac
 done
