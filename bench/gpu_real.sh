@@ -285,7 +285,8 @@ leaderboard() {  # configs/leaderboard.yaml one task at a time (TASKS, default a
 }
 lb_pack() { tar -C runs/lb/out --exclude run.zarr -czf "$OUT/leaderboard.results.tgz" . && ls -la "$OUT" runs/lb; }
 paper() {  # configs/paper.yaml at LENGTHS (e.g. 4k), into runs/paper_LENGTHS; UNTIL=dump stops after the dump
-  # (a rerun resumes it), then without UNTIL the analysis; the RESULTS come back as a tarball
+  # (a rerun resumes it), then without UNTIL the analysis; the RESULTS come back as a tarball and the RUN
+  # store is removed, so that the study's lengths never share the disk
   local lengths=$1 name=paper_${1//,/_}
   mkdir -p runs/cfg
   python3 -c "import sys, yaml; c = yaml.safe_load(open('configs/paper.yaml')); c['dump']['lengths'] = sys.argv[1].split(','); c['out'] = '../$name'; yaml.safe_dump(c, open('runs/cfg/$name.yaml', 'w'))" "$lengths" || return 1
@@ -293,7 +294,10 @@ paper() {  # configs/paper.yaml at LENGTHS (e.g. 4k), into runs/paper_LENGTHS; U
   python3 -m pipelines run "runs/cfg/$name.yaml" --until "${UNTIL:-analyze}" --no-progress 2>&1 | grep --line-buffered -v -i warning | tail -30 | tee -a "$OUT/$name.log"
   du -sh runs/$name/* | tee -a "$OUT/$name.log"
   echo "== done $(date +%T)" | tee -a "$OUT/$name.log"
-  [ -d runs/$name/results.zarr ] && tar -C runs/$name -czf "$OUT/$name.results.tgz" results.zarr
+  if [ -d runs/$name/results.zarr ]; then  # analyzed: the RESULTS come back, the RUN store goes (KEEP=1 keeps it)
+    tar -C runs/$name -czf "$OUT/$name.results.tgz" results.zarr
+    [ -n "${KEEP:-}" ] || rm -rf runs/$name/run.zarr
+  fi
   return 0
 }
 study_smollm2() { study smollm2_gpu; }
