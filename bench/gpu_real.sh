@@ -286,10 +286,21 @@ leaderboard() {  # configs/leaderboard.yaml one task at a time (TASKS, default a
 lb_pack() { tar -C runs/lb/out --exclude run.zarr -czf "$OUT/leaderboard.results.tgz" . && ls -la "$OUT" runs/lb; }
 paper() {  # configs/paper.yaml at LENGTHS (e.g. 4k), into runs/paper_LENGTHS; UNTIL=dump stops after the dump
   # (a rerun resumes it), then without UNTIL the analysis; the RESULTS come back as a tarball and the RUN
-  # store is removed, so that the study's lengths never share the disk
+  # store is removed, so that the study's lengths never share the disk. SAMPLES, POLICIES, SPARSITY cut it
   local lengths=$1 name=paper_${1//,/_}
   mkdir -p runs/cfg
-  python3 -c "import sys, yaml; c = yaml.safe_load(open('configs/paper.yaml')); c['dump']['lengths'] = sys.argv[1].split(','); c['out'] = '../$name'; yaml.safe_dump(c, open('runs/cfg/$name.yaml', 'w'))" "$lengths" || return 1
+  python3 - "$lengths" "runs/cfg/$name.yaml" "../$name" <<'PY' || return 1
+import os, sys, yaml
+c = yaml.safe_load(open("configs/paper.yaml"))
+c["dump"]["lengths"], c["out"] = sys.argv[1].split(","), sys.argv[3]
+if os.environ.get("SAMPLES"):  # a cut study: fewer samples, policies or sparsities (say so where it is reported)
+    c["dump"]["samples"] = int(os.environ["SAMPLES"])
+if os.environ.get("POLICIES"):
+    c["analyze"]["policies"] = os.environ["POLICIES"].split(",")
+if os.environ.get("SPARSITY"):
+    c["analyze"]["sparsity"] = [float(x) for x in os.environ["SPARSITY"].split(",")]
+yaml.safe_dump(c, open(sys.argv[2], "w"))
+PY
   echo "== $name until ${UNTIL:-analyze} $(date +%T)" | tee -a "$OUT/$name.log"
   python3 -m pipelines run "runs/cfg/$name.yaml" --until "${UNTIL:-analyze}" --no-progress 2>&1 | grep --line-buffered -v -i warning | tail -30 | tee -a "$OUT/$name.log"
   du -sh runs/$name/* | tee -a "$OUT/$name.log"
