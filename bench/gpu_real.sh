@@ -286,7 +286,7 @@ leaderboard() {  # configs/leaderboard.yaml one task at a time (TASKS, default a
 lb_pack() { tar -C runs/lb/out --exclude run.zarr -czf "$OUT/leaderboard.results.tgz" . && ls -la "$OUT" runs/lb; }
 paper() {  # configs/paper.yaml at LENGTHS (e.g. 4k), into runs/paper_LENGTHS; UNTIL=dump stops after the dump
   # (a rerun resumes it), then without UNTIL the analysis; the RESULTS come back as a tarball and the RUN
-  # store is removed, so that the study's lengths never share the disk. SAMPLES, POLICIES, SPARSITY cut it
+  # store is removed, so that the study's lengths never share the disk. SAMPLES, POLICIES, SPARSITY, STORE cut it
   local lengths=$1 name=paper_${1//,/_}
   mkdir -p runs/cfg
   python3 - "$lengths" "runs/cfg/$name.yaml" "../$name" <<'PY' || return 1
@@ -297,6 +297,8 @@ if os.environ.get("SAMPLES"):  # a cut study: fewer samples, policies or sparsit
     c["dump"]["samples"] = int(os.environ["SAMPLES"])
 if os.environ.get("POLICIES"):
     c["analyze"]["policies"] = os.environ["POLICIES"].split(",")
+if os.environ.get("STORE"):  # e.g. stats, when no requested policy reads the keys
+    c["dump"]["store"] = os.environ["STORE"]
 if os.environ.get("SPARSITY"):
     c["analyze"]["sparsity"] = [float(x) for x in os.environ["SPARSITY"].split(",")]
 yaml.safe_dump(c, open(sys.argv[2], "w"))
