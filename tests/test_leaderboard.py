@@ -60,3 +60,47 @@ def test_cause_split_counts_each_failed_answer_once_and_draws_bars(tmp_path):
     assert int(snap[schema.CAUSES[2]]) == 2 and int(snap.failed) == 2
     page = save_html(leaderboard.cause_bars(split), tmp_path / "causes.html", "why")
     assert "evicted" in page.read_text()
+
+
+def test_cause_map_colours_each_cell_by_its_samples_outcome(tmp_path):
+    import numpy as np
+    import xarray as xr
+
+    from core import schema
+    from viz import heatmaps
+
+    names = [n for n, _ in heatmaps.OUTCOMES]
+    assert names[1:5] == list(schema.CAUSES)  # the causes' codes, shifted by one
+    # per document: answer, the full cache answers, cause, scored
+    answer = np.array([1.0, 0.0, 0.0, 0.5, 0.0, np.nan])
+    retrieved = np.array([True, True, True, True, False, True])
+    cause = np.array([-1, 2, 3, 1, -1, -1])
+    done = np.array([True, True, True, True, True, False])
+    got = heatmaps.outcomes(answer, retrieved, cause, done)
+    assert got.tolist() == [0, 3, 4, 2, 5, -1]
+    assert heatmaps.cell_outcome(np.array([0, 0, 3])) == (0, "ok2 e1")
+    assert heatmaps.cell_outcome(np.array([0, 3, 4])) == (3, "ok1 e1 k1")  # ties: the first cause
+    assert heatmaps.cell_outcome(np.array([0, 4])) == (4, "ok1 k1")  # never better than it is
+    assert heatmaps.cell_outcome(np.array([5, 5, 0])) == (5, "full fails")
+    assert heatmaps.cell_outcome(np.array([-1, -1])) == (-1, "")
+
+    dims = ("policy", "sparsity", "length", "depth", "sample")
+    shape = (2, 1, 2, 3, 2)
+    ans = np.ones(shape)
+    ans[1] = 0.0
+    code = np.full(shape, -1, dtype=np.int8)
+    code[1] = 2  # the second policy: every document evicted
+    ds = xr.Dataset(
+        {
+            "answer": (dims, ans),
+            "cause": (dims, code),
+            "retrieved": (dims[2:], np.ones(shape[2:], dtype=bool)),
+            "done": (dims[2:], np.ones(shape[2:], dtype=bool)),
+        },
+        coords={"policy": ["full", "h2o"], "sparsity": [0.9], "length": [256, 512], "depth": [0.0, 0.5, 1.0]},
+    )
+    fig = heatmaps.cause_figure(ds, 0.9, "aware", dpi=50)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert texts.count("ok2") == 6 and texts.count("e2") == 6
+    fig.savefig(tmp_path / "causes.png")
+    assert (tmp_path / "causes.png").stat().st_size > 5_000

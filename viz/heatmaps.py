@@ -7,6 +7,7 @@ the classic red -> amber -> green map, the value written in each cell.
 from __future__ import annotations
 
 import holoviews as hv
+import numpy as np
 import xarray as xr
 
 from core.schema import POLICY
@@ -168,3 +169,102 @@ def by_task(results: dict):
 
 
 __all__ = ["figure", "interactive", "by_task", "frame_key", "policy_panel", "METRICS"]
+
+
+# each (length, depth) cell's outcome over its samples, for the cause map: index -> (name, colour)
+OUTCOMES = (
+    ("answered", "#1a9850"),
+    ("distracted", "#984ea3"),  # then `core.schema.CAUSES` in order
+    ("partial", "#fee08b"),
+    ("evicted", "#d73027"),
+    ("kept but unused", "#fc8d59"),
+    ("full cache fails", "#bdbdbd"),
+)
+SHORT = {"answered": "ok", "distracted": "d", "partial": "p", "evicted": "e", "kept but unused": "k"}
+
+
+def outcomes(answer: np.ndarray, retrieved: np.ndarray, cause: np.ndarray, done: np.ndarray) -> np.ndarray:
+    """Per document (broadcastable arrays), the index in `OUTCOMES`: answered, its failure's cause
+    (`analyze.causes`: distracted, partial, evicted, kept but unused), or the full cache fails; -1 for
+    a document not scored."""
+    answer, retrieved, cause, done = np.broadcast_arrays(answer, retrieved, cause, done)
+    out = np.where(cause >= 0, cause + 1, 0).astype(np.int8)
+    out[~retrieved.astype(bool)] = len(OUTCOMES) - 1
+    out[~done.astype(bool) | ~np.isfinite(answer)] = -1
+    return out
+
+
+def cell_outcome(codes: np.ndarray) -> tuple[int, str]:
+    """A cell's colour (its most frequent outcome; among equals the failure, the first cause) and text
+    (each outcome's count, e.g. `e2 k1`), from the outcome codes of its samples."""
+    codes = codes[codes >= 0]
+    if codes.size == 0:
+        return -1, ""
+    counts = np.bincount(codes, minlength=len(OUTCOMES))
+    order = [*range(1, len(OUTCOMES)), 0]  # ties go to a failure: a cell never looks better than it is
+    top = max(order, key=lambda i: (counts[i], -order.index(i)))
+    if top == len(OUTCOMES) - 1:
+        return top, "full fails"
+    text = " ".join(f"{SHORT[OUTCOMES[i][0]]}{counts[i]}" for i in range(len(OUTCOMES) - 1) if counts[i])
+    return top, text
+
+
+def cause_figure(
+    results: xr.Dataset, sparsity: float, setting: str = "", policies_shown=None, dpi: int = 150
+):
+    """One setting's RESULTS at one sparsity: a length × depth panel per policy, each cell coloured by
+    what happened to its documents' answers (answered, or why not: `analyze.causes`), its counts
+    written in it. A matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    sel = results.sel(sparsity=sparsity)
+    policies_shown = list(policies_shown or results[POLICY].values)
+    lengths, depths = [int(n) for n in results.length.values], [float(d) for d in results.depth.values]
+    cols = min(4, len(policies_shown))
+    rows = -(-len(policies_shown) // cols)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(0.6 + max(2.4, 1.1 * len(lengths)) * cols, 1.6 + max(1.6, 0.3 * len(depths)) * rows),
+        squeeze=False,
+        dpi=dpi,
+    )
+    cmap = ListedColormap(["#ffffff"] + [c for _, c in OUTCOMES])
+    for ax, pol in zip(axes.flat, policies_shown):
+        one = sel.sel({POLICY: pol})
+        codes = outcomes(
+            one.answer.transpose("length", "depth", "sample").values,
+            one.retrieved.transpose("length", "depth", "sample").values,
+            one.cause.transpose("length", "depth", "sample").values,
+            one.done.transpose("length", "depth", "sample").values,
+        )
+        grid = np.full((len(depths), len(lengths)), -1)
+        for i in range(len(lengths)):
+            for j in range(len(depths)):
+                grid[j, i], text = cell_outcome(codes[i, j])
+                ax.text(i, j, text, ha="center", va="center", fontsize=6)
+        ax.imshow(grid + 1, cmap=cmap, vmin=0, vmax=len(OUTCOMES), aspect="auto")
+        ax.set_xticks(range(len(lengths)), [length_label(n) for n in lengths], fontsize=7)
+        ax.set_yticks(range(len(depths)), [f"{d:.2f}" for d in depths], fontsize=6)
+        ax.set_title(str(pol), fontsize=8)
+    for ax in list(axes.flat)[len(policies_shown) :]:
+        ax.axis("off")
+    fig.suptitle(
+        f"why answers failed at sparsity {sparsity:g}{f', {setting}' if setting else ''}; "
+        f"{full_cache_note(results)}\neach cell: its samples' most frequent outcome, each outcome's count",
+        fontsize=8,
+    )
+    fig.legend(
+        handles=[Patch(color=c, label=f"{n} ({SHORT.get(n, '-')})") for n, c in OUTCOMES],
+        loc="lower center",
+        ncol=3,
+        fontsize=7,
+        frameon=False,
+    )
+    fig.tight_layout(rect=(0, 0.06, 1, 0.94))
+    return fig

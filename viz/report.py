@@ -47,6 +47,12 @@ def save_bokeh(model, path: Path, title: str) -> Path:
     return path
 
 
+def plt_close(fig) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
 def save_png(obj, path: Path, dpi: int = 150) -> Path:
     hv.save(obj, str(path), backend="matplotlib", fmt="png", dpi=dpi)
     return path
@@ -195,6 +201,15 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
                 dpi,
             )
             pngs.append((f"{metric}, {name} setting, sparsity {s:g}", p))
+
+    if "cause" in results:  # each failed cell coloured by its cause, every setting and sparsity
+        for name in names:
+            for s in sparsities:
+                path = outdir / f"causes_{name}_s{s:g}.png"
+                fig = heatmaps.cause_figure(in_setting(everything, name), s, name, dpi=dpi)
+                fig.savefig(path, dpi=dpi)
+                plt_close(fig)
+                pngs.append((f"why answers failed (cause per cell), {name} setting, sparsity {s:g}", path))
 
     progress("viz: curves")
     pols = list(results[schema.POLICY].values)
