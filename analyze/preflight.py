@@ -34,15 +34,21 @@ def check_keys(spec: Spec, plan: StorePlan) -> None:
     """A key scorer on a store dumped without its keys is refused up front."""
     from core.runstore import PART_OF, _open
 
-    stored = schema.store_parts(dict(plan.attrs.get("settings", {})).get("store", "stats"))
+    stored = schema.stored_parts(
+        dict(plan.attrs.get("settings", {})).get("store", "stats"), plan.attrs.get("schema_version", "")
+    )
+    what = {
+        "keys": "keys from the keys themselves",
+        "queries": "keys by the queries' moments and the values' norms",
+        "kvzip": "keys by KVzip's reconstruction",
+    }
     for m, lab in zip(spec.policies, spec.labels):
         parts = sorted({PART_OF[v] for v in m.reads if v in PART_OF})
         for part in parts:
             if part not in stored:
-                what = "keys from the keys themselves" if part == "keys" else "keys by KVzip's reconstruction"
                 raise UsageError(
-                    f"{lab} scores {what}, but {plan.path!r} was dumped without them: "
-                    f"re-dump with --store stats,{part}"
+                    f"{lab} scores {what[part]}, but {plan.path!r} was dumped without them: "
+                    f"re-dump with --store stats,{'keys,' if part == 'queries' else ''}{part}"
                 )
         if parts and plan.lengths:  # stores with keys from before the query moments existed
             g = _open(plan.path)[schema.group_name(plan.lengths[0])]

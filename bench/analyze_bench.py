@@ -3,7 +3,7 @@
     python bench/analyze_bench.py [--store bench/out/smollm2_4k_keys_kvzip.zarr]
 
 Without --store it first dumps SmolLM2 at 4k tokens, 5 depths x 2 samples, with the post-RoPE keys,
-value norms and query moments (`--store stats,keys`: knorm, keydiff, expected_attention) and KVzip's
+value norms and query moments (`--store stats,keys,queries`: knorm, keydiff, expected_attention) and KVzip's
 scores (`--kvzip`); resumable, and the documents finished so far are what it times. Prints per policy (every
 registered one) the time of both paths over every document-layer at 3 sparsities, then the wall time
 of the whole analysis with 1 and 2 local workers, and last `analyze_speedup R` (target >= 5). A policy
@@ -38,7 +38,7 @@ def ensure_store(path: str) -> str:
                 lengths=[4096],
                 depths=[0.1, 0.3, 0.5, 0.7, 0.9],
                 samples=2,
-                store="stats,keys,kvzip",
+                store="stats,keys,queries,kvzip",
             )
         )
         print(s.line())

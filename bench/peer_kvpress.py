@@ -172,7 +172,8 @@ def main() -> None:
         "--lab-store",
         default="stats,kv",
         help="the lab dump's --store (default stats,kv: the prompt's cache, which the answer pass reads "
-        "instead of prefilling every document again, and the keys the key scorers read)",
+        "instead of prefilling every document again, and the keys the key scorers read; with the "
+        "expected_attention press, queries is added)",
     )
     p.add_argument(
         "--leaderboard",
@@ -196,6 +197,8 @@ def main() -> None:
     unknown = [n for n in names if n not in table]
     if unknown:
         sys.exit(f"peer_kvpress: no twin for {unknown[0]!r}: choose from {', '.join(table)}")
+    if "expected_attention" in names and "queries" not in args.lab_store.split(","):
+        args.lab_store += ",queries"  # its query moments and value norms
     ratios = [float(r) for r in args.ratios.split(",")]
     settings = args.settings.split(",")
     twins = [table[n][0] for n in names]

@@ -19,9 +19,10 @@ STATISTICS = tuple(schema.RUN_STATISTICS)  # the attention statistics, in the sc
 KEYS = "key_cache"  # post-RoPE keys (kv_head, key, dim): key scorers read them (dump --store stats,keys)
 # Expected Attention's query moments (per setting: `_ctx` in agnostic) and the values' norms
 QUERIES = ("query_mean", "query_cov")
-KEY_PARTS = (KEYS, "value_norm", *QUERIES)  # what `dump --store stats,keys` adds
+KEY_PARTS = (KEYS, "value_norm", *QUERIES)  # what `dump --store stats,keys,queries` adds
 KVZIP = "kvzip"  # (kv_head, key) KVzip's scores (`dump --store stats,kvzip`; `_ctx` in agnostic)
-PART_OF = {**{v: "keys" for v in KEY_PARTS}, KVZIP: "kvzip"}  # variable -> the --store part that writes it
+# variable -> the --store part that writes it
+PART_OF = {KEYS: "keys", "value_norm": "queries", **{v: "queries" for v in QUERIES}, KVZIP: "kvzip"}
 READABLE = (*STATISTICS, *KEY_PARTS, KVZIP)  # what a policy may read
 _GUARDED = frozenset((*STATISTICS, "final_row"))
 

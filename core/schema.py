@@ -44,7 +44,9 @@ RUN_KIND, RESULTS_KIND = "run", "results"
 #      answers as long as the task's (`answer_token`)
 # 2.4: the context's block sums and pooled Q/K (`blocks_ctx`, `qpool_ctx`, `kpool_ctx`) keep only the
 #      block rows that differ from the prompt's own copy; a row they share is NaN there and read from it
-RUN_VERSION = "2.4"
+# 2.5: the query moments and value norms (Expected Attention's) are the store part `queries` of their
+#      own; `keys` writes the keys alone (`stored_parts` reads older stores' `keys` as both)
+RUN_VERSION = "2.5"
 # statistics whose context copy stores only the block rows (axis 1) that differ from the prompt's copy
 SHARED_ROWS = ("blocks", "qpool", "kpool")
 # 3.0: a `setting` dimension (aware, agnostic); needle metrics over every target span; distractor_kept
@@ -136,7 +138,7 @@ RUN_KEYS: dict[str, Var] = {
         NAN,
     ),
 }
-# with --store ...,keys: what Expected Attention reads besides the keys (`core.lm.queries`): the
+# with --store ...,queries: what Expected Attention reads besides the keys (`core.lm.queries`): the
 # rotated moments of each setting's prefilled queries and the values' norms
 RUN_QUERIES: dict[str, Var] = {
     "query_mean": Var(
@@ -161,10 +163,9 @@ RUN_QUERIES.update(
         for name, v in list(RUN_QUERIES.items())
     }
 )
-RUN_KEYS["value_norm"] = Var(
+RUN_QUERIES["value_norm"] = Var(
     (*DOC, "layer", "kv_head", "key"), "float32", "L2 norm of every prompt token's value", NAN
 )
-RUN_KEYS.update(RUN_QUERIES)
 # with --store ...,kv: the whole prompt cache, so the answer pass needs no prefill
 RUN_KV: dict[str, Var] = {
     **RUN_KEYS,
@@ -190,21 +191,41 @@ RUN_KVZIP: dict[str, Var] = {
         NAN,
     ),
 }
-STORE_PARTS = ("stats", "full", "keys", "kv", "kvzip")  # what `dump --store` writes: statistics always
+STORE_PARTS = (
+    "stats",
+    "full",
+    "keys",
+    "queries",
+    "kv",
+    "kvzip",
+)  # what `dump --store` writes: statistics always
 
 
 def store_parts(store: str) -> frozenset[str]:
-    """The parts a store setting names ('stats', 'full' = stats + full matrices, 'keys', 'kv' =
-    keys + values, 'kvzip' = KVzip's scores); `kv` includes `keys`."""
+    """The parts a store setting names ('stats', 'full' = stats + full matrices, 'keys', 'queries' =
+    Expected Attention's query moments and value norms, 'kv' = keys + values, 'kvzip' = KVzip's
+    scores); `kv` and `queries` include `keys`."""
     parts = frozenset(p.strip() for p in str(store).split(",") if p.strip()) | {"stats"}
-    return parts | {"keys"} if "kv" in parts else parts
+    return parts | {"keys"} if parts & {"kv", "queries"} else parts
+
+
+def stored_parts(store: str, version: str) -> frozenset[str]:
+    """The parts a RUN.zarr holds, from its recorded store setting and schema version: before RUN 2.5,
+    `keys` wrote the query moments and value norms too."""
+    parts = store_parts(store)
+    try:
+        old = tuple(int(x) for x in str(version).split(".")[:2]) < (2, 5)
+    except ValueError:
+        old = False
+    return parts | {"queries"} if old and "keys" in parts else parts
 
 
 def store_label(parts) -> str:
     """The canonical store setting of a set of parts (what RUN.zarr's settings record): stats or
-    full, then ,kv or ,keys."""
+    full, then ,kv or ,keys, then ,queries and ,kvzip."""
     parts = set(parts)
     extra = ",kv" if "kv" in parts else ",keys" if "keys" in parts else ""
+    extra += ",queries" if "queries" in parts else ""
     return ("full" if "full" in parts else "stats") + extra + (",kvzip" if "kvzip" in parts else "")
 
 
@@ -217,9 +238,11 @@ def document_masks() -> tuple[str, ...]:
     return tuple(name for name, v in RUN_DOCUMENT.items() if v.dims == (*DOC, "key") and v.dtype == "bool")
 
 
-def run_vars(full: bool, kv: bool = False, keys: bool = False, kvzip: bool = False) -> dict[str, Var]:
+def run_vars(
+    full: bool, kv: bool = False, keys: bool = False, kvzip: bool = False, queries: bool = False
+) -> dict[str, Var]:
     """Every variable of a `len_{N}` group, in creation order (`kv`: keys and values; `keys`: keys;
-    `kvzip`: KVzip's scores)."""
+    `queries`: the query moments and value norms; `kvzip`: KVzip's scores)."""
     return {
         **RUN_COORDS,
         **RUN_DOCUMENT,
@@ -227,6 +250,7 @@ def run_vars(full: bool, kv: bool = False, keys: bool = False, kvzip: bool = Fal
         **RUN_CONTEXT,
         **(RUN_FULL if full else {}),
         **(RUN_KV if kv else RUN_KEYS if keys else {}),
+        **(RUN_QUERIES if queries else {}),
         **(RUN_KVZIP if kvzip else {}),
     }
 
@@ -464,10 +488,10 @@ def prunable(window: int | None, length: int) -> bool:
 
 
 def run_group_differences(
-    group, full: bool, kv: bool = False, keys: bool = False, kvzip: bool = False
+    group, full: bool, kv: bool = False, keys: bool = False, kvzip: bool = False, queries: bool = False
 ) -> list[str]:
     """What in one `len_{N}` zarr group departs from RUN_VARS (empty when it matches exactly)."""
-    expected = run_vars(full, kv, keys, kvzip)
+    expected = run_vars(full, kv, keys, kvzip, queries)
     found = set(group.array_keys())
     out = [f"missing variable {v}" for v in expected if v not in found]
     out += [f"unexpected variable {v}" for v in sorted(found - set(expected))]

@@ -32,8 +32,9 @@ def dump_document(store: RunWriter, lm, opt: DumpOptions, doc, item: DocPlan, pr
         layer_bar.update(1)
 
     keys = "keys" in schema.store_parts(opt.store)
+    queries = "queries" in schema.store_parts(opt.store)
     context = int(np.flatnonzero(doc.question)[0]) if doc.question.any() else None
-    if keys:
+    if queries:
         from core.lm.queries import QueryMoments
 
         moments = QueryMoments(lm.model, n, context)
@@ -46,7 +47,9 @@ def dump_document(store: RunWriter, lm, opt: DumpOptions, doc, item: DocPlan, pr
         tile=item.tile,
         context=context,
         on_kv=(lambda layer, k, v: store.write_kv(n, d, s, layer, k, v)) if keys else None,
-        on_queries=(lambda layer, q: store.write_arrays(n, d, s, layer, moments(layer, q))) if keys else None,
+        on_queries=(lambda layer, q: store.write_arrays(n, d, s, layer, moments(layer, q)))
+        if queries
+        else None,
     )
     ids = torch.as_tensor(doc.input_ids, dtype=torch.long, device=lm.model.device)[None]
     with torch.no_grad():

@@ -72,14 +72,15 @@ def block(value: str) -> int | str:
 
 
 def store_parts(value: str) -> str:
-    """`stats`, `full`, `kv` comma-separated -> the canonical setting (`stats`, `full`, `stats,kv`, `full,kv`)."""
+    """`stats`, `full`, `keys`, `queries`, `kv`, `kvzip` comma-separated -> the canonical setting
+    (`stats`, `full`, `stats,kv`, `stats,keys,queries`, ...)."""
     from core import schema
 
     parts = [p.strip() for p in str(value).split(",") if p.strip()]
     bad = [p for p in parts if p not in schema.STORE_PARTS]
     if not parts or bad:
         raise ValueError(f"is not a list of {', '.join(schema.STORE_PARTS)} (e.g. stats,kv)")
-    return schema.store_label(parts)
+    return schema.store_label(schema.store_parts(",".join(parts)))
 
 
 def document_coordinates(value: str) -> tuple[int, float, int]:
@@ -153,9 +154,10 @@ class DumpOptions:
     store: str = option(
         "stats",
         "what is stored besides the statistics, comma-separated: full (whole attention matrices of "
-        "--layers), keys (post-RoPE keys, value norms, query moments: knorm, keydiff, expected_attention), "
-        "kv (keys and values: `analyze --answers` then needs no prefill), kvzip (KVzip's scores from a "
-        "reconstruction forward per setting); e.g. stats, full, stats,keys, stats,kv,kvzip",
+        "--layers), keys (post-RoPE keys: knorm, keydiff), queries (the keys, with the queries' moments "
+        "and the values' norms: expected_attention), kv (keys and values: `analyze --answers` then needs "
+        "no prefill), kvzip (KVzip's scores from a reconstruction forward per setting); e.g. stats, full, "
+        "stats,keys, stats,keys,queries, stats,kv,kvzip",
         store_parts,
     )
     kvzip: bool = option(

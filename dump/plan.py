@@ -189,7 +189,9 @@ def root_attributes(opt: DumpOptions, cfg: dict, info: dict, device: str) -> dic
             + list(schema.RUN_CONTEXT)
             + (["attn"] if "full" in schema.store_parts(opt.store) else [])
             + list(
-                schema.run_vars(False, *(p in schema.store_parts(opt.store) for p in ("kv", "keys", "kvzip")))
+                schema.run_vars(
+                    False, *(p in schema.store_parts(opt.store) for p in ("kv", "keys", "kvzip", "queries"))
+                )
             )[len(schema.run_vars(False)) :],
             "pool": {"qpool": "max_l2", "kpool": "max_l2"},
             "attn_layers": list(opt.layers or []),

@@ -180,7 +180,7 @@ class RunWriter:
         g = self.root.create_group(name, attributes={**attrs, "block": block, "tile": tile})
         parts = schema.store_parts(s.get("store", "stats"))
         for var, spec in schema.run_vars(
-            bool(full_layers), "kv" in parts, "keys" in parts, "kvzip" in parts
+            bool(full_layers), "kv" in parts, "keys" in parts, "kvzip" in parts, "queries" in parts
         ).items():
             g.create_array(
                 var,
@@ -242,7 +242,13 @@ class RunWriter:
         name = schema.group_name(length)
         if name not in self._opened:
             g = self.root[name]
-            names = (*schema.RUN_STATISTICS, *schema.RUN_CONTEXT, *schema.RUN_KV, *schema.RUN_KVZIP)
+            names = (
+                *schema.RUN_STATISTICS,
+                *schema.RUN_CONTEXT,
+                *schema.RUN_KV,
+                *schema.RUN_QUERIES,
+                *schema.RUN_KVZIP,
+            )
             self._opened[name] = {var: g[var] for var in names if var in g}
         return self._opened[name]
 

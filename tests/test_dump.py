@@ -251,7 +251,7 @@ def test_a_document_depends_on_its_depth_value_not_its_place_in_the_grid(tiny_ll
     b = xr.open_zarr(alone, group="len_160", consolidated=False).sel(depth=0.5)
     for v in VARS:  # the document and every statistic of it
         np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
-    assert zarr.open_group(str(grid), mode="r").attrs["schema_version"] == schema.RUN_VERSION == "2.4"
+    assert zarr.open_group(str(grid), mode="r").attrs["schema_version"] == schema.RUN_VERSION == "2.5"
 
 
 def test_stores_before_2_2_are_rebuilt_by_the_depth_index(tokenizer):

@@ -1,4 +1,4 @@
-"""`dump --store stats,kv` / `stats,keys`: the prompt's post-RoPE keys (and values) from the dump's
+"""`dump --store stats,kv` / `stats,keys` / `queries`: the prompt's post-RoPE keys (and values, and the query moments) from the dump's
 own forward; the answer pass reads them instead of a prefill, the key scorers (knorm, keydiff) rank
 from them. Numba equals the numpy references; kept sets equal a brute-force recomputation."""
 
@@ -25,7 +25,7 @@ SMOL = [*conftest.SMOL, "--no-progress"]
 def kv_store(tmp_path_factory) -> str:
     """The suite's SmolLM2 documents (those of `smol_store`) dumped with their keys and values."""
     out = str(tmp_path_factory.mktemp("kv_store") / "run.zarr")
-    r = run_cli("dump", *SMOL, "--store", "stats,kv", "--out", out)
+    r = run_cli("dump", *SMOL, "--store", "stats,kv,queries", "--out", out)
     assert r.returncode == 0, r.stderr
     return out
 
@@ -169,7 +169,7 @@ def test_stored_query_moments_equal_eager_queries(kv_store):
 def test_stored_keys_equal_a_prefill_and_the_statistics_are_unchanged(kv_store, smol_store):
     g = zarr.open_group(kv_store, mode="r")["len_512"]
     plain = zarr.open_group(smol_store, mode="r")["len_512"]
-    assert schema.run_group_differences(g, full=False, kv=True) == []
+    assert schema.run_group_differences(g, full=False, kv=True, queries=True) == []
     assert "key_cache" not in plain
     np.testing.assert_array_equal(g["input_ids"][:], plain["input_ids"][:])
     for var in ("colsum", "window", "blocks", "colsum_ctx"):  # bit-identical statistics
@@ -279,3 +279,32 @@ def test_half_precision_keys_are_stored_bytes_shuffled_and_read_back_exactly(tin
         assert not (a.view(np.uint32) & 0xFFFF).any()  # bfloat16 values: the low 16 bits are zero
         assert [type(c).__name__ for c in shuffled[var].compressors] == ["BloscCodec", "Crc32cCodec"]
         assert shuffled[var].nbytes_stored() < 0.6 * raw[var].nbytes_stored(), var
+
+
+def test_queries_are_a_part_of_their_own(tiny_llama_dir, tmp_path):
+    """`--store stats,keys` writes the keys alone; Expected Attention, which also reads the queries'
+    moments and the values' norms, is then refused in one sentence naming `queries`. Stores before
+    RUN 2.5 wrote them with the keys, and read as holding both."""
+    from core import schema
+
+    out = tmp_path / "keys.zarr"
+    args = ["dump", "--model", tiny_llama_dir, *conftest.dump_args("256", depths="0.5")]
+    assert run_cli(*args, "--store", "stats,keys", "--no-progress", "--out", str(out)).returncode == 0
+    g = zarr.open_group(str(out), mode="r")["len_256"]
+    assert "key_cache" in g and not {"value_norm", "query_mean", "query_cov", "query_cov_ctx"} & set(g)
+    r = run_cli(
+        "analyze",
+        str(out),
+        "--policies",
+        "expected_attention",
+        "--out",
+        str(tmp_path / "r.zarr"),
+        "--workers",
+        "1",
+    )
+    assert r.returncode == 2 and "--store stats,keys,queries" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "r.zarr").exists()
+    assert schema.store_parts("stats,queries") == {"stats", "keys", "queries"}
+    assert schema.store_label(schema.store_parts("queries,stats")) == "stats,keys,queries"
+    assert "queries" in schema.stored_parts("stats,keys", "2.4")
+    assert "queries" not in schema.stored_parts("stats,keys", schema.RUN_VERSION)
