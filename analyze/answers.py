@@ -191,9 +191,10 @@ class _AnswerRows:
         return [group[0] for group in self.same.values()]
 
 
-def answer_documents(path: str, plan, docs: list[tuple], spec) -> dict:
+def answer_documents(path: str, plan, docs: list[tuple], spec, kept: dict | None = None) -> dict:
     """Every (policy, sparsity) answer of each document (n, d, s) -> {doc: {"answer", "digits",
-    "ids"}}, decoded on `spec.answer_device` in the dump's dtype. Documents whose prompts end at the
+    "ids"}}, decoded on `spec.answer_device` in the dump's dtype. `kept`: {doc: kept sets (policy,
+    sparsity, layer, head, key)} already chosen (`scoring.analyze_document`); else chosen here. Documents whose prompts end at the
     same position are decoded in step as one batch (`pruned.keeping_documents`): each row attends to
     its own document's cache exactly as it would alone, and one read of the weights per step serves
     every row (on the CPU the decode reads the weights far more than it computes)."""
@@ -207,7 +208,10 @@ def answer_documents(path: str, plan, docs: list[tuple], spec) -> dict:
     task = tasks.get(attrs["settings"].get("task", "passkey"))
     out = {}
     with torch.no_grad():
-        prepared = [_prepare(root, attrs, path, plan, key, spec, lm, task, device) for key in docs]
+        prepared = [
+            _prepare(root, attrs, path, plan, key, spec, lm, task, device, (kept or {}).get(key))
+            for key in docs
+        ]
         by_end: dict[tuple, list[_AnswerRows]] = {}
         for x in prepared:  # in step: the same prompt end, the same prompt tokens left, the same steps
             by_end.setdefault((x.cut, len(x.rest), x.steps), []).append(x)
@@ -248,8 +252,9 @@ def answer_documents(path: str, plan, docs: list[tuple], spec) -> dict:
     return out
 
 
-def _prepare(root, attrs, path, plan, key, spec, lm, task, device) -> _AnswerRows:
-    """A document's kept sets for every (policy, sparsity) and its prompt's cache up to the cut."""
+def _prepare(root, attrs, path, plan, key, spec, lm, task, device, masks=None) -> _AnswerRows:
+    """A document's kept sets for every (policy, sparsity) (`masks`, when given) and its prompt's
+    cache up to the cut."""
     n, d, s = key
     pols, sparsities = spec.policies, spec.sparsities
     g = root[schema.group_name(n)]
@@ -267,16 +272,17 @@ def _prepare(root, attrs, path, plan, key, spec, lm, task, device) -> _AnswerRow
         )
     layers = lm.config["layers"]
     windows = plan.windows
-    masks = np.zeros((len(pols), len(sparsities), layers, lm.config["heads"], n), dtype=bool)
     reads = keptsets.reads_of(pols)
     load = keptsets.loader(path, n, d, s, plan.kv_heads, spec.seed, reads, spec.setting)
     whole = keptsets.document_of(plan, n, load, (d, s))
-    for layer in whole.prunable:
-        x = load(layer)
-        for j, i, kept in keptsets.iter_kept(
-            x, pols, sparsities, spec.gqa, False, whole, layer, spec.setting
-        ):
-            masks[i, j, layer] = kept
+    if masks is None:
+        masks = np.zeros((len(pols), len(sparsities), layers, lm.config["heads"], n), dtype=bool)
+        for layer in whole.prunable:
+            x = load(layer)
+            for j, i, kept in keptsets.iter_kept(
+                x, pols, sparsities, spec.gqa, False, whole, layer, spec.setting
+            ):
+                masks[i, j, layer] = kept
     if "value_cache" in g:  # the dump's own forward stored the prompt's cache: no prefill here
         prompt = stored_prompt(g, (d, s), path, n, cut, windows, lm.model.dtype, device)
     else:

@@ -48,11 +48,13 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
         )
     made_from = provenance(path, spec, retrieval_heads)  # before any work: what the results will be of
     parts, by_setting, unfinished = [], {}, 0
-    for name in names:
-        sub = dataclasses.replace(
-            spec, setting=name, settings=(name,), policies=defined_in(spec.policies, name)
-        )
-        ds, unfinished = _run_setting(path, sub, client, progress, retrieval_heads)
+    subs = [
+        dataclasses.replace(spec, setting=name, settings=(name,), policies=defined_in(spec.policies, name))
+        for name in names
+    ]
+    sent = [_submit(path, sub, client) for sub in subs]  # every setting queued: no idle tail between them
+    for name, sub, queued in zip(names, subs, sent):
+        ds, unfinished = _run_setting(path, sub, client, progress, retrieval_heads, queued)
         ds = ds.reindex(
             {
                 schema.POLICY: list(spec.labels),
@@ -91,19 +93,31 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
     return out, unfinished
 
 
-def _run_setting(
-    path: str, spec: Spec, client, progress: bool = True, retrieval_heads: int = RETRIEVAL_HEADS
-):
-    """Analyze a store with a Dask client in one setting (`spec.setting`), its spec checked by `run`."""
-    from distributed import as_completed
-    from tqdm.auto import tqdm
-
+def _submit(path: str, spec: Spec, client) -> tuple:
+    """One setting's jobs handed to the cluster: (its plan, jobs, futures)."""
     plan = plan_store(path)  # its own: a corrupt document is marked unfinished in it
-    unfinished = plan.unfinished
     jobs = jobs_of(plan, spec)
     futures = client.map(
         run_job, [path] * len(jobs), [plan] * len(jobs), [spec] * len(jobs), jobs, pure=False
     )
+    return plan, jobs, futures
+
+
+def _run_setting(
+    path: str,
+    spec: Spec,
+    client,
+    progress: bool = True,
+    retrieval_heads: int = RETRIEVAL_HEADS,
+    queued: tuple | None = None,
+):
+    """Analyze a store with a Dask client in one setting (`spec.setting`), its spec checked by `run`
+    (`queued`: its jobs already submitted, `_submit`)."""
+    from distributed import as_completed
+    from tqdm.auto import tqdm
+
+    plan, jobs, futures = queued or _submit(path, spec, client)
+    unfinished = plan.unfinished
     index = {f.key: job for f, job in zip(futures, jobs)}
     results, answers, corrupt = {}, {}, {}
     with tqdm(total=len(jobs), desc="analyze", unit="task", disable=not progress) as bar:
@@ -115,6 +129,7 @@ def _run_setting(
                         corrupt.setdefault(doc, a["corrupt"])
                     else:
                         answers[doc] = a
+                results.update({tuple(layer): arrays for layer, arrays in r["layers"].items()})
             elif "corrupt" in r:
                 corrupt.setdefault(job.document, r["corrupt"])
             else:

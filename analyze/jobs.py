@@ -37,13 +37,13 @@ class AnswerJob(NamedTuple):
 ANSWER_TOKENS = 8192
 
 
-def answer_jobs(docs: list[tuple[int, int, int]]) -> list[AnswerJob]:
+def answer_jobs(docs: list[tuple[int, int, int]], tokens: int = ANSWER_TOKENS) -> list[AnswerJob]:
     """The documents' answer tasks, longest documents first, each length's documents split evenly
-    into tasks of at most ANSWER_TOKENS prompt tokens."""
+    into tasks of at most `tokens` prompt tokens (a longer document alone)."""
     jobs = []
     for n in sorted({doc[0] for doc in docs}, reverse=True):
         mine = [doc for doc in docs if doc[0] == n]
-        tasks = -(-len(mine) // max(1, ANSWER_TOKENS // n))
+        tasks = -(-len(mine) // max(1, tokens // n))
         jobs += [
             AnswerJob(tuple(mine[i] for i in part)) for part in np.array_split(np.arange(len(mine)), tasks)
         ]
@@ -55,9 +55,12 @@ def documents_of(plan: StorePlan) -> list[tuple[int, int, int]]:
 
 
 def jobs_of(plan: StorePlan, spec: Spec) -> list[LayerJob | AnswerJob]:
-    """With --answers the answer tasks first (`answer_jobs`), longest documents first (the longest
-    tasks: started first, they overlap the many short ones and leave no long tail), then one LayerJob
-    per finished document-layer."""
+    """One LayerJob per finished document-layer; with --answers the answer tasks instead
+    (`answer_jobs`, longest documents first), each of which also scores every layer of its documents
+    under the kept sets it decodes with (`scoring.analyze_document`): chosen once, not twice. On a
+    GPU a document is a task of its own (batching documents saves the CPU's weight reads, not the
+    GPU's, and smaller tasks share the workers more evenly)."""
     docs = documents_of(plan)
-    jobs: list = answer_jobs(docs) if spec.answers else []
-    return jobs + [LayerJob(*doc, layer) for doc in docs for layer in range(plan.layers)]
+    if spec.answers:
+        return answer_jobs(docs, 0 if spec.answer_device.startswith("cuda") else ANSWER_TOKENS)
+    return [LayerJob(*doc, layer) for doc in docs for layer in range(plan.layers)]

@@ -10,7 +10,7 @@ from analyze.jobs import AnswerJob, LayerJob
 from analyze.keptsets import iter_kept, policy_view
 from analyze.policies import budget
 from analyze.spec import Spec
-from core import schema, settings
+from core import runstore, schema, settings
 from core.runstore import CorruptChunk, StorePlan
 
 
@@ -26,13 +26,27 @@ def skipped_doclayer(spec: Spec, heads: int) -> dict:
     }
 
 
-def analyze_doclayer(path: str, plan: StorePlan, job: LayerJob, spec: Spec) -> dict:
-    """All policies × sparsities on one document-layer -> small arrays (see `assemble`)."""
+def analyze_doclayer(
+    path: str,
+    plan: StorePlan,
+    job: LayerJob,
+    spec: Spec,
+    doc=None,
+    document: tuple | None = None,
+    kept_into: np.ndarray | None = None,
+) -> dict:
+    """All policies × sparsities on one document-layer -> small arrays (see `assemble`). `doc` and
+    `document`: the document's allocation view (`keptsets.document_of`) and opened group
+    (`runstore.open_document`), shared by its layers; `kept_into` (policy, sparsity, head, key) receives
+    the kept sets the metrics were scored on."""
     length, d, s, layer = job
     kv_heads = plan.kv_heads
-    x, masks = keptsets.load_layer(path, length, d, s, layer, kv_heads, spec.seed, spec.reads, spec.setting)
-    load = keptsets.loader(path, length, d, s, kv_heads, spec.seed, spec.reads, spec.setting)
-    doc = keptsets.document_of(plan, length, load, (d, s))
+    x, masks = keptsets.load_layer(
+        path, length, d, s, layer, kv_heads, spec.seed, spec.reads, spec.setting, document
+    )
+    if doc is None:
+        load = keptsets.loader(path, length, d, s, kv_heads, spec.seed, spec.reads, spec.setting)
+        doc = keptsets.document_of(plan, length, load, (d, s))
     final = masks["answer_row"].astype(np.float64)  # the answer position, whatever the policy saw
     nsp = len(spec.sparsities)
     out = np.zeros((len(schema.METRICS), len(spec.policies), nsp, x.heads))
@@ -44,6 +58,8 @@ def analyze_doclayer(path: str, plan: StorePlan, job: LayerJob, spec: Spec) -> d
         x, spec.policies, spec.sparsities, spec.gqa, spec.reference, doc, layer, spec.setting
     ):
         out[:, i, j] = metrics.kept_metrics(kept, masks, final)
+        if kept_into is not None:
+            kept_into[i, j] = kept
         kept_by[spec.labels[i]] = kept
         if pairs and i == len(spec.policies) - 1:  # every policy of this sparsity is done
             k = budget(spec.sparsities[j], x.n)
@@ -71,11 +87,32 @@ def analyze_doclayer(path: str, plan: StorePlan, job: LayerJob, spec: Spec) -> d
     }
 
 
+def analyze_document(path: str, plan: StorePlan, spec: Spec, key: tuple) -> tuple[dict, np.ndarray]:
+    """Every layer of one document (n, d, s): ({LayerJob: its arrays}, the kept sets (policy,
+    sparsity, layer, head, key) they were scored on). The answer pass decodes under these same
+    masks, so that a document's kept sets are chosen once for its metrics and its answers."""
+    n, d, s = key
+    load = keptsets.loader(path, n, d, s, plan.kv_heads, spec.seed, spec.reads, spec.setting)
+    doc = keptsets.document_of(plan, n, load, (d, s))  # one allocation view for every layer
+    document = runstore.open_document(path, n, d, s)
+    kept = np.zeros((len(spec.policies), len(spec.sparsities), plan.layers, plan.heads, n), dtype=bool)
+    layers = {}
+    for layer in range(plan.layers):
+        job = LayerJob(n, d, s, layer)
+        if layer in doc.prunable:
+            layers[job] = analyze_doclayer(path, plan, job, spec, doc, document, kept[:, :, layer])
+        else:
+            layers[job] = skipped_doclayer(spec, plan.heads)
+    return layers, kept
+
+
 def run_job(path: str, plan: StorePlan, spec: Spec, job: LayerJob | AnswerJob) -> dict:
-    """One job on a worker: the arrays `assemble` takes, or {"corrupt": why} under --skip-corrupt."""
+    """One job on a worker: the arrays `assemble` takes, or {"corrupt": why} under --skip-corrupt.
+    An answer job also scores every layer of its documents ("layers")."""
     try:
         if isinstance(job, AnswerJob):
-            return {"by_document": answer_job(path, plan, spec, job.documents)}
+            answers, layers = answer_job(path, plan, spec, job.documents)
+            return {"by_document": answers, "layers": layers}
         if not schema.prunable(plan.windows[job.layer], job.length):
             return skipped_doclayer(spec, plan.heads)
         return analyze_doclayer(path, plan, job, spec)
@@ -85,19 +122,26 @@ def run_job(path: str, plan: StorePlan, spec: Spec, job: LayerJob | AnswerJob) -
         return {"corrupt": str(err)}
 
 
-def answer_job(path: str, plan: StorePlan, spec: Spec, docs) -> dict:
-    """{document: its answers, or {"corrupt": why} under --skip-corrupt}: the documents decoded in
-    step, or one by one when one of them has a missing or corrupt chunk."""
+def answer_job(path: str, plan: StorePlan, spec: Spec, docs) -> tuple[dict, dict]:
+    """({document: its answers, or {"corrupt": why} under --skip-corrupt}, {LayerJob: its arrays}):
+    every layer of the documents scored (`analyze_document`), then the documents decoded in step
+    under the same kept sets; one by one when one of them has a missing or corrupt chunk."""
     from analyze.answers import answer_documents
 
     try:
-        return answer_documents(path, plan, list(docs), spec)
+        layers, kept = {}, {}
+        for doc in docs:
+            got, kept[doc] = analyze_document(path, plan, spec, doc)
+            layers.update(got)
+        return answer_documents(path, plan, list(docs), spec, kept), layers
     except CorruptChunk as err:
         if not spec.skip_corrupt:
             raise
         if len(docs) == 1:
-            return {docs[0]: {"corrupt": str(err)}}
-    out = {}
+            return {docs[0]: {"corrupt": str(err)}}, {}
+    out, layers = {}, {}
     for doc in docs:
-        out.update(answer_job(path, plan, spec, [doc]))
-    return out
+        got, more = answer_job(path, plan, spec, [doc])
+        out.update(got)
+        layers.update(more)
+    return out, layers

@@ -65,7 +65,20 @@ class DocLayer:
         """This document-layer as a policy sees it under `setting` (a `core.settings.Setting`)."""
         if not setting.hides:
             return self
-        return dataclasses.replace(self, hidden=frozenset(setting.hides))
+        view = dataclasses.replace(self, hidden=frozenset(setting.hides))
+        view.__dict__["_memo"] = self.__dict__.setdefault("_memo", {})  # one memo for every view
+        return view
+
+    def memo(self, key, compute):
+        """`compute()`, once per document-layer and setting: a ranking's costly scores that no budget
+        changes (every sparsity, and a policy over the same scorer, reuse them). Read-only."""
+        memo = self.__dict__.setdefault("_memo", {})
+        key = (key, self.hidden)
+        if key not in memo:
+            value = compute()
+            value.setflags(write=False)
+            memo[key] = value
+        return memo[key]
 
     @property
     def heads(self) -> int:

@@ -212,3 +212,53 @@ def test_documents_decoded_in_step_answer_as_each_alone(smol_store, setting):
     # the full caches' answers differ between documents (different passkeys): a row reading another
     # document's prompt would change them
     assert len({together[doc]["ids"][0, 0].tobytes() for doc in docs}) > 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["aware", "agnostic"])
+def test_an_answer_task_scores_its_layers_as_layer_tasks_do(smol_store, setting):
+    """With --answers a document's kept sets are chosen once (`scoring.analyze_document`): its layers'
+    arrays equal those of one layer task each, its masks equal `keptsets.kept_sets`, and the answers
+    decoded under them equal those the answer pass chooses for itself."""
+    from analyze import engine, keptsets, policies, scoring
+    from core.runstore import plan_store
+
+    methods = ("full", "h2o", "snapkv", "tova", "pyramidkv", "adakv", "streaming", "random", "cab_high")
+    spec = engine.Spec(tuple(policies.parse_policy(m) for m in methods), (0.5, 0.9), setting=setting)
+    plan = plan_store(smol_store)
+    doc = (512, 1, 0)
+    layers, kept = scoring.analyze_document(smol_store, plan, spec, doc)
+    assert sorted(layers) == [engine.LayerJob(*doc, layer) for layer in range(plan.layers)]
+    for job, got in layers.items():
+        alone = scoring.run_job(smol_store, plan, spec, job)
+        assert sorted(got) == sorted(alone)
+        for name in got:
+            np.testing.assert_array_equal(got[name], alone[name], err_msg=f"{job} {name}")
+    for layer in (0, 7, plan.layers - 1):
+        ks = keptsets.kept_sets(smol_store, *doc, layer, methods, spec.sparsities, setting=setting)
+        np.testing.assert_array_equal(kept[:, :, layer], ks.kept.values)
+    given = answers.answer_documents(smol_store, plan, [doc], spec, {doc: kept})[doc]
+    chosen = answers.answer_documents(smol_store, plan, [doc], spec)[doc]
+    for key in ("ids", "answer", "digits", "distracted"):
+        np.testing.assert_array_equal(given[key], chosen[key])
+    # the task as the engine runs it: answers and every layer
+    whole = scoring.run_job(smol_store, plan, spec, engine.AnswerJob((doc,)))
+    assert sorted(whole) == ["by_document", "layers"] and sorted(whole["layers"]) == sorted(layers)
+    np.testing.assert_array_equal(whole["by_document"][doc]["ids"], chosen["ids"])
+
+
+def test_with_answers_the_answer_tasks_are_the_only_tasks(smol_store):
+    """An answer task scores its documents' layers too: no layer task is left, every document is in
+    exactly one task, and on a GPU each document is a task of its own."""
+    from analyze import engine, policies
+    from core.runstore import plan_store
+
+    plan = plan_store(smol_store)
+    docs = engine.documents_of(plan)
+    pols = (policies.parse_policy("h2o"),)
+    alone = engine.jobs_of(plan, engine.Spec(pols, (0.5,)))
+    assert len(alone) == len(docs) * plan.layers and all(isinstance(j, engine.LayerJob) for j in alone)
+    for device, per_task in (("cpu", len(docs)), ("cuda", 1)):  # 4 documents of 512 fit one CPU task
+        jobs = engine.jobs_of(plan, engine.Spec(pols, (0.5,), answers=True, answer_device=device))
+        assert all(isinstance(j, engine.AnswerJob) and len(j.documents) == per_task for j in jobs)
+        assert sorted(doc for j in jobs for doc in j.documents) == sorted(docs)

@@ -81,16 +81,19 @@ class ExpectedAttention(Policy):
         return sink_mask(x.heads, x.n, min(self.sinks, k))
 
     def rank(self, x: DocLayer, k: int) -> Ranking:
-        keys = np.ascontiguousarray(x.key_cache, dtype=np.float64)
-        scores = _expected(
-            keys,
-            np.ascontiguousarray(x.query_mean, dtype=np.float64),
-            self._quad(x, keys),
-            np.ascontiguousarray(x.value_norm, dtype=np.float64),
-            min(self.sinks, x.n - 1),
-            self.vnorm,
-        )
-        return Ranking(primary=per_head(x, scores), forced=self._forced(x, k))
+        def scores():
+            keys = np.ascontiguousarray(x.key_cache, dtype=np.float64)
+            return _expected(
+                keys,
+                np.ascontiguousarray(x.query_mean, dtype=np.float64),
+                self._quad(x, keys),
+                np.ascontiguousarray(x.value_norm, dtype=np.float64),
+                min(self.sinks, x.n - 1),
+                self.vnorm,
+            )
+
+        # no budget changes the scores: computed once per document-layer (Ada-KV over them reuses them)
+        return Ranking(primary=per_head(x, x.memo(self, scores)), forced=self._forced(x, k))
 
     def rank_reference(self, x: DocLayer, k: int) -> Ranking:
         keys = x.key_cache.astype(np.float64)

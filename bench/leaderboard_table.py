@@ -1,0 +1,144 @@
+"""kvpress's leaderboard re-scored, printed from the RESULTS of its tasks (`configs/leaderboard.yaml`,
+one RESULTS.zarr per task, e.g. as `bash bench/gpu_real.sh leaderboard` brings them back):
+
+    python bench/leaderboard_table.py niah_single_1=runs/lb/.../results.zarr ... \
+        [--csv leaderboard.csv] [--causes causes.csv] [--split 0.5,0.875] [--baseline bench/results/baseline_qwen15_gpu.txt]
+
+Per setting: the policies ranked by their mean score ×100 over sparsities and tasks (RULER's
+string_match on the model's own answer), each sparsity's score over every task's documents with its
+95% interval, then each task's mean score; Spearman's ρ against kvpress's published order at every
+sparsity (`viz.leaderboard.KVPRESS_AT_HALF`, its figure at ratio 0.5); the full cache's score per
+task; and, at the `--split` sparsities, why each failed answer failed (`core.schema.CAUSES`; only
+documents whose full cache answers can fail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core import intervals, schema  # noqa: E402
+from viz import leaderboard  # noqa: E402
+
+
+def load(pairs: list[str]) -> dict:
+    out = {}
+    for item in pairs:
+        task, _, path = item.partition("=")
+        if not path:
+            sys.exit(f"leaderboard_table: {item!r} is not TASK=RESULTS.zarr")
+        out[task] = schema.open_results(path).load()
+    return out
+
+
+def ranked_text(board: pd.DataFrame, sparsities: list[float], tasks: list[str]) -> str:
+    cols = [f"{s:g}" for s in sparsities]
+    rows = []
+    for _, r in board.iterrows():
+        cells = [
+            f"{r[c]:5.1f} [{r[c + ' lo']:5.1f},{r[c + ' hi']:5.1f}]" if np.isfinite(r[c]) else "n/a".rjust(19)
+            for c in cols
+        ]
+        per_task = []
+        for t in tasks:
+            vals = [r.get(f"{t} {c}", np.nan) for c in cols]
+            per_task.append(f"{np.nanmean(vals):5.1f}" if np.isfinite(vals).any() else "  n/a")
+        rows.append(
+            f"{r['rank']:>3} {r['policy']:>29} "
+            + " ".join(cells)
+            + f" {r['mean']:5.1f} | "
+            + " ".join(per_task)
+        )
+    head = (
+        f"{'':>3} {'policy':>29} "
+        + " ".join(c.center(19) for c in cols)
+        + " mean | "
+        + " ".join(t.replace("niah_", "")[:5].rjust(5) for t in tasks)
+    )
+    return "\n".join([head, *rows])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+", metavar="TASK=RESULTS")
+    p.add_argument("--csv", help="the ranked tables of every setting (leaderboard.csv)")
+    p.add_argument("--causes", help="the failure causes per task, setting, policy and sparsity (CSV)")
+    p.add_argument("--split", default="0.5,0.875", help="sparsities whose failure causes are printed")
+    args = p.parse_args()
+    results = load(args.results)
+    tasks = list(results)
+    first = next(iter(results.values()))
+    sparsities = [float(s) for s in first.sparsity.values]
+    settings = [str(s) for s in first[schema.SETTING].values]
+    docs = {t: int(ds.done.sum()) for t, ds in results.items()}
+    print(f"tasks: {', '.join(f'{t} ({docs[t]} documents)' for t in tasks)}")
+    print(
+        f"model: {first.attrs.get('model', '?')}; score x100 = RULER string_match on the model's own answer, 95% intervals over documents"
+    )
+    boards = []
+    for setting in settings:
+        board = leaderboard.table(results, setting)
+        boards.append(board.assign(setting=setting))
+        full = {}
+        for t, ds in results.items():
+            one = schema.in_setting(ds, setting)
+            ok = one.retrieved.where(one.done.astype(bool)).values
+            k, n = int(np.nansum(ok)), int(np.isfinite(ok).sum())
+            lo, hi = intervals.wilson(np.array([k]), np.array([n]))
+            full[t] = f"{k}/{n} [{100 * lo[0]:.1f}, {100 * hi[0]:.1f}]"
+        print(
+            f"\n== {setting}: policies ranked by mean score; per sparsity over all tasks' documents; then each task's mean"
+        )
+        print(ranked_text(board, sparsities, tasks))
+        print("full cache answers (the dump's own answer): " + "; ".join(f"{t} {v}" for t, v in full.items()))
+        rhos = []
+        for sp in sparsities:
+            rho, k, _ = leaderboard.spearman_vs_kvpress(board, sp)
+            rhos.append(f"{sp:g}: {rho:.2f} ({k} policies)")
+        print(
+            "Spearman's rho against kvpress's published order (its figure at ratio 0.5), lab scores at each sparsity: "
+            + ", ".join(rhos)
+        )
+    if args.csv:
+        pd.concat(boards, ignore_index=True).to_csv(args.csv, index=False, float_format="%.2f")
+    split = pd.concat(
+        [leaderboard.cause_split(ds).assign(task=t) for t, ds in results.items() if "cause" in ds],
+        ignore_index=True,
+    )
+    if args.causes:
+        split.to_csv(args.causes, index=False)
+    if len(split):
+        want = [float(s) for s in args.split.split(",")]
+        causes = list(schema.CAUSES)
+        summed = (
+            split[split.sparsity.isin(want)]
+            .groupby(["policy", "sparsity", "setting"], sort=False)[causes + ["failed"]]
+            .sum()
+        )
+        order = list(dict.fromkeys(split.policy))
+        print(
+            f"\n== why the failed answers failed, all tasks summed ({', '.join(causes)}; failed of the documents whose full cache answers)"
+        )
+        print(f"{'policy':>29} " + " ".join(f"{s:g} {st}".center(19) for s in want for st in settings))
+        for pol in order:
+            cells = []
+            for s in want:
+                for st in settings:
+                    if (pol, s, st) in summed.index:
+                        r = summed.loc[(pol, s, st)]
+                        cells.append(
+                            ("/".join(str(int(r[c])) for c in causes) + f" ={int(r['failed'])}").center(19)
+                        )
+                    else:
+                        cells.append("n/a".center(19))
+            print(f"{pol:>29} " + " ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
