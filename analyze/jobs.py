@@ -26,9 +26,11 @@ class LayerJob(NamedTuple):
 
 class AnswerJob(NamedTuple):
     """Decode the model's answer under every pruned cache of a few documents of one length, in step
-    (`answers.answer_documents`)."""
+    (`answers.answer_documents`); with `layers`, first score every layer of them under the kept sets
+    it decodes with (`scoring.analyze_document`), in place of their LayerJobs."""
 
     documents: tuple[tuple[int, int, int], ...]
+    layers: bool = False
 
 
 # prompt tokens per answer task: documents of one length are decoded together up to this many (on the
@@ -37,7 +39,9 @@ class AnswerJob(NamedTuple):
 ANSWER_TOKENS = 8192
 
 
-def answer_jobs(docs: list[tuple[int, int, int]], tokens: int = ANSWER_TOKENS) -> list[AnswerJob]:
+def answer_jobs(
+    docs: list[tuple[int, int, int]], tokens: int = ANSWER_TOKENS, layers: bool = False
+) -> list[AnswerJob]:
     """The documents' answer tasks, longest documents first, each length's documents split evenly
     into tasks of at most `tokens` prompt tokens (a longer document alone)."""
     jobs = []
@@ -45,7 +49,8 @@ def answer_jobs(docs: list[tuple[int, int, int]], tokens: int = ANSWER_TOKENS) -
         mine = [doc for doc in docs if doc[0] == n]
         tasks = -(-len(mine) // max(1, tokens // n))
         jobs += [
-            AnswerJob(tuple(mine[i] for i in part)) for part in np.array_split(np.arange(len(mine)), tasks)
+            AnswerJob(tuple(mine[i] for i in part), layers)
+            for part in np.array_split(np.arange(len(mine)), tasks)
         ]
     return jobs
 
@@ -55,12 +60,16 @@ def documents_of(plan: StorePlan) -> list[tuple[int, int, int]]:
 
 
 def jobs_of(plan: StorePlan, spec: Spec) -> list[LayerJob | AnswerJob]:
-    """One LayerJob per finished document-layer; with --answers the answer tasks instead
-    (`answer_jobs`, longest documents first), each of which also scores every layer of its documents
-    under the kept sets it decodes with (`scoring.analyze_document`): chosen once, not twice. On a
-    GPU a document is a task of its own (batching documents saves the CPU's weight reads, not the
-    GPU's, and smaller tasks share the workers more evenly)."""
+    """One LayerJob per finished document-layer; with --answers also the answer tasks, first
+    (`answer_jobs`, longest documents first: started first, they overlap the many short layer tasks
+    and leave no long tail).
+
+    Answers on a GPU: one task per document, which scores every layer of it too, under the kept sets
+    it decodes with (chosen once, not twice: there the kept sets cost more than the decode), and no
+    LayerJob. On the CPU the decode costs most: documents of one length decode in step (one read of
+    the weights per step serves them all), and the small layer tasks keep every worker busy."""
     docs = documents_of(plan)
-    if spec.answers:
-        return answer_jobs(docs, 0 if spec.answer_device.startswith("cuda") else ANSWER_TOKENS)
-    return [LayerJob(*doc, layer) for doc in docs for layer in range(plan.layers)]
+    if spec.answers and spec.answer_device.startswith("cuda"):
+        return answer_jobs(docs, 0, layers=True)
+    jobs: list = answer_jobs(docs) if spec.answers else []
+    return jobs + [LayerJob(*doc, layer) for doc in docs for layer in range(plan.layers)]

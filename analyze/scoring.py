@@ -111,7 +111,7 @@ def run_job(path: str, plan: StorePlan, spec: Spec, job: LayerJob | AnswerJob) -
     An answer job also scores every layer of its documents ("layers")."""
     try:
         if isinstance(job, AnswerJob):
-            answers, layers = answer_job(path, plan, spec, job.documents)
+            answers, layers = answer_job(path, plan, spec, job.documents, job.layers)
             return {"by_document": answers, "layers": layers}
         if not schema.prunable(plan.windows[job.layer], job.length):
             return skipped_doclayer(spec, plan.heads)
@@ -122,26 +122,27 @@ def run_job(path: str, plan: StorePlan, spec: Spec, job: LayerJob | AnswerJob) -
         return {"corrupt": str(err)}
 
 
-def answer_job(path: str, plan: StorePlan, spec: Spec, docs) -> tuple[dict, dict]:
+def answer_job(path: str, plan: StorePlan, spec: Spec, docs, layers: bool = False) -> tuple[dict, dict]:
     """({document: its answers, or {"corrupt": why} under --skip-corrupt}, {LayerJob: its arrays}):
-    every layer of the documents scored (`analyze_document`), then the documents decoded in step
-    under the same kept sets; one by one when one of them has a missing or corrupt chunk."""
+    with `layers`, every layer of the documents scored first (`analyze_document`); then the documents
+    decoded in step under those kept sets (else under kept sets chosen here); one by one when one of
+    them has a missing or corrupt chunk."""
     from analyze.answers import answer_documents
 
     try:
-        layers, kept = {}, {}
-        for doc in docs:
+        scored, kept = {}, {}
+        for doc in docs if layers else ():
             got, kept[doc] = analyze_document(path, plan, spec, doc)
-            layers.update(got)
-        return answer_documents(path, plan, list(docs), spec, kept), layers
+            scored.update(got)
+        return answer_documents(path, plan, list(docs), spec, kept or None), scored
     except CorruptChunk as err:
         if not spec.skip_corrupt:
             raise
         if len(docs) == 1:
             return {docs[0]: {"corrupt": str(err)}}, {}
-    out, layers = {}, {}
+    out, scored = {}, {}
     for doc in docs:
-        got, more = answer_job(path, plan, spec, [doc])
+        got, more = answer_job(path, plan, spec, [doc], layers)
         out.update(got)
-        layers.update(more)
-    return out, layers
+        scored.update(more)
+    return out, scored

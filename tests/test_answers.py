@@ -242,14 +242,14 @@ def test_an_answer_task_scores_its_layers_as_layer_tasks_do(smol_store, setting)
     for key in ("ids", "answer", "digits", "distracted"):
         np.testing.assert_array_equal(given[key], chosen[key])
     # the task as the engine runs it: answers and every layer
-    whole = scoring.run_job(smol_store, plan, spec, engine.AnswerJob((doc,)))
+    whole = scoring.run_job(smol_store, plan, spec, engine.AnswerJob((doc,), layers=True))
     assert sorted(whole) == ["by_document", "layers"] and sorted(whole["layers"]) == sorted(layers)
     np.testing.assert_array_equal(whole["by_document"][doc]["ids"], chosen["ids"])
 
 
-def test_with_answers_the_answer_tasks_are_the_only_tasks(smol_store):
-    """An answer task scores its documents' layers too: no layer task is left, every document is in
-    exactly one task, and on a GPU each document is a task of its own."""
+def test_answer_tasks_on_a_gpu_score_the_layers_too(smol_store):
+    """Answers on a GPU: one task per document, which scores its layers too (no layer task is left);
+    on the CPU the documents of one length decode in step and the layers are tasks of their own."""
     from analyze import engine, policies
     from core.runstore import plan_store
 
@@ -258,7 +258,33 @@ def test_with_answers_the_answer_tasks_are_the_only_tasks(smol_store):
     pols = (policies.parse_policy("h2o"),)
     alone = engine.jobs_of(plan, engine.Spec(pols, (0.5,)))
     assert len(alone) == len(docs) * plan.layers and all(isinstance(j, engine.LayerJob) for j in alone)
-    for device, per_task in (("cpu", len(docs)), ("cuda", 1)):  # 4 documents of 512 fit one CPU task
-        jobs = engine.jobs_of(plan, engine.Spec(pols, (0.5,), answers=True, answer_device=device))
-        assert all(isinstance(j, engine.AnswerJob) and len(j.documents) == per_task for j in jobs)
-        assert sorted(doc for j in jobs for doc in j.documents) == sorted(docs)
+    cpu = engine.jobs_of(plan, engine.Spec(pols, (0.5,), answers=True))
+    assert cpu[0] == engine.AnswerJob(tuple(docs)) and cpu[1:] == alone  # 4 documents of 512: one task
+    gpu = engine.jobs_of(plan, engine.Spec(pols, (0.5,), answers=True, answer_device="cuda"))
+    assert gpu == [engine.AnswerJob((doc,), layers=True) for doc in docs]
+
+
+@pytest.mark.slow
+def test_the_engine_gives_the_same_results_from_answer_tasks_that_score_layers(
+    smol_store, thread_client, monkeypatch
+):
+    """The GPU's task layout (one answer task per document, scoring its layers too) assembles into
+    RESULTS equal, variable for variable, to the CPU's (answer tasks and layer tasks), both settings."""
+    from analyze import engine, policies
+
+    methods = ("full", "h2o", "snapkv", "pyramidkv", "streaming", "cab_high")
+    spec = engine.Spec(
+        tuple(policies.parse_policy(m) for m in methods),
+        (0.5, 0.9),
+        answers=True,
+        setting="aware",
+        settings=("aware", "agnostic"),
+    )
+    plain, _ = engine.run(smol_store, spec, thread_client, progress=False)
+    monkeypatch.setattr(
+        engine, "jobs_of", lambda plan, spec: engine.answer_jobs(engine.documents_of(plan), 0, layers=True)
+    )
+    merged, _ = engine.run(smol_store, spec, thread_client, progress=False)
+    assert sorted(plain.data_vars) == sorted(merged.data_vars)
+    for name in plain.data_vars:
+        np.testing.assert_array_equal(plain[name].values, merged[name].values, err_msg=name)
