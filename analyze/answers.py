@@ -249,6 +249,7 @@ def answer_documents(path: str, plan, docs: list[tuple], spec, kept: dict | None
         peak = torch.cuda.max_memory_allocated(device)
         for r in out.values():
             r["peak_gpu_bytes"] = peak
+        torch.cuda.empty_cache()  # the worker's model stays; its batch's memory goes back to the GPU
     return out
 
 

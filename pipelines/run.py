@@ -31,8 +31,9 @@ def check_outputs(cfg: Config) -> None:
     outputs.check_output(cfg.report_dir, "report", option="out: (its report)")
 
 
-def run(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
-    """The study's stages in order, up to and including `until` (dump, analyze or viz)."""
+def run(cfg: Config, progress: bool = True, until: str = "viz", shared=None) -> dict:
+    """The study's stages in order, up to and including `until` (dump, analyze or viz). `shared`: a
+    sweep's `SharedClient`, whose one cluster analyzes every task."""
     check_outputs(cfg)
     if cfg.tasks:
         return sweep(cfg, progress, until)
@@ -60,11 +61,11 @@ def run(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
     if fresh:
         log(f"analyze: {results} is up to date (same documents, same settings), skipped")
     else:
-        from core import cluster, outputs
+        from core import outputs
 
-        with cluster.client_for(a.scheduler, a.workers) as client:
+        with shared or SharedClient(a.scheduler, a.workers) as clients:
             ds, unfinished = analyze.run(
-                a.store, spec, client, progress=progress, retrieval_heads=a.retrieval_heads
+                a.store, spec, clients.get(), progress=progress, retrieval_heads=a.retrieval_heads
             )
         outputs.write_dataset(ds, a.out)
         log(f"analyze: {len(ds.policy)} policies x {len(ds.sparsity)} sparsities -> {results}")
@@ -92,10 +93,13 @@ def sweep(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
     """A task sweep: each task's study in turn (each resumable on its own), then the page of every
     task's heatmaps and the answer table across tasks and settings."""
     timings = {}
-    for task, study in cfg.studies():
-        log(f"task {task} -> {study.out}")
-        for stage, seconds in run(study, progress, until).items():
-            timings[stage] = timings.get(stage, 0.0) + seconds
+    # one cluster for every task's analysis: its workers start, and load the model for the answers,
+    # once (a worker keeps the last model it loaded)
+    with SharedClient(cfg.analyze.scheduler, cfg.analyze.workers, keep=True) as shared:
+        for task, study in cfg.studies():
+            log(f"task {task} -> {study.out}")
+            for stage, seconds in run(study, progress, until, shared).items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
     if until != "viz":
         return timings
     import pandas as pd
@@ -134,6 +138,36 @@ def sweep(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
         )
     timings["tasks"] = time.perf_counter() - t
     return _done(timings, f"open {cfg.tasks_page}; the tables: {cfg.tasks_table}, {cfg.leaderboard_table}")
+
+
+class SharedClient:
+    """A Dask client started on first use (`core.cluster.client_for`) and closed on leaving the
+    outermost `with` (`keep=True`: a sweep's, which its studies' `with` blocks leave open)."""
+
+    def __init__(self, scheduler: str | None, workers: int | None, keep: bool = False):
+        self.scheduler, self.workers, self.keep = scheduler, workers, keep
+        self._opened = None
+        self._client = None
+        self._depth = 0
+
+    def get(self):
+        if self._client is None:
+            from core import cluster
+
+            self._opened = cluster.client_for(self.scheduler, self.workers)
+            self._client = self._opened.__enter__()
+        return self._client
+
+    def __enter__(self):
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        self._depth -= 1
+        if self._opened is not None and (self._depth == 0 or not self.keep):
+            opened, self._opened, self._client = self._opened, None, None
+            opened.__exit__(*exc)
+        return False
 
 
 def _done(timings: dict, what: str) -> dict:

@@ -154,3 +154,35 @@ def test_task_sweep_errors(tmp_path, over, words):
     assert r.returncode == 2, r.stdout + r.stderr
     assert words in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "study").exists()
+
+
+def test_a_sweep_analyzes_every_task_on_one_cluster(monkeypatch):
+    """A sweep's studies share one Dask cluster (its workers start and load the model once), opened
+    on first use and closed when the sweep ends; a study alone opens and closes its own."""
+    from contextlib import contextmanager
+
+    from core import cluster
+    from pipelines.run import SharedClient
+
+    events = []
+
+    @contextmanager
+    def fake(scheduler=None, workers=None):
+        events.append(("open", workers))
+        yield object()
+        events.append(("close", workers))
+
+    monkeypatch.setattr(cluster, "client_for", fake)
+    with SharedClient(None, 3, keep=True) as shared:
+        assert events == []  # nothing started before an analysis needs it
+        clients = []
+        for _ in range(3):
+            with shared as s:
+                clients.append(s.get())
+        assert events == [("open", 3)] and len(set(map(id, clients))) == 1
+    assert events == [("open", 3), ("close", 3)]
+    events.clear()
+    for _ in range(2):
+        with SharedClient(None, 2) as alone:
+            alone.get()
+    assert events == [("open", 2), ("close", 2)] * 2
