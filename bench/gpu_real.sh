@@ -267,21 +267,25 @@ policies_gemma() {  # every policy but kvzip (sliding-window layers: refused, as
     --out runs/policies/gemma.results.zarr --no-progress 2>&1 | grep --line-buffered -v -i warning | tail -5
   tar -C runs/policies -czf "$OUT/policies_gemma.results.tgz" gemma.results.zarr
 }
-leaderboard() {  # configs/leaderboard.yaml one task at a time (TASKS, default all eight), each through dump and
-  # analyze; a task's RESULTS come back in one tarball and its RUN store is removed (about 10 GB per task)
-  local task cfg name
+leaderboard() {  # configs/leaderboard.yaml on TASKS (default all eight) not yet done, as one sweep (one Dask
+  # cluster for every task's analysis: workers start and load the model once); each analyzed task's
+  # RUN store is then removed. Rerun to resume (a task's dump resumes, its finished analysis is kept)
+  local task todo=() cfg=runs/lb/cfg/lb.yaml name
   mkdir -p runs/lb/cfg
   for task in ${TASKS:-niah_single_1 niah_single_2 niah_single_3 niah_multikey_1 niah_multikey_2 niah_multikey_3 niah_multivalue niah_multiquery}; do
-    [ -f "runs/lb/$task.done" ] && continue
-    cfg=runs/lb/cfg/$task.yaml
-    python3 -c "import sys, yaml; c = yaml.safe_load(open('configs/leaderboard.yaml')); c['tasks'] = ['ruler:$task']; c['out'] = '../out'; c['analyze']['workers'] = int(sys.argv[1]); yaml.safe_dump(c, open('$cfg', 'w'))" "${WORKERS:-8}" || return 1
-    echo "== $task $(date +%T)" | tee -a "$OUT/leaderboard.log"
-    python3 -m pipelines run "$cfg" --until analyze --no-progress 2>&1 | grep --line-buffered -v -i warning | tail -8 | tee -a "$OUT/leaderboard.log"
-    name=$(ls -d runs/lb/out/*"$task"* | head -1)
-    [ -d "$name/results.zarr" ] || { echo "!! $task: no results"; return 1; }
+    [ -f "runs/lb/$task.done" ] || todo+=("$task")
+  done
+  [ ${#todo[@]} -gt 0 ] || { echo "every task is done"; return 0; }
+  python3 -c "import sys, yaml; c = yaml.safe_load(open('configs/leaderboard.yaml')); c['tasks'] = ['ruler:' + t for t in sys.argv[2:]]; c['out'] = '../out'; c['analyze']['workers'] = int(sys.argv[1]); yaml.safe_dump(c, open('$cfg', 'w'))" "${WORKERS:-8}" "${todo[@]}" || return 1
+  echo "== ${todo[*]} $(date +%T)" | tee -a "$OUT/leaderboard.log"
+  python3 -m pipelines run "$cfg" --until analyze --no-progress 2>&1 | grep --line-buffered -E "^pipelines: (task|dump: [0-9]|analyze: [0-9]|done)|rror" | tee -a "$OUT/leaderboard.log"
+  for task in "${todo[@]}"; do
+    name=$(ls -d runs/lb/out/*"$task"* 2>/dev/null | head -1)
+    [ -n "$name" ] && [ -d "$name/results.zarr" ] || { echo "!! $task: no results yet"; continue; }
     du -sh "$name/run.zarr" | tee -a "$OUT/leaderboard.log"
     rm -rf "$name/run.zarr" && touch "runs/lb/$task.done"
   done
+  echo "== end $(date +%T)" | tee -a "$OUT/leaderboard.log"
 }
 lb_pack() { tar -C runs/lb/out --exclude run.zarr -czf "$OUT/leaderboard.results.tgz" . && ls -la "$OUT" runs/lb; }
 paper() {  # configs/paper.yaml at LENGTHS (e.g. 4k), into runs/paper_LENGTHS; UNTIL=dump stops after the dump
