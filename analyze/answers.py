@@ -271,19 +271,10 @@ def _prepare(root, attrs, path, plan, key, spec, lm, task, device, masks=None) -
         raise ValueError(
             f"the {spec.setting} setting prunes after {cut} of {n} prompt tokens: not in 1..{n - 1}"
         )
-    layers = lm.config["layers"]
     windows = plan.windows
-    reads = keptsets.reads_of(pols)
-    load = keptsets.loader(path, n, d, s, plan.kv_heads, spec.seed, reads, spec.setting)
-    whole = keptsets.document_of(plan, n, load, (d, s))
     if masks is None:
-        masks = np.zeros((len(pols), len(sparsities), layers, lm.config["heads"], n), dtype=bool)
-        for layer in whole.prunable:
-            x = load(layer)
-            for j, i, kept in keptsets.iter_kept(
-                x, pols, sparsities, spec.gqa, False, whole, layer, spec.setting
-            ):
-                masks[i, j, layer] = kept
+        masks = kept_masks(path, plan, key, spec)
+    prunable = [layer for layer in range(plan.layers) if schema.prunable(windows[layer], n)]
     if "value_cache" in g:  # the dump's own forward stored the prompt's cache: no prefill here
         prompt = stored_prompt(g, (d, s), path, n, cut, windows, lm.model.dtype, device)
     else:
@@ -293,11 +284,28 @@ def _prepare(root, attrs, path, plan, key, spec, lm, task, device, masks=None) -
     same: dict[bytes, list] = {}
     for i in range(len(pols)):
         for j in range(len(sparsities)):
-            digest = hashlib.sha1(np.packbits(masks[i, j, list(whole.prunable)]).tobytes()).digest()
+            digest = hashlib.sha1(np.packbits(masks[i, j, prunable]).tobytes()).digest()
             same.setdefault(digest, []).append((i, j))
     return _AnswerRows(
-        key, doc, cut, ids[cut:], steps, masks, list(whole.prunable), prompt, same, g["answer_ids"].shape[-1]
+        key, doc, cut, ids[cut:], steps, masks, prunable, prompt, same, g["answer_ids"].shape[-1]
     )
+
+
+def kept_masks(path: str, plan, key: tuple, spec) -> np.ndarray:
+    """The kept sets (policy, sparsity, layer, head, key) of one document (n, d, s) that its answers
+    decode under, from `analyze.keptsets`: set on its prunable layers (the others keep the model's own
+    attention and read no mask)."""
+    n, d, s = key
+    pols, sparsities = spec.policies, spec.sparsities
+    load = keptsets.loader(path, n, d, s, plan.kv_heads, spec.seed, keptsets.reads_of(pols), spec.setting)
+    whole = keptsets.document_of(plan, n, load, (d, s))
+    masks = np.zeros((len(pols), len(sparsities), plan.layers, plan.heads, n), dtype=bool)
+    for layer in whole.prunable:
+        for j, i, kept in keptsets.iter_kept(
+            load(layer), pols, sparsities, spec.gqa, False, whole, layer, spec.setting
+        ):
+            masks[i, j, layer] = kept
+    return masks
 
 
 def _scored(x: _AnswerRows, task, tokenizer, toks: dict) -> dict:
