@@ -39,6 +39,7 @@ def load(pairs: list[str]) -> dict:
 
 def ranked_text(board: pd.DataFrame, sparsities: list[float], tasks: list[str]) -> str:
     cols = [f"{s:g}" for s in sparsities]
+    tasks = tasks if len(tasks) > 1 else []  # one task: its scores are the columns
     rows = []
     for _, r in board.iterrows():
         cells = [
