@@ -77,6 +77,11 @@ def test_report_files_and_offline_html(report):
     ):
         assert (report / name).stat().st_size > 0, name
     assert len(list(report.glob("heatmap_needle_hit_*_s*.png"))) == 4
+    # every CAB variant against h2o: one PNG per setting (aware by default) and sparsity
+    assert sorted(p.name for p in report.glob("difference_cab_h2o_*.png")) == [
+        "difference_cab_h2o_aware_s0.5.png",
+        "difference_cab_h2o_aware_s0.9.png",
+    ]
     for html in report.glob("*.html"):
         text = html.read_text()
         assert not re.search(r"<script[^>]*src=[\"']https?://", text), html

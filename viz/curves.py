@@ -97,7 +97,7 @@ def difference(
             cmap=DIVERGING_CMAP,
             clim=(-1, 1),
             invert_yaxis=True,
-            title=title,
+            title=f"{a} − {b}, {metric}, sparsity {sparsity:g}",  # short: PNGs set variants side by side
             show_values=True,
             colorbar=True,
             backend="matplotlib",

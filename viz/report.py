@@ -218,15 +218,24 @@ def build(results_path: str, out: str, store: str | None = None, dpi: int = 150,
         [curves.vs_length(results, s, metric) for s in sparsities] + [curves.vs_sparsity(results, metric)]
     ).cols(2)
     save_html(curve_layout, outdir / "curves.html", "Accuracy curves")
-    if "cab" in pols and "h2o" in pols:
-        diffs = hv.Layout([curves.difference(results, "cab", "h2o", s) for s in sparsities]).cols(3)
-        save_html(diffs, outdir / "difference_cab_h2o.html", "cab − h2o")
-        p = save_png(
-            curves.difference(results, "cab", "h2o", sparsities[0], backend="matplotlib"),
-            outdir / f"difference_cab_h2o_s{sparsities[0]:g}.png",
-            dpi,
-        )
-        pngs.append((f"cab − h2o, needle_hit, sparsity {sparsities[0]:g}", p))
+    variants = [p for p in pols if str(p).startswith("cab")]  # the CAB family against H2O
+    if variants and "h2o" in pols:
+        diffs = hv.Layout(
+            [curves.difference(results, v, "h2o", s, metric) for v in variants for s in sparsities]
+        ).cols(len(sparsities))
+        save_html(diffs, outdir / "difference_cab_h2o.html", "CAB − h2o")
+        for name in names:  # one PNG per setting and sparsity, every CAB variant side by side
+            one = in_setting(everything, name)
+            for s in sparsities:
+                panels = [curves.difference(one, v, "h2o", s, metric, backend="matplotlib") for v in variants]
+                p = save_png(
+                    hv.Layout(panels)
+                    .cols(min(3, len(panels)))
+                    .opts(sublabel_format="", backend="matplotlib"),
+                    outdir / f"difference_cab_h2o_{name}_s{s:g}.png",
+                    dpi,
+                )
+                pngs.append((f"CAB − h2o, {metric} (its mean per cell), {name} setting, sparsity {s:g}", p))
 
     if "answer" in results:
         progress("viz: calibration")
