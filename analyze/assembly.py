@@ -155,6 +155,7 @@ PER_SETTING_ATTRS = (
     "calibration_best_rule",
     "full_answer_agrees_with_dump",
     "answer_peak_gpu_gb",
+    "answer_task_seconds",
     "budget_warnings",
 )
 

@@ -120,6 +120,7 @@ def _run_setting(
     unfinished = plan.unfinished
     index = {f.key: job for f, job in zip(futures, jobs)}
     results, answers, corrupt = {}, {}, {}
+    spent = {"layers": 0.0, "answers": 0.0}  # answer tasks' seconds, summed over workers
     with tqdm(total=len(jobs), desc="analyze", unit="task", disable=not progress) as bar:
         for fut in as_completed(futures):
             job, r = index[fut.key], fut.result()
@@ -130,6 +131,8 @@ def _run_setting(
                     else:
                         answers[doc] = a
                 results.update({tuple(layer): arrays for layer, arrays in r["layers"].items()})
+                for part, t in r.get("seconds", {}).items():
+                    spent[part] = spent.get(part, 0.0) + t
             elif "corrupt" in r:
                 corrupt.setdefault(job.document, r["corrupt"])
             else:
@@ -164,6 +167,8 @@ def _run_setting(
             "budget_warnings": check_budgets(spec, plan),
         }
     )
+    if spec.answers:  # where the answer tasks' time went (scoring layers; kept sets, prefill, decode)
+        ds.attrs["answer_task_seconds"] = {part: round(t, 1) for part, t in spent.items()}
     peaks = [r["peak_gpu_bytes"] for r in answers.values() if "peak_gpu_bytes" in r]
     if peaks:  # the largest GPU memory one answer task held (its worker's model included)
         ds.attrs["answer_peak_gpu_gb"] = round(max(peaks) / 1e9, 3)

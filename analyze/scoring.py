@@ -111,8 +111,9 @@ def run_job(path: str, plan: StorePlan, spec: Spec, job: LayerJob | AnswerJob) -
     An answer job also scores every layer of its documents ("layers")."""
     try:
         if isinstance(job, AnswerJob):
-            answers, layers = answer_job(path, plan, spec, job.documents, job.layers)
-            return {"by_document": answers, "layers": layers}
+            seconds: dict = {}
+            answers, layers = answer_job(path, plan, spec, job.documents, job.layers, seconds)
+            return {"by_document": answers, "layers": layers, "seconds": seconds}
         if not schema.prunable(plan.windows[job.layer], job.length):
             return skipped_doclayer(spec, plan.heads)
         return analyze_doclayer(path, plan, job, spec)
@@ -122,19 +123,30 @@ def run_job(path: str, plan: StorePlan, spec: Spec, job: LayerJob | AnswerJob) -
         return {"corrupt": str(err)}
 
 
-def answer_job(path: str, plan: StorePlan, spec: Spec, docs, layers: bool = False) -> tuple[dict, dict]:
+def answer_job(
+    path: str, plan: StorePlan, spec: Spec, docs, layers: bool = False, seconds: dict | None = None
+) -> tuple[dict, dict]:
     """({document: its answers, or {"corrupt": why} under --skip-corrupt}, {LayerJob: its arrays}):
     with `layers`, every layer of the documents scored first (`analyze_document`); then the documents
     decoded in step under those kept sets (else under kept sets chosen here); one by one when one of
-    them has a missing or corrupt chunk."""
+    them has a missing or corrupt chunk. `seconds` receives the wall time of each part ("layers":
+    scoring the layers, "answers": the kept sets left to choose, the prefill and the decode)."""
+    import time
+
     from analyze.answers import answer_documents
 
+    seconds = {} if seconds is None else seconds
     try:
         scored, kept = {}, {}
+        t = time.perf_counter()
         for doc in docs if layers else ():
             got, kept[doc] = analyze_document(path, plan, spec, doc)
             scored.update(got)
-        return answer_documents(path, plan, list(docs), spec, kept or None), scored
+        seconds["layers"] = seconds.get("layers", 0.0) + time.perf_counter() - t
+        t = time.perf_counter()
+        out = answer_documents(path, plan, list(docs), spec, kept or None)
+        seconds["answers"] = seconds.get("answers", 0.0) + time.perf_counter() - t
+        return out, scored
     except CorruptChunk as err:
         if not spec.skip_corrupt:
             raise
@@ -142,7 +154,7 @@ def answer_job(path: str, plan: StorePlan, spec: Spec, docs, layers: bool = Fals
             return {docs[0]: {"corrupt": str(err)}}, {}
     out, scored = {}, {}
     for doc in docs:
-        got, more = answer_job(path, plan, spec, [doc], layers)
+        got, more = answer_job(path, plan, spec, [doc], layers, seconds)
         out.update(got)
         scored.update(more)
     return out, scored

@@ -69,6 +69,10 @@ def run(cfg: Config, progress: bool = True, until: str = "viz", shared=None) -> 
             )
         outputs.write_dataset(ds, a.out)
         log(f"analyze: {len(ds.policy)} policies x {len(ds.sparsity)} sparsities -> {results}")
+        for name, attrs in ds.attrs.get("by_setting", {}).items():
+            if "answer_task_seconds" in attrs:  # summed over the workers
+                parts = ", ".join(f"{part} {t:.0f} s" for part, t in attrs["answer_task_seconds"].items())
+                log(f"analyze: {name}: answer tasks' time summed over workers: {parts}")
     timings["analyze"] = time.perf_counter() - t
     if until == "analyze":
         return _done(timings, str(results))

@@ -240,7 +240,8 @@ def test_an_answer_task_scores_its_layers_as_layer_tasks_do(smol_store, setting)
     # the task as the engine runs it (every layer, then the answers under those kept sets) against
     # the answer pass choosing its kept sets itself
     whole = scoring.run_job(smol_store, plan, spec, engine.AnswerJob((doc,), layers=True))
-    assert sorted(whole) == ["by_document", "layers"] and sorted(whole["layers"]) == sorted(layers)
+    assert sorted(whole) == ["by_document", "layers", "seconds"] and sorted(whole["layers"]) == sorted(layers)
+    assert sorted(whole["seconds"]) == ["answers", "layers"] and min(whole["seconds"].values()) > 0
     chosen = answers.answer_documents(smol_store, plan, [doc], spec)[doc]
     for key in ("ids", "answer", "digits", "distracted"):
         np.testing.assert_array_equal(whole["by_document"][doc][key], chosen[key])
@@ -284,6 +285,10 @@ def test_the_engine_gives_the_same_results_from_answer_tasks_that_score_layers(
         engine, "jobs_of", lambda plan, spec: engine.answer_jobs(engine.documents_of(plan), 0, layers=True)
     )
     merged, _ = engine.run(smol_store, spec, thread_client, progress=False)
+    for ds in (plain, merged):  # where the answer tasks' time went, per setting
+        for attrs in ds.attrs["by_setting"].values():
+            assert sorted(attrs["answer_task_seconds"]) == ["answers", "layers"]
+    assert merged.attrs["by_setting"]["aware"]["answer_task_seconds"]["layers"] > 0
     assert sorted(plain.data_vars) == sorted(merged.data_vars)
     for name in plain.data_vars:
         np.testing.assert_array_equal(plain[name].values, merged[name].values, err_msg=name)
