@@ -274,7 +274,7 @@ def _prepare(root, attrs, path, plan, key, spec, lm, task, device, masks=None) -
     windows = plan.windows
     if masks is None:
         masks = kept_masks(path, plan, key, spec)
-    prunable = [layer for layer in range(plan.layers) if schema.prunable(windows[layer], n)]
+    prunable = list(keptsets.document_of(plan, n).prunable)
     if "value_cache" in g:  # the dump's own forward stored the prompt's cache: no prefill here
         prompt = stored_prompt(g, (d, s), path, n, cut, windows, lm.model.dtype, device)
     else:

@@ -95,10 +95,21 @@ def load_layer(
     )
 
 
-def loader(path: str, n: int, d: int, s: int, kv_heads: int, seed: int, reads, setting: str = "aware"):
+def loader(
+    path: str,
+    n: int,
+    d: int,
+    s: int,
+    kv_heads: int,
+    seed: int,
+    reads,
+    setting: str = "aware",
+    opened: tuple | None = None,
+):
     """layer -> that layer's statistics of one document (what `document_of` hands an allocation); the
-    store's group and the document's token masks are read once for all its layers."""
-    document: list = []
+    store's group and the document's token masks are read once for all its layers (`opened`: already
+    read, `runstore.open_document`)."""
+    document: list = [] if opened is None else [opened]
 
     def load(layer: int) -> DocLayer:
         if not document:

@@ -92,9 +92,9 @@ def analyze_document(path: str, plan: StorePlan, spec: Spec, key: tuple) -> tupl
     sparsity, layer, head, key) they were scored on). The answer pass decodes under these same
     masks, so that a document's kept sets are chosen once for its metrics and its answers."""
     n, d, s = key
-    load = keptsets.loader(path, n, d, s, plan.kv_heads, spec.seed, spec.reads, spec.setting)
+    document = runstore.open_document(path, n, d, s)  # read once for every layer and allocation
+    load = keptsets.loader(path, n, d, s, plan.kv_heads, spec.seed, spec.reads, spec.setting, document)
     doc = keptsets.document_of(plan, n, load, (d, s))  # one allocation view for every layer
-    document = runstore.open_document(path, n, d, s)
     kept = np.zeros((len(spec.policies), len(spec.sparsities), plan.layers, plan.heads, n), dtype=bool)
     layers = {}
     for layer in range(plan.layers):

@@ -99,7 +99,7 @@ def sweep(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
     timings = {}
     # one cluster for every task's analysis: its workers start, and load the model for the answers,
     # once (a worker keeps the last model it loaded)
-    with SharedClient(cfg.analyze.scheduler, cfg.analyze.workers, keep=True) as shared:
+    with SharedClient(cfg.analyze.scheduler, cfg.analyze.workers) as shared:
         for task, study in cfg.studies():
             log(f"task {task} -> {study.out}")
             for stage, seconds in run(study, progress, until, shared).items():
@@ -146,10 +146,10 @@ def sweep(cfg: Config, progress: bool = True, until: str = "viz") -> dict:
 
 class SharedClient:
     """A Dask client started on first use (`core.cluster.client_for`) and closed on leaving the
-    outermost `with` (`keep=True`: a sweep's, which its studies' `with` blocks leave open)."""
+    outermost `with` (a sweep's, which its studies' `with` blocks leave open)."""
 
-    def __init__(self, scheduler: str | None, workers: int | None, keep: bool = False):
-        self.scheduler, self.workers, self.keep = scheduler, workers, keep
+    def __init__(self, scheduler: str | None, workers: int | None):
+        self.scheduler, self.workers = scheduler, workers
         self._opened = None
         self._client = None
         self._depth = 0
@@ -168,7 +168,7 @@ class SharedClient:
 
     def __exit__(self, *exc):
         self._depth -= 1
-        if self._opened is not None and (self._depth == 0 or not self.keep):
+        if self._opened is not None and self._depth == 0:
             opened, self._opened, self._client = self._opened, None, None
             opened.__exit__(*exc)
         return False

@@ -173,7 +173,7 @@ def test_a_sweep_analyzes_every_task_on_one_cluster(monkeypatch):
         events.append(("close", workers))
 
     monkeypatch.setattr(cluster, "client_for", fake)
-    with SharedClient(None, 3, keep=True) as shared:
+    with SharedClient(None, 3) as shared:
         assert events == []  # nothing started before an analysis needs it
         clients = []
         for _ in range(3):
