@@ -267,6 +267,20 @@ policies_gemma() {  # every policy but kvzip (sliding-window layers: refused, as
     --out runs/policies/gemma.results.zarr --no-progress 2>&1 | grep --line-buffered -v -i warning | tail -5
   tar -C runs/policies -czf "$OUT/policies_gemma.results.tgz" gemma.results.zarr
 }
+watch_machine() {  # every 20 s: GPU use, the busiest processes, and where the busiest Python process is
+  # (py-spy, from the wheels): what a long analysis spends its time on, should a call be cut
+  while sleep 20; do
+    {
+      echo "-- $(date +%T)"
+      nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+      free -g | sed -n 2p
+      ps -eo pid,pcpu,rss,etime,args --sort=-pcpu | head -6 | cut -c1-150
+      local top
+      top=$(ps -eo pid,pcpu,comm --sort=-pcpu | awk '$3 ~ /python/ {print $1; exit}')
+      [ -n "$top" ] && timeout 10 "$G/site/bin/py-spy" dump --pid "$top" 2>&1 | head -30
+    } >>"$1" 2>&1
+  done
+}
 leaderboard() {  # configs/leaderboard.yaml on TASKS (default all eight) not yet done, as one sweep (one Dask
   # cluster for every task's analysis: workers start and load the model once); each analyzed task's
   # RUN store is then removed. Rerun to resume (a task's dump resumes, its finished analysis is kept)
@@ -278,7 +292,12 @@ leaderboard() {  # configs/leaderboard.yaml on TASKS (default all eight) not yet
   [ ${#todo[@]} -gt 0 ] || { echo "every task is done"; return 0; }
   python3 -c "import sys, yaml; c = yaml.safe_load(open('configs/leaderboard.yaml')); c['tasks'] = ['ruler:' + t for t in sys.argv[2:]]; c['out'] = '../out'; c['analyze']['workers'] = int(sys.argv[1]); yaml.safe_dump(c, open('$cfg', 'w'))" "${WORKERS:-8}" "${todo[@]}" || return 1
   echo "== ${todo[*]} $(date +%T)" | tee -a "$OUT/leaderboard.log"
-  python3 -m pipelines run "$cfg" --until analyze --no-progress 2>&1 | grep --line-buffered -E "^pipelines: (task|dump: [0-9]|analyze: [0-9]|done)|rror" | tee -a "$OUT/leaderboard.log"
+  watch_machine "$OUT/watch.log" &
+  local watcher=$!
+  python3 -m pipelines run "$cfg" --until analyze --no-progress 2>&1 \
+    | grep --line-buffered -E "^pipelines: (task|dump: [0-9]|analyze: ([0-9]|agnostic|aware|local)|done)|rror" \
+    | while IFS= read -r line; do echo "$(date +%T) $line"; done | tee -a "$OUT/leaderboard.log"
+  kill $watcher 2>/dev/null
   for task in "${todo[@]}"; do
     name=$(ls -d runs/lb/out/*"$task"* 2>/dev/null | head -1)
     [ -n "$name" ] && [ -d "$name/results.zarr" ] || { echo "!! $task: no results yet"; continue; }
