@@ -298,10 +298,14 @@ leaderboard() {  # configs/leaderboard.yaml on TASKS (default all eight) not yet
     | grep --line-buffered -E "^pipelines: (task|dump: [0-9]|analyze: ([0-9]|agnostic|aware|local)|done)|rror" \
     | while IFS= read -r line; do echo "$(date +%T) $line"; done | tee -a "$OUT/leaderboard.log"
   kill $watcher 2>/dev/null
+  # each task's study folder (named by its task spec, e.g. niah_multikey_2 -> single_haystack-needles)
+  local folders i=0
+  mapfile -t folders < <(python3 -c "from pipelines import config; [print(s.out) for _, s in config.load('$cfg').studies()]")
   for task in "${todo[@]}"; do
-    name=$(ls -d runs/lb/out/*"$task"* 2>/dev/null | head -1)
+    name=${folders[$i]}
+    i=$((i + 1))
     [ -n "$name" ] && [ -d "$name/results.zarr" ] || { echo "!! $task: no results yet"; continue; }
-    du -sh "$name/run.zarr" | tee -a "$OUT/leaderboard.log"
+    du -sh "$name/run.zarr" 2>/dev/null | tee -a "$OUT/leaderboard.log"
     rm -rf "$name/run.zarr" && touch "runs/lb/$task.done"
   done
   echo "== end $(date +%T)" | tee -a "$OUT/leaderboard.log"

@@ -1,8 +1,8 @@
 """kvpress's leaderboard re-scored, printed from the RESULTS of its tasks (`configs/leaderboard.yaml`,
 one RESULTS.zarr per task, e.g. as `bash bench/gpu_real.sh leaderboard` brings them back):
 
-    python bench/leaderboard_table.py niah_single_1=runs/lb/.../results.zarr ... \
-        [--csv leaderboard.csv] [--causes causes.csv] [--split 0.5,0.875] [--baseline bench/results/baseline_qwen15_gpu.txt]
+    python bench/leaderboard_table.py niah_single_2=runs/lb/.../results.zarr ... \
+        [--earlier niah_single_1=LEADERBOARD.csv,CAUSES.csv] [--csv leaderboard.csv] [--causes causes.csv] [--split 0.5,0.875]
 
 Per setting: the policies ranked by their mean score ×100 over sparsities and tasks (RULER's
 string_match on the model's own answer), each sparsity's score over every task's documents with its
@@ -10,6 +10,13 @@ string_match on the model's own answer), each sparsity's score over every task's
 sparsity (`viz.leaderboard.KVPRESS_AT_HALF`, its figure at ratio 0.5); the full cache's score per
 task; and, at the `--split` sparsities, why each failed answer failed (`core.schema.CAUSES`; only
 documents whose full cache answers can fail).
+
+`--earlier TASK=LEADERBOARD.csv,CAUSES.csv` adds a task analyzed in an earlier run of the same config
+whose RESULTS are not at hand, from the two CSVs this script wrote for it alone. Its scores must be
+binary (one value asked for: every document scores 0 or 1), so that each cell's count of answered
+documents, and of each cause, is exact; only the order of its documents is unknown, which no
+unpaired interval depends on but the bootstrap's draw of them (fraction-scored pools, by a few
+tenths of a point).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -35,6 +43,53 @@ def load(pairs: list[str]) -> dict:
             sys.exit(f"leaderboard_table: {item!r} is not TASK=RESULTS.zarr")
         out[task] = schema.open_results(path).load()
     return out
+
+
+def earlier(item: str) -> tuple[str, xr.Dataset]:
+    """A task's RESULTS rebuilt from its own leaderboard and causes CSVs (see the module's docstring):
+    per (setting, policy, sparsity), its answered documents first, then its failures by cause."""
+    task, _, paths = item.partition("=")
+    board_csv, _, causes_csv = paths.partition(",")
+    if not (board_csv and causes_csv):
+        sys.exit(f"leaderboard_table: --earlier {item!r} is not TASK=LEADERBOARD.csv,CAUSES.csv")
+    board, causes = pd.read_csv(board_csv), pd.read_csv(causes_csv)
+    docs = int(board.documents.max())
+    settings = list(dict.fromkeys(board.setting))
+    pols = list(dict.fromkeys(board.policy))
+    sps = sorted(float(c) for c in board.columns if c.replace(".", "", 1).isdigit())
+    answer = np.full((len(settings), len(pols), len(sps), docs), np.nan)
+    cause = np.full(answer.shape, -1, dtype=np.int8)
+    for a, st in enumerate(settings):
+        for i, pol in enumerate(pols):
+            row = board[(board.setting == st) & (board.policy == pol)].iloc[0]
+            for j, sp in enumerate(sps):
+                if not np.isfinite(row[f"{sp:g}"]):
+                    continue
+                k = row[f"{sp:g}"] * docs / 100
+                if abs(k - round(k)) > 1e-3:
+                    sys.exit(f"leaderboard_table: {board_csv!r} scores {pol} at {sp:g} as {row[f'{sp:g}']}: not binary over {docs} documents")
+                k = int(round(k))
+                answer[a, i, j] = np.r_[np.ones(k), np.zeros(docs - k)]
+                c = causes[(causes.setting == st) & (causes.policy == pol) & np.isclose(causes.sparsity, sp)]
+                codes = np.concatenate(
+                    [np.full(int(c[name].sum()), code) for code, name in enumerate(schema.CAUSES)]
+                )
+                cause[a, i, j, k : k + len(codes)] = codes
+    dims = (schema.SETTING, schema.POLICY, "sparsity", "length", "depth", "sample")
+    shape = (len(settings), len(pols), len(sps), 1, docs, 1)
+    full = answer[0, pols.index("full"), 0].reshape(1, docs, 1) == 1  # the full cache: one answer per document
+    ds = xr.Dataset(
+        {
+            "answer": (dims, answer.reshape(shape)),
+            "cause": (dims, cause.reshape(shape)),
+            "retrieved": (("length", "depth", "sample"), full),
+            "done": (("length", "depth", "sample"), np.ones((1, docs, 1), dtype=bool)),
+        },
+        coords={schema.SETTING: settings, schema.POLICY: pols, "sparsity": sps, "length": [4096],
+                "depth": np.arange(docs), "sample": [0]},
+        attrs={"model": "(an earlier run)"},
+    )
+    return task, ds
 
 
 def ranked_text(board: pd.DataFrame, sparsities: list[float], tasks: list[str]) -> str:
@@ -68,13 +123,21 @@ def ranked_text(board: pd.DataFrame, sparsities: list[float], tasks: list[str]) 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", metavar="TASK=RESULTS")
+    p.add_argument(
+        "--earlier",
+        action="append",
+        default=[],
+        metavar="TASK=LEADERBOARD.csv,CAUSES.csv",
+        help="a binary-scored task from an earlier run's CSVs (its RESULTS not at hand)",
+    )
     p.add_argument("--csv", help="the ranked tables of every setting (leaderboard.csv)")
     p.add_argument("--causes", help="the failure causes per task, setting, policy and sparsity (CSV)")
     p.add_argument("--split", default="0.5,0.875", help="sparsities whose failure causes are printed")
     args = p.parse_args()
-    results = load(args.results)
+    results = dict(earlier(item) for item in args.earlier)
+    results.update(load(args.results))
     tasks = list(results)
-    first = next(iter(results.values()))
+    first = load(args.results[:1])[args.results[0].partition("=")[0]]
     sparsities = [float(s) for s in first.sparsity.values]
     settings = [str(s) for s in first[schema.SETTING].values]
     docs = {t: int(ds.done.sum()) for t, ds in results.items()}

@@ -49,6 +49,9 @@ def run(cfg: Config, progress: bool = True, until: str = "viz", shared=None) -> 
     timings["dump"] = time.perf_counter() - t
     if until == "dump":
         return _done(timings, cfg.run_store)
+    from core.lm import models
+
+    models.release()  # the answer workers load their own models: the dump's leaves the GPU to them
 
     t = time.perf_counter()
     import analyze

@@ -290,3 +290,23 @@ def test_bytes_per_document_add_up_to_the_store_and_the_summary_prints_them(tiny
         )
     line = sizes_line(tiny_store)
     assert line.startswith("dump: per document: 200 tokens") and "256 tokens" in line
+
+
+def test_release_drops_the_model_a_process_keeps(tiny_llama_dir):
+    """`models.release` (a pipeline's process, done dumping): the next `load` loads anew, and the
+    released model is no longer referenced by the loader."""
+    import gc
+    import weakref
+
+    from core.lm import models
+
+    first = models.load(tiny_llama_dir)
+    assert models.load(tiny_llama_dir) is first  # kept while not released
+    gone = weakref.ref(first.model)
+    del first
+    models.release()
+    gc.collect()
+    assert gone() is None
+    again = models.load(tiny_llama_dir)
+    assert again.model is not None
+    models.release()

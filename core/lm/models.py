@@ -449,6 +449,18 @@ def _load(
     return LoadedModel(model, tokenizer, describe(name, dtype, rope_scaling), model_limits(model.config))
 
 
+def release() -> None:
+    """Drop the model `load` keeps, and give its GPU memory back: a pipeline's own process, done
+    dumping, leaves the GPU to the analysis' answer workers (each holds a model of its own)."""
+    with _LOADING:
+        _load.cache_clear()
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load_tokenizer(name: str):
     """The model's tokenizer alone, offline."""
     from transformers import AutoTokenizer
