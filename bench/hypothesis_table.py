@@ -3,9 +3,10 @@ sparsity, the documents the pruned cache answers among those the full cache answ
 interval, and why the others failed (`cause`: distracted / partial / evicted / kept but unused).
 
     python bench/hypothesis_table.py runs/paper/results.zarr [MORE.zarr ...] [--policies full,h2o,cab,...]
-        [--sparsity 0.9,0.95,0.99] [--csv OUT] [--plot OUT.png]
+        [--sparsity 0.9,0.95,0.99] [--earlier EARLIER.csv] [--csv OUT] [--plot OUT.png]
 
-Several RESULTS (a study run one length at a time, `bash bench/gpu_real.sh paper L`) join by length.
+Several RESULTS (a study run one length at a time, `bash bench/gpu_real.sh paper L`) join by length;
+`--earlier` adds the lengths of a CSV this script wrote (lengths whose RESULTS are not at hand).
 `--plot` draws the answer against length per setting and sparsity, one line per policy with its 95%
 Wilson band.
 
@@ -51,11 +52,34 @@ def cells(ds, policies, sparsities):
     return rows
 
 
+def earlier(path: str, policies, sparsities) -> list:
+    """The rows of a CSV this script wrote (`--csv`), for the policies and sparsities asked."""
+    import csv
+
+    with open(path) as f:
+        return [
+            (
+                int(r["length"]),
+                r["setting"],
+                r["policy"],
+                float(r["sparsity"]),
+                int(r["answered"]),
+                int(r["documents"]),
+                float(r["lo"]),
+                float(r["hi"]),
+                {c: int(r[c]) for c in schema.CAUSES},
+            )
+            for r in csv.DictReader(f)
+            if r["policy"] in policies and float(r["sparsity"]) in sparsities
+        ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+")
     p.add_argument("--policies", default=DEFAULT_POLICIES)
     p.add_argument("--sparsity", default="0.9,0.95,0.99")
+    p.add_argument("--earlier", action="append", default=[], help="rows of lengths from a CSV this script wrote")
     p.add_argument("--csv")
     p.add_argument("--plot")
     args = p.parse_args()
@@ -70,7 +94,8 @@ def main() -> None:
         float(x) for x in args.sparsity.split(",") if all(float(x) in d.sparsity.values for d in studies)
     ]
     rows = sorted(
-        (r for d in studies for r in cells(d, policies, sparsities)),
+        [r for d in studies for r in cells(d, policies, sparsities)]
+        + [r for path in args.earlier for r in earlier(path, policies, sparsities)],
         key=lambda r: r[0],  # by length, each study's own order within
     )
     short = {c: c[0] for c in schema.CAUSES}  # d(istracted), p(artial), e(victed), k(ept but unused)
