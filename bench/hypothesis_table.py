@@ -79,7 +79,9 @@ def main() -> None:
     p.add_argument("results", nargs="+")
     p.add_argument("--policies", default=DEFAULT_POLICIES)
     p.add_argument("--sparsity", default="0.9,0.95,0.99")
-    p.add_argument("--earlier", action="append", default=[], help="rows of lengths from a CSV this script wrote")
+    p.add_argument(
+        "--earlier", action="append", default=[], help="rows of lengths from a CSV this script wrote"
+    )
     p.add_argument("--csv")
     p.add_argument("--plot")
     args = p.parse_args()

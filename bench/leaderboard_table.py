@@ -67,7 +67,9 @@ def earlier(item: str) -> tuple[str, xr.Dataset]:
                     continue
                 k = row[f"{sp:g}"] * docs / 100
                 if abs(k - round(k)) > 1e-3:
-                    sys.exit(f"leaderboard_table: {board_csv!r} scores {pol} at {sp:g} as {row[f'{sp:g}']}: not binary over {docs} documents")
+                    sys.exit(
+                        f"leaderboard_table: {board_csv!r} scores {pol} at {sp:g} as {row[f'{sp:g}']}: not binary over {docs} documents"
+                    )
                 k = int(round(k))
                 answer[a, i, j] = np.r_[np.ones(k), np.zeros(docs - k)]
                 c = causes[(causes.setting == st) & (causes.policy == pol) & np.isclose(causes.sparsity, sp)]
@@ -77,7 +79,9 @@ def earlier(item: str) -> tuple[str, xr.Dataset]:
                 cause[a, i, j, k : k + len(codes)] = codes
     dims = (schema.SETTING, schema.POLICY, "sparsity", "length", "depth", "sample")
     shape = (len(settings), len(pols), len(sps), 1, docs, 1)
-    full = answer[0, pols.index("full"), 0].reshape(1, docs, 1) == 1  # the full cache: one answer per document
+    full = (
+        answer[0, pols.index("full"), 0].reshape(1, docs, 1) == 1
+    )  # the full cache: one answer per document
     ds = xr.Dataset(
         {
             "answer": (dims, answer.reshape(shape)),
@@ -85,8 +89,14 @@ def earlier(item: str) -> tuple[str, xr.Dataset]:
             "retrieved": (("length", "depth", "sample"), full),
             "done": (("length", "depth", "sample"), np.ones((1, docs, 1), dtype=bool)),
         },
-        coords={schema.SETTING: settings, schema.POLICY: pols, "sparsity": sps, "length": [4096],
-                "depth": np.arange(docs), "sample": [0]},
+        coords={
+            schema.SETTING: settings,
+            schema.POLICY: pols,
+            "sparsity": sps,
+            "length": [4096],
+            "depth": np.arange(docs),
+            "sample": [0],
+        },
         attrs={"model": "(an earlier run)"},
     )
     return task, ds

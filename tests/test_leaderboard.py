@@ -104,3 +104,62 @@ def test_cause_map_colours_each_cell_by_its_samples_outcome(tmp_path):
     assert texts.count("ok2") == 6 and texts.count("e2") == 6
     fig.savefig(tmp_path / "causes.png")
     assert (tmp_path / "causes.png").stat().st_size > 5_000
+
+
+def test_a_binary_task_rebuilt_from_its_csvs_ranks_and_splits_as_its_results_do(tmp_path):
+    """`bench/leaderboard_table.py --earlier`: a task whose RESULTS are gone enters from the two CSVs
+    written for it; with binary scores its table (scores and Wilson intervals) and its cause split
+    equal those of the RESULTS themselves."""
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+    import xarray as xr
+
+    from core import schema
+
+    spec = importlib.util.spec_from_file_location(
+        "leaderboard_table", Path(__file__).resolve().parent.parent / "bench" / "leaderboard_table.py"
+    )
+    lt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lt)
+    rng = np.random.default_rng(0)
+    pols, sps, docs = ["full", "h2o", "snapkv", "kvzip"], [0.25, 0.5, 0.875], 25
+    answer = (rng.random((2, len(pols), len(sps), 1, 5, 5)) < 0.6).astype(float)
+    answer[:, 0] = 1.0  # the full cache answers every document
+    cause = np.where(answer == 1, -1, rng.integers(0, len(schema.CAUSES), answer.shape)).astype(np.int8)
+    dims = (schema.SETTING, schema.POLICY, "sparsity", "length", "depth", "sample")
+    ds = xr.Dataset(
+        {
+            "answer": (dims, answer),
+            "cause": (dims, cause),
+            "retrieved": (("length", "depth", "sample"), np.ones((1, 5, 5), dtype=bool)),
+            "done": (("length", "depth", "sample"), np.ones((1, 5, 5), dtype=bool)),
+        },
+        coords={
+            schema.SETTING: ["agnostic", "aware"],
+            schema.POLICY: pols,
+            "sparsity": sps,
+            "length": [4096],
+            "depth": np.linspace(0, 1, 5),
+            "sample": np.arange(5),
+        },
+    )
+    boards = pd.concat(
+        [leaderboard.table({"t": ds}, s).assign(setting=s) for s in ("agnostic", "aware")], ignore_index=True
+    )
+    boards.to_csv(tmp_path / "board.csv", index=False, float_format="%.2f")
+    leaderboard.cause_split(ds).to_csv(tmp_path / "causes.csv", index=False)
+    _, back = lt.earlier(f"t={tmp_path / 'board.csv'},{tmp_path / 'causes.csv'}")
+    assert int(back.done.sum()) == docs
+    for s in ("agnostic", "aware"):
+        a, b = leaderboard.table({"t": ds}, s), leaderboard.table({"t": back}, s)
+        cols = [c for c in a.columns if c != "rank"]
+        pd.testing.assert_frame_equal(
+            a[cols].set_index("policy").sort_index(), b[cols].set_index("policy").sort_index(), atol=0.006
+        )
+    order = ["setting", "policy", "sparsity"]
+    pd.testing.assert_frame_equal(
+        leaderboard.cause_split(ds).sort_values(order).reset_index(drop=True),
+        leaderboard.cause_split(back).sort_values(order).reset_index(drop=True),
+    )
