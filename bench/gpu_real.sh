@@ -310,7 +310,9 @@ leaderboard() {  # configs/leaderboard.yaml on TASKS (default all eight) not yet
   done
   echo "== end $(date +%T)" | tee -a "$OUT/leaderboard.log"
 }
-lb_pack() { tar -C runs/lb/out --exclude run.zarr -czf "$OUT/leaderboard.results.tgz" . && ls -la "$OUT" runs/lb; }
+lb_pack() {  # the RESULTS of every task, in pieces of 15 MiB (a file comes back with at most 16 MiB)
+  tar -C runs/lb/out --exclude run.zarr -czf - . | split -b 15M - "$OUT/lbpart_" && ls -la "$OUT" runs/lb
+}
 paper() {  # configs/paper.yaml at LENGTHS (e.g. 4k), into runs/paper_LENGTHS; UNTIL=dump stops after the dump
   # (a rerun resumes it), then without UNTIL the analysis; the RESULTS come back as a tarball and the RUN
   # store is removed, so that the study's lengths never share the disk. SAMPLES, POLICIES, SPARSITY, STORE cut it
