@@ -310,3 +310,31 @@ def test_release_drops_the_model_a_process_keeps(tiny_llama_dir):
     again = models.load(tiny_llama_dir)
     assert again.model is not None
     models.release()
+
+
+def test_raw_bytes_of_a_shape_equal_the_arrays_a_dump_creates(tiny_store):
+    """`bench/store_bytes_shape.py` (the cost of a shape no machine here dumps): its raw bytes per
+    document, from the schema alone, equal the uncompressed bytes of the arrays the dump created."""
+    import importlib.util
+    from pathlib import Path
+
+    import zarr
+
+    from core import schema
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "store_bytes_shape.py"
+    spec = importlib.util.spec_from_file_location("store_bytes_shape", path)
+    sb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sb)
+    root = zarr.open_group(tiny_store, mode="r")
+    cfg, st = dict(root.attrs["model_config"]), dict(root.attrs["settings"])
+    for n in schema.lengths_in(root):
+        g = root[schema.group_name(n)]
+        docs = g["done"].size
+        raw = sb.raw_bytes(
+            cfg, n, int(g.attrs["block"]), int(st["window"]), st["store"], int(st["window_rows"])
+        )
+        want = {
+            v: g[v].nbytes // docs for v in g.array_keys() if g[v].ndim >= 2 and g[v].dtype.kind in "biuf"
+        }
+        assert raw == want
