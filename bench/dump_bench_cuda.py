@@ -21,31 +21,11 @@ import tempfile
 import time
 
 import torch
+from shapes import SHAPES  # bench/shapes.py: the model shapes, as transformers config fields
 
 from core.lm import capture
 from core.lm.kernels import triton_stats
 from core.tasks.haystack import parse_lengths
-
-SHAPES = {
-    "smollm2-135m": dict(
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-    ),
-    "llama3-8b": dict(
-        vocab_size=128256,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-    ),
-}
 
 
 def build(shape: str, max_len: int):

@@ -20,15 +20,23 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/shapes.py, also when imported
+
+from shapes import SHAPES  # noqa: E402
 
 from core import schema  # noqa: E402
 from dump.options import lengths  # noqa: E402
 
-SHAPES = {  # layers, query heads, kv heads, head dim
-    "llama3-8b": dict(layers=32, heads=32, kv_heads=8, head_dim=128),
-    "qwen2.5-coder-1.5b": dict(layers=28, heads=12, kv_heads=2, head_dim=128),
-    "smollm2-135m": dict(layers=30, heads=9, kv_heads=3, head_dim=64),
-}
+
+def shape_config(name: str) -> dict:
+    """The store's view of a shape (`bench/shapes.py`): layers, query heads, kv heads, head dim."""
+    c = SHAPES[name]
+    return {
+        "layers": c["num_hidden_layers"],
+        "heads": c["num_attention_heads"],
+        "kv_heads": c["num_key_value_heads"],
+        "head_dim": c["head_dim"],
+    }
 
 
 def raw_bytes(cfg: dict, n: int, block: int, window: int, store: str, window_rows: int = 1) -> dict:
@@ -73,7 +81,7 @@ def main() -> None:
     p.add_argument("--measured", help="a real RUN.zarr whose compression ratios project the stored bytes")
     args = p.parse_args()
     n = lengths(args.length)[0]
-    raw = raw_bytes(SHAPES[args.shape], n, args.block, args.window, args.store)
+    raw = raw_bytes(shape_config(args.shape), n, args.block, args.window, args.store)
     ratios = measured_ratios(args.measured) if args.measured else {}
     print(
         f"{args.shape} at {n} tokens, block {args.block}, window {args.window}, store {args.store}: one document"
