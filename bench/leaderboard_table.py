@@ -144,10 +144,11 @@ def main() -> None:
     p.add_argument("--causes", help="the failure causes per task, setting, policy and sparsity (CSV)")
     p.add_argument("--split", default="0.5,0.875", help="sparsities whose failure causes are printed")
     args = p.parse_args()
+    measured = load(args.results)
     results = dict(earlier(item) for item in args.earlier)
-    results.update(load(args.results))
+    results.update(measured)
     tasks = list(results)
-    first = load(args.results[:1])[args.results[0].partition("=")[0]]
+    first = next(iter(measured.values()))  # a task analyzed here: its sparsities, settings and model
     sparsities = [float(s) for s in first.sparsity.values]
     settings = [str(s) for s in first[schema.SETTING].values]
     docs = {t: int(ds.done.sum()) for t, ds in results.items()}
