@@ -73,9 +73,9 @@ def main() -> None:
             ax.axhline(i * heads, color="orange", lw=1)
         ax.set_yticks([(i + 0.5) * heads for i in range(len(pols))], pols)
         ax.set_xlabel("key position")
-    counts = kept.sum(-1)[:, 0]
     axes[0].set_title(
-        f"whole prompt ({width} keys per pixel); k = {int(counts[0])} keys per head", fontsize=9
+        f"whole prompt ({width} keys per pixel); k = {int(sets.attrs['budgets'][0])} keys per head",
+        fontsize=9,
     )
     axes[1].set_title(f"keys {lo}-{hi - 1} around the needle (red), one per pixel", fontsize=9)
     held = [
