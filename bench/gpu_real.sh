@@ -315,12 +315,13 @@ lb_pack() {  # the RESULTS of every task, in pieces of 15 MiB (a file comes back
 }
 paper() {  # configs/paper.yaml at LENGTHS (e.g. 4k), into runs/paper_LENGTHS; UNTIL=dump stops after the dump
   # (a rerun resumes it), then without UNTIL the analysis; the RESULTS come back as a tarball and the RUN
-  # store is removed, so that the study's lengths never share the disk. SAMPLES, POLICIES, SPARSITY, STORE cut it
+  # store is removed, so that the study's lengths never share the disk. SAMPLES, POLICIES, SPARSITY, STORE,
+  # WORKERS cut it; CONFIG=configs/paper_long.yaml for 64k and 128k (YaRN)
   local lengths=$1 name=paper_${1//,/_}
   mkdir -p runs/cfg
   python3 - "$lengths" "runs/cfg/$name.yaml" "../$name" <<'PY' || return 1
 import os, sys, yaml
-c = yaml.safe_load(open("configs/paper.yaml"))
+c = yaml.safe_load(open(os.environ.get("CONFIG", "configs/paper.yaml")))
 c["dump"]["lengths"], c["out"] = sys.argv[1].split(","), sys.argv[3]
 if os.environ.get("SAMPLES"):  # a cut study: fewer samples, policies or sparsities (say so where it is reported)
     c["dump"]["samples"] = int(os.environ["SAMPLES"])
@@ -330,6 +331,8 @@ if os.environ.get("STORE"):  # e.g. stats, when no requested policy reads the ke
     c["dump"]["store"] = os.environ["STORE"]
 if os.environ.get("SPARSITY"):
     c["analyze"]["sparsity"] = [float(x) for x in os.environ["SPARSITY"].split(",")]
+if os.environ.get("WORKERS"):
+    c["analyze"]["workers"] = int(os.environ["WORKERS"])
 yaml.safe_dump(c, open(sys.argv[2], "w"))
 PY
   echo "== $name until ${UNTIL:-analyze} $(date +%T)" | tee -a "$OUT/$name.log"
@@ -341,6 +344,18 @@ PY
     [ -n "${KEEP:-}" ] || rm -rf runs/$name/run.zarr
   fi
   return 0
+}
+keptset32() {  # kept-set pictures of one 32k document (the 1.5B, bf16): H2O against the CAB variants, aware
+  local store=runs/k32/run.zarr depth=${DEPTH:-0.5}
+  [ -d $store ] || python3 -m dump --model qwen2.5-coder-1.5b --task ruler:niah_single_2 --lengths 32k \
+    --depths "$depth" --samples 1 --seed 0 --window 32 --block auto --store stats --device cuda \
+    --dtype bfloat16 --out $store --no-progress 2>&1 | grep --line-buffered -E "^dump|rror" | tee -a "$OUT/keptset32.txt"
+  local s
+  for s in 0.9 0.95 0.99; do
+    python3 bench/keptset_png.py $store --length 32k --depth 0 --layer "${LAYER:-20}" \
+      --policies h2o,cab_high,cab_3c --sparsity $s --setting aware \
+      --png "$OUT/keptset_qwen15_32k_aware_s$s.png" 2>&1 | grep -v -i warning | tee -a "$OUT/keptset32.txt"
+  done
 }
 study_smollm2() { study smollm2_gpu; }
 study_gemma() { study gemma3_gpu; }
