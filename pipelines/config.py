@@ -8,6 +8,12 @@ A top-level `tasks:` list makes the config a task sweep: one study per task in `
 own run.zarr, results.zarr and report, every other setting shared), then `out/tasks.html` (every
 task's heatmaps behind a task and a setting selector) and `out/tasks.csv` (answer accuracy per task,
 setting, policy and sparsity; `needle_hit` where answers were not decoded).
+
+A top-level `by_length: true` dumps and analyzes one length at a time, each in `out/lengths/<N>/`, and
+removes that length's run.zarr once it is analyzed, so that a study's stores never share the disk; the
+lengths' RESULTS are then joined into `out/results.zarr` (`analyze.join`: the pooled quantities, e.g.
+the retrieval heads, recomputed over every length). The report then has no kept-set pictures (they
+read the run store).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class Config:
     analyze: AnalyzeOptions = field(default_factory=AnalyzeOptions)
     viz: VizOptions = field(default_factory=VizOptions)
     tasks: list[str] = field(default_factory=list)  # a sweep: one study per task (see studies())
+    by_length: bool = False  # one length at a time, its run.zarr removed once analyzed (see length_studies())
 
     @property
     def run_store(self) -> str:
@@ -64,6 +71,22 @@ class Config:
                 ),
             )
             for task in self.tasks
+        ]
+
+    def length_studies(self) -> list[tuple[int, Config]]:
+        """A `by_length` study's per-length studies, `(tokens, config)`, each in `out/lengths/<tokens>/`."""
+        return [
+            (
+                n,
+                dataclasses.replace(
+                    self,
+                    out=str(Path(self.out) / "lengths" / str(n)),
+                    name=f"{self.name} {n}",
+                    dump=dataclasses.replace(self.dump, lengths=[n]),
+                    by_length=False,
+                ),
+            )
+            for n in self.dump.lengths
         ]
 
     @property
@@ -136,7 +159,7 @@ def load(path: str) -> Config:
         raise UsageError(f"config file {path!r} is not valid YAML{where}") from None
     if not isinstance(raw, dict):
         raise UsageError(f"config file {path!r} must be a mapping with at least `out:`")
-    top = {"out", "name", "tasks", *SECTIONS}
+    top = {"out", "name", "tasks", "by_length", *SECTIONS}
     for key in raw:
         if key not in top:
             raise UsageError(f"{path}: unknown top-level key {key!r}; allowed: {', '.join(sorted(top))}")
@@ -144,6 +167,8 @@ def load(path: str) -> Config:
         raise UsageError(f"{path}: `out:` (the study's output folder) is required")
     if raw.get("tasks") is not None and "task" in (raw.get("dump") or {}):
         raise UsageError(f"{path}: give either `tasks:` (a sweep) or `dump.task`, not both")
+    if not isinstance(raw.get("by_length", False), bool):
+        raise UsageError(f"{path}: `by_length:` is {raw['by_length']!r}; allowed: true or false")
     out = Path(str(raw["out"])).expanduser()
     sections = {
         name: optionkit.from_mapping(cls, raw.get(name), name, path) for name, cls in SECTIONS.items()
@@ -154,5 +179,6 @@ def load(path: str) -> Config:
         ),  # relative to the config file
         name=str(raw.get("name", p.stem)),
         tasks=_tasks(raw.get("tasks"), sections["dump"], path),
+        by_length=bool(raw.get("by_length", False)),
         **sections,
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -40,45 +43,30 @@ def run(cfg: Config, progress: bool = True, until: str = "viz", shared=None) -> 
     timings = {}
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     dump_opt, analyze_opt, viz_opt = cfg.stage_options(progress)
-
-    t = time.perf_counter()
-    from dump import run_dump
-
-    for line in run_dump(dump_opt).lines():
-        log(line)
-    timings["dump"] = time.perf_counter() - t
-    if until == "dump":
-        return _done(timings, cfg.run_store)
-    from core.lm import models
-
-    models.release()  # the answer workers load their own models: the dump's leaves the GPU to them
-
-    t = time.perf_counter()
-    import analyze
-
-    a = analyze_opt
-    spec = analyze.spec_from(a)
-    key = analyze.provenance(a.store, spec, a.retrieval_heads)  # the store's documents and these settings
     results = Path(cfg.results_store)
-    fresh = results.exists() and xr.open_zarr(results).attrs.get("provenance") == key
-    if fresh:
-        log(f"analyze: {results} is up to date (same documents, same settings), skipped")
+    if cfg.by_length:
+        by_length(cfg, progress, until, shared, timings)
+        if until != "viz":
+            return _done(timings, str(results) if until == "analyze" else str(Path(cfg.out) / "lengths"))
+        viz_opt = dataclasses.replace(viz_opt, keptset=False)  # the run stores are gone
     else:
-        from core import outputs
+        t = time.perf_counter()
+        from dump import run_dump
 
-        with shared or SharedClient(a.scheduler, a.workers) as clients:
-            ds, unfinished = analyze.run(
-                a.store, spec, clients.get(), progress=progress, retrieval_heads=a.retrieval_heads
-            )
-        outputs.write_dataset(ds, a.out)
-        log(f"analyze: {len(ds.policy)} policies x {len(ds.sparsity)} sparsities -> {results}")
-        for name, attrs in ds.attrs.get("by_setting", {}).items():
-            if "answer_task_seconds" in attrs:  # summed over the workers
-                parts = ", ".join(f"{part} {t:.0f} s" for part, t in attrs["answer_task_seconds"].items())
-                log(f"analyze: {name}: answer tasks' time summed over workers: {parts}")
-    timings["analyze"] = time.perf_counter() - t
-    if until == "analyze":
-        return _done(timings, str(results))
+        for line in run_dump(dump_opt).lines():
+            log(line)
+        timings["dump"] = time.perf_counter() - t
+        if until == "dump":
+            return _done(timings, cfg.run_store)
+        from core.lm import models
+
+        models.release()  # the answer workers load their own models: the dump's leaves the GPU to them
+
+        t = time.perf_counter()
+        analyze_store(cfg, analyze_opt, progress, shared)
+        timings["analyze"] = time.perf_counter() - t
+        if until == "analyze":
+            return _done(timings, str(results))
 
     t = time.perf_counter()
     from core.provenance import read_marker
@@ -94,6 +82,82 @@ def run(cfg: Config, progress: bool = True, until: str = "viz", shared=None) -> 
         build_report(v.results, v.out, store=v.store if v.keptset else None, dpi=v.dpi, progress=log)
     timings["viz"] = time.perf_counter() - t
     return _done(timings, f"open {index}")
+
+
+def analyze_store(cfg: Config, a, progress: bool, shared=None) -> None:
+    """The analysis of the study's run store into its results store, unless those are up to date."""
+    import analyze
+
+    spec = analyze.spec_from(a)
+    key = analyze.provenance(a.store, spec, a.retrieval_heads)  # the store's documents and these settings
+    results = Path(cfg.results_store)
+    if results.exists() and xr.open_zarr(results).attrs.get("provenance") == key:
+        log(f"analyze: {results} is up to date (same documents, same settings), skipped")
+        return
+    from core import outputs
+
+    with shared or SharedClient(a.scheduler, a.workers) as clients:
+        ds, unfinished = analyze.run(
+            a.store, spec, clients.get(), progress=progress, retrieval_heads=a.retrieval_heads
+        )
+    outputs.write_dataset(ds, a.out)
+    log(f"analyze: {len(ds.policy)} policies x {len(ds.sparsity)} sparsities -> {results}")
+    for name, attrs in ds.attrs.get("by_setting", {}).items():
+        if "answer_task_seconds" in attrs:  # summed over the workers
+            parts = ", ".join(f"{part} {t:.0f} s" for part, t in attrs["answer_task_seconds"].items())
+            log(f"analyze: {name}: answer tasks' time summed over workers: {parts}")
+
+
+def _options_key(study: Config) -> str:
+    """What a length's results were made with (its dump and analysis options): a removed run store
+    can no longer vouch for its results, this record does."""
+    dump_opt, analyze_opt, _ = study.stage_options(progress=False)
+    return json.dumps(
+        {"dump": dataclasses.asdict(dump_opt), "analyze": dataclasses.asdict(analyze_opt)},
+        sort_keys=True,
+        default=str,
+    )
+
+
+ANALYZED = "analyzed.json"  # in a length's folder: its options, once analyzed and its run store removed
+
+
+def by_length(cfg: Config, progress: bool, until: str, shared, timings: dict) -> None:
+    """A `by_length` study: each length dumped, analyzed, and its run store removed before the next
+    length is dumped (rerun to resume: a finished length is skipped), then every length's results
+    joined into the study's (`analyze.join`)."""
+    from core import outputs
+
+    a = cfg.analyze
+    with shared or SharedClient(a.scheduler, a.workers) as clients:
+        for n, study in cfg.length_studies():
+            marker = Path(study.out) / ANALYZED
+            key = _options_key(study)
+            if marker.exists() and marker.read_text() == key and Path(study.results_store).exists():
+                log(f"length {n}: analyzed, its run store removed, skipped")
+                continue
+            log(f"length {n} -> {study.out}")
+            for stage, seconds in run(
+                study, progress, "dump" if until == "dump" else "analyze", clients
+            ).items():
+                timings[stage] = timings.get(stage, 0.0) + seconds
+            if until == "dump":
+                continue
+            size = sum(f.stat().st_size for f in Path(study.run_store).rglob("*") if f.is_file())
+            shutil.rmtree(study.run_store)
+            marker.write_text(key)
+            log(f"length {n}: {study.run_store} removed ({size / 1e9:.2f} GB), its results kept")
+    if until == "dump":
+        return
+    t = time.perf_counter()
+    from analyze.join import join_lengths
+
+    studies = [study for _, study in cfg.length_studies()]
+    parts = [xr.open_zarr(s.results_store).load() for s in studies]
+    ds = join_lengths(parts, [s.results_store for s in studies], a.retrieval_heads)
+    outputs.write_dataset(ds, cfg.results_store)
+    log(f"analyze: {len(parts)} lengths joined -> {cfg.results_store}")
+    timings["join"] = time.perf_counter() - t
 
 
 def sweep(cfg: Config, progress: bool = True, until: str = "viz") -> dict:

@@ -186,3 +186,62 @@ def test_a_sweep_analyzes_every_task_on_one_cluster(monkeypatch):
         with SharedClient(None, 2) as alone:
             alone.get()
     assert events == [("open", 2), ("close", 2)] * 2
+
+
+def test_by_length_removes_each_run_store_and_equals_the_whole_analysis(tiny_llama_dir, tmp_path):
+    """`by_length: true`: each length dumped, analyzed and its run store removed in turn; the joined
+    results equal, variable by variable, those of one store of every length analyzed at once (the
+    retrieval heads, intervals, causes and calibration recomputed over both lengths)."""
+    import numpy as np
+
+    over = dict(
+        model=tiny_llama_dir,
+        dump__lengths=[200, 256],
+        analyze={
+            "policies": ["full", "h2o", "cab_high", "snapkv"],
+            "sparsity": [0.5, 0.9],
+            "setting": ["aware", "agnostic"],
+            "answers": True,
+            "retrieval_heads": 3,
+            "workers": 1,
+        },
+    )
+    (tmp_path / "whole").mkdir()
+    whole = write(tmp_path / "whole", **over)
+    r = run_cli("pipelines", "run", str(whole), "--until", "analyze", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load(whole.read_text())
+    cfg["out"], cfg["by_length"] = str(tmp_path / "by_length"), True
+    path = tmp_path / "by_length.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = run_cli("pipelines", "run", str(path), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "by_length"
+    for n in (200, 256):
+        assert not (out / "lengths" / str(n) / "run.zarr").exists()
+        assert (out / "lengths" / str(n) / "results.zarr").exists() and f"length {n}: " in r.stdout
+    assert (out / "report" / "index.html").exists()
+    a = xr.open_zarr(tmp_path / "whole" / "study" / "results.zarr").load()
+    b = xr.open_zarr(out / "results.zarr").load()
+    assert sorted(a.data_vars) == sorted(b.data_vars)
+    assert list(b.length.values) == [200, 256]
+    for v in a.data_vars:
+        np.testing.assert_array_equal(a[v].values, b[v].values, err_msg=v)
+    assert (
+        a.attrs["by_setting"]["aware"]["calibration_best_rule"]
+        == b.attrs["by_setting"]["aware"]["calibration_best_rule"]
+    )
+    r = run_cli("pipelines", "run", str(path), "--until", "analyze", "--no-progress")
+    assert r.returncode == 0 and r.stdout.count("analyzed, its run store removed, skipped") == 2, (
+        r.stdout + r.stderr
+    )
+
+
+def test_by_length_must_be_a_boolean(tiny_llama_dir, tmp_path):
+    cfg = yaml.safe_load(write(tmp_path, model=tiny_llama_dir).read_text())
+    cfg["by_length"] = "yes"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = run_cli("pipelines", "run", str(path), "--no-progress")
+    assert r.returncode == 2 and "`by_length:` is 'yes'; allowed: true or false" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "study").exists()

@@ -110,6 +110,66 @@ def _band_end(j, SLIDE, M, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _probs(
+    q, k, lse, rows, cols, N, SLIDE, scale_log2, FP32: tl.constexpr, IEEE: tl.constexpr, MASKED: tl.constexpr
+):
+    """The tile's probabilities P = exp2(S·log2e − lse). MASKED: zero where a key is not visible (the
+    diagonal tile, a partial last key block, a sliding band). Unmasked tiles need no zeroing: they lie
+    strictly below the diagonal, and rows past the prompt carry lse = +inf, so their P is 0."""
+    if MASKED:
+        s, valid = _scores(q, k, rows, cols, N, SLIDE, scale_log2, FP32, IEEE)
+        return tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    elif FP32:
+        s = tl.dot(q, tl.trans(k), input_precision="tf32x3")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    return tl.exp2(s * scale_log2 - lse[:, None])
+
+
+@triton.jit
+def _visit(
+    Q,
+    LSE,
+    BLOCKS,
+    WINDOW,
+    k,
+    cols,
+    acc,
+    h,
+    i,
+    j,
+    sq_h,
+    sq_n,
+    N,
+    W,
+    M,
+    SLIDE,
+    scale_log2,
+    BLOCK: tl.constexpr,
+    D: tl.constexpr,
+    FP32: tl.constexpr,
+    IEEE: tl.constexpr,
+    MASKED: tl.constexpr,
+):
+    """Query block i against the program's key block j: the tile's block sum stored, its
+    probabilities added to the (BLOCK x BLOCK) column accumulator, the window's rows stored."""
+    rows = i * BLOCK + tl.arange(0, BLOCK)
+    q = _rows_of(Q, h, sq_h, sq_n, rows, tl.arange(0, D), N)
+    lse = tl.load(LSE + h * N + rows, mask=rows < N, other=float("inf"))
+    p = _probs(q, k, lse, rows, cols, N, SLIDE, scale_log2, FP32, IEEE, MASKED)
+    tl.store(BLOCKS + (h * M + i) * M + j, tl.sum(tl.sum(p, 1), 0))
+    acc += p
+    win_lo = N - W
+    if (i + 1) * BLOCK > win_lo:
+        wr = rows - win_lo
+        wmask = (wr[:, None] >= 0) & (rows[:, None] < N) & (cols[None, :] < N)
+        tl.store(WINDOW + (h * W + wr[:, None]) * N + cols[None, :], p, mask=wmask)
+    return acc
+
+
+@triton.jit
 def _stats_kernel(
     Q,
     K,
@@ -131,31 +191,75 @@ def _stats_kernel(
     D: tl.constexpr,
     FP32: tl.constexpr,
     IEEE: tl.constexpr,
+    FULL: tl.constexpr,
 ):
     """Pass 2, one program per (key block j, query head): its key tile stays in registers while it
-    walks down the query blocks that see it, so its column sums are accumulated there and stored
-    once (no atomics; the same order every run)."""
+    walks down the query blocks that see it. Its probabilities are added up element by element in a
+    tile-sized accumulator and reduced to column sums once, at the end (no per-tile reduction across
+    warps, no atomics; the same order every run). Only the tiles that need it are masked: for a
+    full-attention layer (FULL), the diagonal tile and a partial last key block's."""
     j = tl.program_id(0)  # the first key blocks are seen by the most query blocks: launched first
     h = tl.program_id(1)
     kvh = h // G
     cols = j * BLOCK + tl.arange(0, BLOCK)
-    d = tl.arange(0, D)
-    k = _rows_of(K, kvh, sk_h, sk_n, cols, d, N)
-    acc = tl.zeros([BLOCK], tl.float32)
-    win_lo = N - W
-    for i in range(j, _band_end(j, SLIDE, M, BLOCK)):
-        rows = i * BLOCK + tl.arange(0, BLOCK)
-        q = _rows_of(Q, h, sq_h, sq_n, rows, d, N)
-        lse = tl.load(LSE + h * N + rows, mask=rows < N, other=float("inf"))
-        s, valid = _scores(q, k, rows, cols, N, SLIDE, scale_log2, FP32, IEEE)
-        p = tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
-        tl.store(BLOCKS + (h * M + i) * M + j, tl.sum(tl.sum(p, 1), 0))
-        acc += tl.sum(p, 0)
-        if (i + 1) * BLOCK > win_lo:
-            wr = rows - win_lo
-            wmask = (wr[:, None] >= 0) & (rows[:, None] < N) & (cols[None, :] < N)
-            tl.store(WINDOW + (h * W + wr[:, None]) * N + cols[None, :], p, mask=wmask)
-    tl.store(COLSUM + h * N + cols, acc, mask=cols < N)
+    k = _rows_of(K, kvh, sk_h, sk_n, cols, tl.arange(0, D), N)
+    acc = tl.zeros([BLOCK, BLOCK], tl.float32)
+    end = _band_end(j, SLIDE, M, BLOCK)
+    masked_end = end
+    if FULL:
+        if (j + 1) * BLOCK <= N:  # a whole key block: only its diagonal tile is masked
+            masked_end = j + 1
+    for i in range(j, masked_end):
+        acc = _visit(
+            Q,
+            LSE,
+            BLOCKS,
+            WINDOW,
+            k,
+            cols,
+            acc,
+            h,
+            i,
+            j,
+            sq_h,
+            sq_n,
+            N,
+            W,
+            M,
+            SLIDE,
+            scale_log2,
+            BLOCK,
+            D,
+            FP32,
+            IEEE,
+            True,
+        )
+    for i in range(masked_end, end):
+        acc = _visit(
+            Q,
+            LSE,
+            BLOCKS,
+            WINDOW,
+            k,
+            cols,
+            acc,
+            h,
+            i,
+            j,
+            sq_h,
+            sq_n,
+            N,
+            W,
+            M,
+            SLIDE,
+            scale_log2,
+            BLOCK,
+            D,
+            FP32,
+            IEEE,
+            False,
+        )
+    tl.store(COLSUM + h * N + cols, tl.sum(acc, 0), mask=cols < N)
 
 
 WARPS, STAGES = 4, 3  # the launches (stages: at most; see SHARED_BYTES)
@@ -164,6 +268,9 @@ SHARED_BYTES = 196608  # what the pipelined tiles may take of a Hopper SM's 227 
 # (measured on an H200, SmolLM2 shape at 128k, pass 2 alone: 78 ms per layer with 64, 63 with 128;
 # 8 warps were slower with both)
 TILE, TILE_LARGE = 64, 128
+# pass 2 keeps a tile-sized fp32 accumulator beside the tile's probabilities: 8 warps for 128 x 128
+# tiles, so that both stay in registers
+STATS_WARPS = {128: 8}
 # the largest bound on a tf32x3 score's error (natural-log units, hence on a probability's relative
 # error) a float32 layer keeps tensor-core dots under; above it the layer's dots are IEEE
 SPLIT_TOL = 2e-4
@@ -236,10 +343,25 @@ def fused_stats(
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1))
     stages = max(1, min(STAGES, SHARED_BYTES // _stage_bytes(block, d, q.element_size(), fp32)))
     ieee = fp32 and split_error_bound(q, k, scaling) > SPLIT_TOL
-    meta = dict(BLOCK=block, D=d, FP32=fp32, IEEE=ieee, num_warps=WARPS, num_stages=stages)
+    meta = dict(BLOCK=block, D=d, FP32=fp32, IEEE=ieee, num_stages=stages)
     if not given:
-        _lse_kernel[grid](q, k, lse, *strides, n, heads // kv, slide, scale_log2, **meta)
+        _lse_kernel[grid](q, k, lse, *strides, n, heads // kv, slide, scale_log2, num_warps=WARPS, **meta)
     _stats_kernel[grid](
-        q, k, lse, colsum, blocks, rows, *strides, n, heads // kv, w, m, slide, scale_log2, **meta
+        q,
+        k,
+        lse,
+        colsum,
+        blocks,
+        rows,
+        *strides,
+        n,
+        heads // kv,
+        w,
+        m,
+        slide,
+        scale_log2,
+        FULL=sliding is None,
+        num_warps=STATS_WARPS.get(block, WARPS),
+        **meta,
     )
     return colsum, rows, blocks
