@@ -321,8 +321,8 @@ lb_pack() {  # the RESULTS of every task, in pieces of 15 MiB (a file comes back
 }
 paper() {  # configs/paper.yaml at LENGTHS (e.g. 4k), into runs/paper_LENGTHS; UNTIL=dump stops after the dump
   # (a rerun resumes it), then without UNTIL the analysis; the RESULTS come back as a tarball and the RUN
-  # store is removed, so that the study's lengths never share the disk. SAMPLES, POLICIES, SPARSITY, STORE,
-  # WORKERS cut it; CONFIG=configs/paper_long.yaml for 64k and 128k (YaRN)
+  # store is removed, so that the study's lengths never share the disk. SAMPLES, DEPTHS, POLICIES, SPARSITY,
+  # STORE, WORKERS cut it; CONFIG=configs/paper_long.yaml for 64k and 128k (YaRN)
   local lengths=$1 name=paper_${1//,/_}
   mkdir -p runs/cfg
   python3 - "$lengths" "runs/cfg/$name.yaml" "../$name" <<'PY' || return 1
@@ -337,6 +337,8 @@ if os.environ.get("STORE"):  # e.g. stats, when no requested policy reads the ke
     c["dump"]["store"] = os.environ["STORE"]
 if os.environ.get("SPARSITY"):
     c["analyze"]["sparsity"] = [float(x) for x in os.environ["SPARSITY"].split(",")]
+if os.environ.get("DEPTHS"):  # e.g. linspace:0,1,6
+    c["dump"]["depths"] = os.environ["DEPTHS"]
 if os.environ.get("WORKERS"):
     c["analyze"]["workers"] = int(os.environ["WORKERS"])
 yaml.safe_dump(c, open(sys.argv[2], "w"))
