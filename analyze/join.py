@@ -6,6 +6,10 @@ joined along `length` as they are. What pools documents is recomputed over the j
 the head-subset means, the intervals across samples, the causes and the proxy calibration
 (`analyze.assembly.summarize`). One exception: a policy calibrated on other documents of the store
 (`duo`'s retrieval heads, on the other fold of documents at every length) saw only its own length's.
+
+    python -m analyze.join runs/a/results.zarr runs/b/results.zarr --out runs/ab.results.zarr
+
+`pipelines` joins a `by_length` study's lengths itself.
 """
 
 from __future__ import annotations
@@ -89,12 +93,15 @@ def join_lengths(
     if not parts:
         raise UsageError("no RESULTS to join")
     _check(parts, names)
+    # by length, before joining: the arrays then lie as one store's analysis lays them out, so that
+    # float32 means over heads add in the same order (a reordered copy rounds differently)
+    order = sorted(range(len(parts)), key=lambda i: int(parts[i].length.values.min()))
+    parts, names = [parts[i] for i in order], [names[i] for i in order]
     settings = [str(s) for s in parts[0][schema.SETTING].values]
     joined, by_setting = [], {}
     for setting in settings:
         docs = [ds.sel({schema.SETTING: setting}, drop=True)[per_document(ds)] for ds in parts]
         one = xr.concat(docs, dim="length", data_vars="all", coords="minimal", compat="override")
-        one = one.sortby("length")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices of unfinished documents
             one = summarize(one, retrieval_heads)
@@ -123,9 +130,64 @@ def join_lengths(
             "by_setting": by_setting,
             "provenance": json.dumps([ds.attrs.get("provenance") for ds in parts]),
             "joined_from": [ds.attrs.get("source_store", name) for ds, name in zip(parts, names)],
+            # no one store: each length's (kept-set pictures need one of them, given with viz --store)
+            "source_store": "; ".join(
+                str(ds.attrs.get("source_store", name)) for ds, name in zip(parts, names)
+            ),
             "unfinished_documents": int(sum(int(ds.attrs.get("unfinished_documents", 0)) for ds in parts)),
             "skipped_corrupt": [c for ds in parts for c in ds.attrs.get("skipped_corrupt", [])],
             "budget_warnings": sorted({w for ds in parts for w in ds.attrs.get("budget_warnings", [])}),
         }
     )
     return out
+
+
+def retrieval_heads_of(parts: list[xr.Dataset], names: list[str]) -> int:
+    """The retrieval-head count the parts were analyzed with (their provenance), which must agree."""
+    counts = {}
+    for ds, name in zip(parts, names):
+        try:
+            counts[name] = int(json.loads(ds.attrs["provenance"])["analysis"]["retrieval_heads"])
+        except (KeyError, TypeError, ValueError):
+            counts[name] = RETRIEVAL_HEADS
+    if len(set(counts.values())) > 1:
+        raise UsageError(
+            f"the parts were analyzed with different --retrieval-heads ({counts}): give --retrieval-heads"
+        )
+    return next(iter(counts.values()))
+
+
+def main(argv=None) -> int:
+    from core import outputs
+    from core.errors import OneLineParser, run_main
+
+    p = OneLineParser(
+        prog="python -m analyze.join",
+        description="Join RESULTS of one study's lengths, each analyzed from its own RUN store, into one "
+        "(the retrieval heads, intervals, causes and calibration recomputed over every length).",
+    )
+    p.add_argument("results", nargs="+", help="RESULTS.zarr of the lengths, one length each or more")
+    p.add_argument("--out", required=True, help="the joined RESULTS.zarr")
+    p.add_argument(
+        "--retrieval-heads",
+        type=int,
+        help="how many heads count as retrieval heads (default: the parts' own, from their analysis)",
+    )
+    args = p.parse_args(argv)
+
+    def body() -> int:
+        outputs.check_output(args.out, schema.RESULTS_KIND, inputs=tuple(args.results))
+        parts = [schema.open_results(path).load() for path in args.results]
+        heads = args.retrieval_heads or retrieval_heads_of(parts, list(args.results))
+        ds = join_lengths(parts, list(args.results), heads)
+        outputs.write_dataset(ds, args.out)
+        print(
+            f"join: {len(ds.length)} lengths ({', '.join(str(int(n)) for n in ds.length.values)}) -> {args.out}"
+        )
+        return 0
+
+    return run_main("python -m analyze.join", body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

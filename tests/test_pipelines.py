@@ -231,6 +231,16 @@ def test_by_length_removes_each_run_store_and_equals_the_whole_analysis(tiny_lla
         a.attrs["by_setting"]["aware"]["calibration_best_rule"]
         == b.attrs["by_setting"]["aware"]["calibration_best_rule"]
     )
+    # the same join by hand, and a length given twice refused
+    parts = [str(out / "lengths" / str(n) / "results.zarr") for n in (256, 200)]
+    r = run_cli("analyze.join", *parts, "--out", str(tmp_path / "joined.zarr"))
+    assert r.returncode == 0 and "join: 2 lengths (200, 256)" in r.stdout, r.stderr
+    c = xr.open_zarr(tmp_path / "joined.zarr").load()
+    for v in a.data_vars:
+        np.testing.assert_array_equal(a[v].values, c[v].values, err_msg=v)
+    r = run_cli("analyze.join", parts[0], parts[0], "--out", str(tmp_path / "twice.zarr"))
+    assert r.returncode == 2 and "repeats length 256: give each length once" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "twice.zarr").exists()
     r = run_cli("pipelines", "run", str(path), "--until", "analyze", "--no-progress")
     assert r.returncode == 0 and r.stdout.count("analyzed, its run store removed, skipped") == 2, (
         r.stdout + r.stderr
