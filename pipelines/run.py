@@ -150,7 +150,7 @@ def by_length(cfg: Config, progress: bool, until: str, shared, timings: dict) ->
     if until == "dump":
         return
     t = time.perf_counter()
-    from analyze.join import join_lengths
+    from analyze import join_lengths
 
     studies = [study for _, study in cfg.length_studies()]
     parts = [xr.open_zarr(s.results_store).load() for s in studies]
