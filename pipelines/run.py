@@ -134,6 +134,7 @@ def by_length(cfg: Config, progress: bool, until: str, shared, timings: dict) ->
             marker = Path(study.out) / ANALYZED
             key = _options_key(study)
             if marker.exists() and marker.read_text() == key and Path(study.results_store).exists():
+                shutil.rmtree(study.run_store, ignore_errors=True)  # a removal a kill interrupted
                 log(f"length {n}: analyzed, its run store removed, skipped")
                 continue
             log(f"length {n} -> {study.out}")
@@ -144,8 +145,8 @@ def by_length(cfg: Config, progress: bool, until: str, shared, timings: dict) ->
             if until == "dump":
                 continue
             size = sum(f.stat().st_size for f in Path(study.run_store).rglob("*") if f.is_file())
+            marker.write_text(key)  # first: a kill during the removal leaves a length a rerun skips
             shutil.rmtree(study.run_store)
-            marker.write_text(key)
             log(f"length {n}: {study.run_store} removed ({size / 1e9:.2f} GB), its results kept")
     if until == "dump":
         return
