@@ -238,6 +238,12 @@ def test_by_length_removes_each_run_store_and_equals_the_whole_analysis(tiny_lla
     c = xr.open_zarr(tmp_path / "joined.zarr").load()
     for v in a.data_vars:
         np.testing.assert_array_equal(a[v].values, c[v].values, err_msg=v)
+    from analyze import join_lengths
+    from core.errors import UsageError
+
+    p256, p200 = (xr.open_zarr(p).load() for p in parts)
+    with pytest.raises(UsageError, match="other sparsity values"):  # not one study's lengths
+        join_lengths([p200, p256.assign_coords(sparsity=[0.5, 0.8])], ["200", "256"])
     r = run_cli("analyze.join", parts[0], parts[0], "--out", str(tmp_path / "twice.zarr"))
     assert r.returncode == 2 and "repeats length 256: give each length once" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "twice.zarr").exists()
