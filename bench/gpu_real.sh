@@ -137,7 +137,7 @@ store32k() {  # RUN 2.3's layout against today's on one 32k document of the 1.5B
 }
 
 capture8b() {  # no weights needed: the Llama-3-8B shape at 128k, capture against a plain forward
-  python3 bench/dump_bench_cuda.py --skip-small --llama8b 128k --tiled-max 1k --warps 8 --json "$OUT/capture8b.json" 2>&1 | grep --line-buffered -v -i warning | tee "$OUT/capture8b.txt" | tail -8
+  python3 bench/dump_bench_cuda.py --skip-small --llama8b 128k --tiled-max 1k --json "$OUT/capture8b.json" 2>&1 | grep --line-buffered -v -i warning | tee "$OUT/capture8b.txt" | tail -8
 }
 
 baseline() {  # the 1.5B's full-cache answers, every RULER NIAH task (and passkey, when TASKS names it) at
