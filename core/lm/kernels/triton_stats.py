@@ -46,15 +46,20 @@ def _rows_of(X, head, s_h, s_n, idx, d, N):
 
 
 @triton.jit
+def _dot(q, k, FP32: tl.constexpr, IEEE: tl.constexpr):
+    """Q·Kᵀ of a tile, fp32: IEEE scalar dots, tf32x3 for float32 inputs, else the inputs' tensor cores."""
+    if IEEE:
+        return tl.dot(q, tl.trans(k), input_precision="ieee")
+    elif FP32:
+        return tl.dot(q, tl.trans(k), input_precision="tf32x3")
+    return tl.dot(q, tl.trans(k))
+
+
+@triton.jit
 def _scores(q, k, rows, cols, N, SLIDE, scale_log2, FP32: tl.constexpr, IEEE: tl.constexpr):
     """Scores (log2 units) of the query tile against the key tile of block `cols`, and which of them
     are visible: causal, inside the band (k > q - SLIDE), inside the prompt."""
-    if IEEE:
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale_log2
-    elif FP32:
-        s = tl.dot(q, tl.trans(k), input_precision="tf32x3") * scale_log2
-    else:
-        s = tl.dot(q, tl.trans(k)) * scale_log2
+    s = _dot(q, k, FP32, IEEE) * scale_log2
     valid = (cols[None, :] <= rows[:, None]) & (cols[None, :] > rows[:, None] - SLIDE)
     valid = valid & (cols[None, :] < N) & (rows[:, None] < N)
     return s, valid
@@ -119,13 +124,7 @@ def _probs(
     if MASKED:
         s, valid = _scores(q, k, rows, cols, N, SLIDE, scale_log2, FP32, IEEE)
         return tl.where(valid, tl.exp2(s - lse[:, None]), 0.0)
-    if IEEE:
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
-    elif FP32:
-        s = tl.dot(q, tl.trans(k), input_precision="tf32x3")
-    else:
-        s = tl.dot(q, tl.trans(k))
-    return tl.exp2(s * scale_log2 - lse[:, None])
+    return tl.exp2(_dot(q, k, FP32, IEEE) * scale_log2 - lse[:, None])
 
 
 @triton.jit
