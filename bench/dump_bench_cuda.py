@@ -41,8 +41,10 @@ def build(shape: str, max_len: int):
     return model.eval(), cfg
 
 
-def timed(fn, repeats=2):
-    if repeats > 1:  # warm-up (compilation, allocator); the slow baselines run once, cold
+def timed(fn, repeats=2, warm_up=None):
+    """The best of `repeats` timed runs of fn on CUDA, after a warm-up run (compilation, allocator)
+    unless `warm_up` is False; by default only repeated timings warm up (the slow baselines run once, cold)."""
+    if repeats > 1 if warm_up is None else warm_up:
         fn()
     torch.cuda.synchronize()
     best = float("inf")

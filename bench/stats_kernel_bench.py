@@ -20,7 +20,6 @@ import argparse
 import importlib.util
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -28,22 +27,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from dump_bench_cuda import timed as bench_timed  # noqa: E402
 from shapes import SHAPES  # noqa: E402
 
 from dump.options import lengths as parse_lengths  # noqa: E402
 
 
 def timed(fn, repeats):
-    fn()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
+    return bench_timed(fn, repeats, warm_up=True)  # always after a warm-up run (the kernels compile)
 
 
 def load(path):
