@@ -111,13 +111,13 @@ qwen_kernels() {  # the fused CUDA statistics on the real Qwen models against fl
   python3 -m pytest -q -s -p no:cacheprovider tests/test_qwen.py -m "slow or not slow" -k cuda 2>&1 | grep --line-buffered -E "worst relative|passed|failed|skipped" | tee -a "$OUT/qwen_kernels.txt"
 }
 
-plain_statsk() {  # no weights needed: one Llama-3-8B layer's statistics pass at 128k against its attention
+statsk() {  # no weights needed: one Llama-3-8B layer's statistics pass at 128k against its attention
   # (AGAINST=other/triton_stats.py: that copy of the kernels timed and compared too)
   python3 bench/stats_kernel_bench.py --shape llama3-8b --length 128k ${AGAINST:+--against "$AGAINST"} \
     --json "$OUT/statsk.json" 2>&1 | grep --line-buffered -v -i warning | tee -a "$OUT/statsk.txt" | tail -30
 }
 
-baseline() {  # the 1.5B's full-cache answers without statistics (bench/answer_baseline.py): TASKS (default
+plain_baseline() {  # the 1.5B's full-cache answers without statistics (bench/answer_baseline.py): TASKS (default
   # the eight NIAH tasks and passkey) at LENGTHS, 5 depths x SAMPLES (default 2)
   local lengths=$1 rope=${2:-}
   python3 bench/answer_baseline.py --model qwen2.5-coder-1.5b --lengths "$lengths" ${rope:+--rope-scaling $rope} \
