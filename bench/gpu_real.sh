@@ -27,7 +27,7 @@
 #   UNTIL=dump bash bench/gpu_real.sh paper 4k; bash bench/gpu_real.sh paper 4k   # configs/paper.yaml at 4k
 #   timeout 540 bash bench/gpu_real.sh leaderboard; bash bench/gpu_real.sh lb_pack   # configs/leaderboard.yaml,
 #       a task at a time (TASKS to choose), each task's RUN store removed once analyzed; rerun to resume
-# With the 1.5B alone (QWEN=qwen2.5-coder-1.5b bash bench/gpu_real.sh wheels pack_qwen here): 18 pieces, then
+# With the 1.5B alone (here: QWEN=qwen2.5-coder-1.5b bash bench/gpu_real.sh wheels pack_qwen): 18 pieces, then
 # `setup` in a call of its own (the wheels and a piece together pass the 64 MiB a call carries).
 # On a 2-GPU machine (kind nvidia-h200-x2), after the pieces as above up to 3:
 #   bash bench/gpu_real.sh two_gpus                 # real SmolLM2 sharded over both GPUs == one GPU

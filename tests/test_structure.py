@@ -249,3 +249,31 @@ def test_stages_share_only_core_and_each_others_public_names():
                     if stage == "core" or module != top or (name is not None and name not in public):
                         bad.append(f"{path.relative_to(root)}: {module}{'.' + name if name else ''}")
     assert bad == []
+
+
+def test_every_gpu_step_the_docs_name_is_defined_once():
+    """`bench/gpu_real.sh` runs the GPU machine's steps by name: every step that the README, docs/,
+    bench/ or the script's own header names exists, and no step is defined twice (bash keeps the last)."""
+    import re
+    from collections import Counter
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script = (root / "bench/gpu_real.sh").read_text()
+    defined = Counter(re.findall(r"^(\w+)\(\) \{", script, flags=re.M))
+    assert [name for name, count in defined.items() if count > 1] == []
+    dispatch = script[script.index("case $step in") :]
+    with_argument = set(re.findall(r"^ +(\w+)\)", dispatch, flags=re.M))  # steps that take the next word
+    texts = [root / "README.md", *(root / "docs").rglob("*.md"), *(root / "bench").glob("*.*")]
+    named = set()
+    for path in texts:
+        for line in re.findall(r"gpu_real\.sh((?: +[\w:.,=/-]+)+)", path.read_text()):
+            words = iter(line.split())
+            for word in words:
+                if word in with_argument:
+                    named.add(word)
+                    next(words, None)
+                elif re.fullmatch(r"[a-z][a-z0-9_]*", word):
+                    named.add(word)
+    assert named, "no step found: the pattern above no longer matches how the docs name them"
+    assert sorted(named - set(defined) - with_argument) == []
