@@ -44,7 +44,9 @@ def build(shape: str, max_len: int):
 def timed(fn, repeats=2, warm_up=None):
     """The best of `repeats` timed runs of fn on CUDA, after a warm-up run (compilation, allocator)
     unless `warm_up` is False; by default only repeated timings warm up (the slow baselines run once, cold)."""
-    if repeats > 1 if warm_up is None else warm_up:
+    if warm_up is None:
+        warm_up = repeats > 1
+    if warm_up:
         fn()
     torch.cuda.synchronize()
     best = float("inf")
