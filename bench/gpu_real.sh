@@ -18,16 +18,16 @@
 #   bash bench/gpu_real.sh stats128k                # statistics at 128k vs plain sdpa (no weights)
 #   bash bench/gpu_real.sh fp32 answers             # after piece 6: float32 vs bfloat16, GPU answer pass
 #   bash bench/gpu_real.sh ruler_gemma multikey:3   # after piece 6: one task of the Gemma RULER table
-# The Qwen2.5-Coder models (`make qwen-1.5b` first): `bash bench/gpu_real.sh pack_qwen` writes runs/gpu/q1..q27, the
-# 0.5B then the 1.5B GGUF in pieces of 60 MiB, and their manifest; there, after setup, one call per piece:
-#   bash bench/gpu_real.sh qpiece 1 ... qpiece 27 qwen   # joins and checks both into the cache
+# The Qwen2.5-Coder models (`make qwen-1.5b` first): `bash bench/gpu_real.sh pack_qwen` writes runs/gpu/q1..qN, the
+# 0.5B then the 1.5B GGUF in pieces of 56 MiB, and their manifest; there, after setup, one call per piece:
+#   bash bench/gpu_real.sh qpiece 1 ... qpiece N qwen    # joins and checks both into the cache
 #   bash bench/gpu_real.sh qwen_kernels                  # fused kernels on both real models vs float64
 #   bash bench/gpu_real.sh baseline 4k,8k,16k,32k        # the 1.5B's full-cache table, every RULER NIAH task
 #   TASKS=niah_single_1 bash bench/gpu_real.sh baseline 64k,128k yarn:4   # beyond 32k by YaRN, some tasks
 #   UNTIL=dump bash bench/gpu_real.sh paper 4k; bash bench/gpu_real.sh paper 4k   # configs/paper.yaml at 4k
 #   timeout 540 bash bench/gpu_real.sh leaderboard; bash bench/gpu_real.sh lb_pack   # configs/leaderboard.yaml,
 #       a task at a time (TASKS to choose), each task's RUN store removed once analyzed; rerun to resume
-# With the 1.5B alone (here: QWEN=qwen2.5-coder-1.5b bash bench/gpu_real.sh wheels pack_qwen): 18 pieces, then
+# With the 1.5B alone (here: QWEN=qwen2.5-coder-1.5b bash bench/gpu_real.sh wheels pack_qwen): 20 pieces, then
 # `setup` in a call of its own (the wheels and a piece together pass the 64 MiB a call carries).
 # On a 2-GPU machine (kind nvidia-h200-x2), after the pieces as above up to 3:
 #   bash bench/gpu_real.sh two_gpus                 # real SmolLM2 sharded over both GPUs == one GPU
@@ -75,12 +75,18 @@ pack() {  # here: the wheels, then the pieces
 
 QWEN=${QWEN:-"qwen2.5-coder-0.5b qwen2.5-coder-1.5b"}  # QWEN=qwen2.5-coder-1.5b packs the 1.5B alone
 
-pack_qwen() {  # here: both Qwen GGUFs (joined and checked by `core.lm.models`) cut into pieces of 60 MiB
+pack_qwen() {  # here: both Qwen GGUFs (joined and checked by `core.lm.models`) cut into pieces of 56 MiB, so
+  # that a piece and the tracked tree (a call carries both) stay within the 64 MiB a call carries
   local files=() name
   for name in $QWEN; do files+=("$(.venv/bin/python -c "from core.lm import models; print(models.embedded_gguf('$name'))")") || return 1; done
   rm -rf $G/q* && mkdir -p $G/q1
   for f in "${files[@]}"; do echo "$(sha256sum "$f" | awk '{print $1}') $(stat -c %s "$f") $(basename "$f")"; done > $G/q1/manifest
-  cat "${files[@]}" | split -b 62914560 -d -a 2 - $G/qrest.
+  local tree
+  tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+  if [ $((tree + 58720256)) -gt 67108864 ]; then
+    echo "!! the tracked tree ($tree bytes) and a 56 MiB piece pass the 64 MiB a call carries"; return 1
+  fi
+  cat "${files[@]}" | split -b 58720256 -d -a 2 - $G/qrest.
   local k=1
   for f in $G/qrest.*; do mkdir -p $G/q$k && mv "$f" $G/q$k/piece && k=$((k + 1)); done
   du -sh $G/q* | tail -3
