@@ -40,7 +40,8 @@ def check_signals() -> None:
 def run_main(prog: str, body, resume: str = "") -> int:
     """Run a CLI body: user errors, interrupts and a full disk end in one sentence and a status.
 
-    2: bad input (UsageError); 130: SIGINT; 143: SIGTERM; 1: disk full or another OS error."""
+    2: bad input (UsageError); 130: SIGINT; 143: SIGTERM; 1: disk full, another OS error, or the GPU out
+    of memory."""
     import errno
     import signal
     import sys
@@ -88,3 +89,27 @@ def run_main(prog: str, body, resume: str = "") -> int:
             file=sys.stderr,
         )
         return 1
+    except Exception as err:
+        if not gpu_out_of_memory(err):
+            raise
+        print(
+            f"{prog}: error: the GPU ran out of memory ({first_sentences(str(err), 3)}): fewer processes on it "
+            f"(analyze's --workers, with --answer-device cuda) or shorter documents need less{hint}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def gpu_out_of_memory(err: BaseException) -> bool:
+    """torch's CUDA out-of-memory error, also as a Dask task's error re-raised in the client; told by
+    its type's name so that a CLI which never loaded torch does not import it here."""
+    return any(
+        t.__name__ == "OutOfMemoryError" and t.__module__.startswith("torch") for t in type(err).__mro__
+    )
+
+
+def first_sentences(text: str, n: int) -> str:
+    """The first `n` sentences of `text` (torch's out-of-memory message goes on to list processes)."""
+    import re
+
+    return " ".join(re.split(r"(?<=\.)\s+", text.strip())[:n]).rstrip(".")

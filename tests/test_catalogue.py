@@ -1058,3 +1058,39 @@ def test_every_declared_option_refuses_out_of_range_non_finite_and_absurd_values
                 bad = [x for x in _numbers(value) if not math.isfinite(x) or abs(x) >= 1e9]
                 assert not bad, f"{section} {f.name} accepted {text!r} as {value!r}"
     assert walked > 300
+
+
+TORCH_OOM = (
+    "CUDA out of memory. Tried to allocate 2.19 GiB. GPU 0 has a total capacity of 79.18 GiB of which "
+    "956.69 MiB is free. Process 2370 has 18.04 GiB memory in use. Including non-PyTorch memory, this "
+    "process has 8.08 GiB memory in use."
+)
+
+
+def _runs_out_of_gpu_memory():
+    import torch
+
+    raise torch.OutOfMemoryError(TORCH_OOM)
+
+
+def test_a_gpu_out_of_memory_in_a_dask_task_ends_in_one_sentence(capsys):
+    """torch's OutOfMemoryError raised in an answer worker (a Dask worker process) reaches the CLI as
+    one sentence naming the allocation and what to lower, status 1, no traceback."""
+    from types import SimpleNamespace
+
+    from core import cluster
+    from core.errors import run_main
+
+    def body():
+        with cluster.client_for(workers=1, verbose=False) as client:
+            client.submit(_runs_out_of_gpu_memory, pure=False).result()
+        return 0
+
+    status = run_main("python -m analyze", body, resume="rerun the same command to resume")
+    err = capsys.readouterr().err
+    one_sentence(
+        SimpleNamespace(returncode=status, stdout="", stderr=err),
+        1,
+        ["the GPU ran out of memory", "Tried to allocate 2.19 GiB", "--workers", "rerun the same command"],
+    )
+    assert "Process 2370" not in err
