@@ -28,7 +28,7 @@ from analyze.spec import RETRIEVAL_HEADS, Spec, defined_in, provenance, setting_
 from core import schema
 from core.errors import UsageError
 from core.provenance import source_path
-from core.runstore import plan_store
+from core.runstore import StorePlan, plan_store
 
 
 def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: int = RETRIEVAL_HEADS):
@@ -93,6 +93,15 @@ def run(path: str, spec: Spec, client, progress: bool = True, retrieval_heads: i
     return out, unfinished
 
 
+def model_by_length(plan: StorePlan) -> dict:
+    """What each length was read with (the weights' revision, dtype and RoPE scaling, e.g. YaRN past
+    the trained positions), from the RUN store: kept in RESULTS, as a study by length removes its RUN
+    stores."""
+    model = plan.attrs.get("model", {})
+    read_with = {key: model.get(key) for key in ("source", "revision", "dtype", "rope_scaling")}
+    return {str(n): read_with for n in plan.lengths}
+
+
 def _submit(path: str, spec: Spec, client) -> tuple:
     """One setting's jobs handed to the cluster: (its plan, jobs, futures)."""
     plan = plan_store(path)  # its own: a corrupt document is marked unfinished in it
@@ -155,6 +164,7 @@ def _run_setting(
             "source_store": source_path(path),
             "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds"),
             "model": str(plan.attrs.get("model", {}).get("name", "")),
+            "model_by_length": model_by_length(plan),
             "gqa": spec.gqa,
             "seed": spec.seed,
             "setting": spec.setting,

@@ -129,6 +129,7 @@ def join_lengths(
         {
             "by_setting": by_setting,
             "provenance": json.dumps([ds.attrs.get("provenance") for ds in parts]),
+            "model_by_length": {n: m for ds in parts for n, m in ds.attrs.get("model_by_length", {}).items()},
             "joined_from": [ds.attrs.get("source_store", name) for ds, name in zip(parts, names)],
             # no one store: each length's (kept-set pictures need one of them, given with viz --store)
             "source_store": "; ".join(

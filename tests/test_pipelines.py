@@ -231,6 +231,11 @@ def test_by_length_removes_each_run_store_and_equals_the_whole_analysis(tiny_lla
         a.attrs["by_setting"]["aware"]["calibration_best_rule"]
         == b.attrs["by_setting"]["aware"]["calibration_best_rule"]
     )
+    # what each length was read with survives its run store's removal, joined over the lengths
+    assert sorted(b.attrs["model_by_length"]) == ["200", "256"]
+    assert b.attrs["model_by_length"] == a.attrs["model_by_length"]
+    assert {m["rope_scaling"] for m in b.attrs["model_by_length"].values()} == {None}
+    assert {m["dtype"] for m in b.attrs["model_by_length"].values()} == {"float32"}
     # the same join by hand, and a length given twice refused
     parts = [str(out / "lengths" / str(n) / "results.zarr") for n in (256, 200)]
     r = run_cli("analyze.join", *parts, "--out", str(tmp_path / "joined.zarr"))
