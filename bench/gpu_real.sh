@@ -81,12 +81,12 @@ pack_qwen() {  # here: both Qwen GGUFs (joined and checked by `core.lm.models`) 
   for name in $QWEN; do files+=("$(.venv/bin/python -c "from core.lm import models; print(models.embedded_gguf('$name'))")") || return 1; done
   rm -rf $G/q* && mkdir -p $G/q1
   for f in "${files[@]}"; do echo "$(sha256sum "$f" | awk '{print $1}') $(stat -c %s "$f") $(basename "$f")"; done > $G/q1/manifest
-  local tree
+  local piece=$((56 << 20)) tree
   tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
-  if [ $((tree + 58720256)) -gt 67108864 ]; then
+  if [ $((tree + piece)) -gt $((64 << 20)) ]; then
     echo "!! the tracked tree ($tree bytes) and a 56 MiB piece pass the 64 MiB a call carries"; return 1
   fi
-  cat "${files[@]}" | split -b 58720256 -d -a 2 - $G/qrest.
+  cat "${files[@]}" | split -b $piece -d -a 2 - $G/qrest.
   local k=1
   for f in $G/qrest.*; do mkdir -p $G/q$k && mv "$f" $G/q$k/piece && k=$((k + 1)); done
   du -sh $G/q* | tail -3
